@@ -1,0 +1,188 @@
+"""The ``bench`` command line: parse → build frozen specs → call a library function → print.
+
+Subcommands: ``run`` (a grid of cells), ``report`` (tables from result records),
+``methods`` (registered methods with their config fields and defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
+DEFAULT_DATASETS = "synthetic"
+
+
+def _env_path(var: str, default: str) -> Path:
+    return Path(os.environ.get(var, default))
+
+
+def _add_paths(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("folders (also set by BENCH_DATA_ROOT, BENCH_CACHE_DIR, BENCH_RESULTS_DIR)")
+    group.add_argument("--data-root", type=Path, default=_env_path("BENCH_DATA_ROOT", "data"),
+                       help="datasets live in DATA_ROOT/<dataset folder> (default: ./data)")
+    group.add_argument("--cache-dir", type=Path, default=_env_path("BENCH_CACHE_DIR", "cache"),
+                       help="features, few-shot indices (default: ./cache)")
+    group.add_argument("--results", type=Path, default=_env_path("BENCH_RESULTS_DIR", "results"),
+                       help="one JSON record per cell (default: ./results)")
+
+
+def _add_run(sub) -> None:
+    from bench.spec import DEFAULT_BACKBONE, TUNE_MODES
+
+    p = sub.add_parser("run", help="run methods × datasets × shots × seeds; finished cells are skipped",
+                       description="Run a grid of cells. Cells with an ok record are skipped (resume); --force redoes them.")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list, fnmatch patterns or 'all' (default: {DEFAULT_METHODS})")
+    p.add_argument("--datasets", default=DEFAULT_DATASETS, help="comma list or 'all' (default: synthetic)")
+    p.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
+    p.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="ARCH/WEIGHTS, comma-separated for several: RN50/openai, ViT-B-16/laion2b_s34b_b88k, "
+                        f"ARCH/random, ARCH//path/to/ckpt.pt (default: {DEFAULT_BACKBONE})")
+    p.add_argument("--tune", default="none", choices=TUNE_MODES, help="hyperparameter search: none (paper defaults)")
+    p.add_argument("--trials", type=int, default=0, help="trials per study with --tune val|oracle")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a method config field, e.g. clip_adapter.alpha=0.5 (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="encoder precision (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: min(8, CPUs) on CUDA, 0 on CPU)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per encoder forward during feature extraction")
+    p.add_argument("--force", action="store_true", help="redo cells that already have a record")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and how many are done, then exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_paths(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def _specs_from_args(args):
+    from bench.datasets import dataset_registry
+    from bench.methods import method_registry
+    from bench.spec import DEFAULT_SEEDS, expand_grid, parse_int_list, parse_overrides
+    from bench.spec import ALL_SHOTS
+
+    methods = method_registry().expand(args.methods)
+    datasets = dataset_registry().expand(args.datasets)
+    shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
+    seeds = parse_int_list(args.seeds, flag="--seeds") if args.seeds else DEFAULT_SEEDS
+    backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
+    return expand_grid(methods, datasets, shots, seeds, backbones, tune=args.tune, trials=args.trials,
+                       overrides=parse_overrides(args.overrides))
+
+
+def _run_options(args):
+    import torch
+
+    from bench.features import ExtractOptions
+    from bench.runner import RunOptions
+
+    workers = args.workers
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if torch.cuda.is_available() and args.device != "cpu" else 0
+    return RunOptions(
+        data_root=args.data_root, cache_root=args.cache_dir, results_root=args.results, device=args.device,
+        precision=args.precision, extract=ExtractOptions(batch_size=args.batch_size, num_workers=workers,
+                                                         progress=not args.no_progress),
+        force=args.force, progress=not args.no_progress,
+    )
+
+
+def _cmd_run(args) -> int:
+    from bench.runner import Session, is_done, plan_cells, run_cells
+
+    specs = _specs_from_args(args)
+    options = _run_options(args)
+    session = Session(options)
+    if args.dry_run:
+        cells = plan_cells(specs, session)
+        done = sum(is_done(c) for c in cells)
+        for cell in cells:
+            print(f"{'done' if is_done(cell) else 'todo'}  {cell.spec.name}  {cell.spec.backbone}  -> {cell.path}")
+        print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run")
+        return 0
+    summary = run_cells(specs, options, session)
+    print(f"{len(summary.ran)} cells run, {len(summary.skipped)} already done (resumed), {len(summary.failed)} failed; "
+          f"records in {args.results}")
+    for name, error in summary.failed:
+        print(f"FAILED {name}: {error}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _add_report(sub) -> None:
+    from bench.reports.tables import FORMATS
+
+    p = sub.add_parser("report", help="tables from result records",
+                       description="Aggregate result records (mean ± std over seeds) into a table.")
+    p.add_argument("--format", default="markdown", choices=FORMATS)
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
+    p.add_argument("--results", type=Path, default=_env_path("BENCH_RESULTS_DIR", "results"),
+                   help="results folder (default: ./results)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from bench._io import atomic_write_bytes
+    from bench.reports import render, results_frame
+    from bench.results import load_results
+
+    text = render(results_frame(load_results(args.results)), args.format)
+    if args.out:
+        atomic_write_bytes(args.out, text.encode())
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _add_methods(sub) -> None:
+    p = sub.add_parser("methods", help="list methods with their config fields and defaults")
+    p.set_defaults(func=_cmd_methods)
+
+
+def _cmd_methods(args) -> int:
+    from bench.methods import method_registry
+
+    registry = method_registry()
+    for name in registry.names():
+        method = registry.get(name)()
+        doc = (sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
+        print(f"{name} (v{method.version}, {registry.origin(name)}): {doc[0] if doc else ''}")
+        for f in dataclasses.fields(method.Config):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"    {f.name} = {default!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Few-shot CLIP adaptation benchmark harness.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_report(sub)
+    _add_methods(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished cells are saved and will be skipped next time", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""FeatureCache: frozen-encoder features computed once, stored atomically, shared by every cell.
+
+Image features live per :class:`ImageFeatureKey` (backbone, weights hash, precision, dataset,
+split file hash, split, preprocessing, view) in a folder of shards::
+
+    <root>/features/<backbone slug>/<dataset>/<split>-<view>-<digest[:16]>/
+        key.json                      the full key; checked on every open
+        shard-<hash of paths>.pt      {"paths": [...], "features": (V, n, D) float16}
+
+A request for some images computes only those not in any shard and writes them as a new
+shard, so a whole test split is encoded once per backbone, and augmented train views only
+for the images some few-shot subset uses. Concurrent writers never touch the same shard
+file, and every write is atomic, so the cache can be shared by Slurm tasks and deleted at
+any time. Stored features are the raw ``encode_image`` output (not L2-normalised): the
+CLIP-Adapter residual and the CoOp linear probe act on it before normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bench._io import atomic_torch_save, atomic_write_json, sha256_bytes, sha256_json
+from bench.backbone import Backbone, Preprocessing
+from bench.errors import BenchError
+from bench.images import ImageViews, ViewSpec
+
+FEATURE_SCHEMA = 1
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageFeatureKey:
+    """Every input that changes the bytes of an image-feature tensor."""
+
+    backbone: str
+    weights_sha256: str
+    precision: str
+    dataset: str
+    dataset_version: str
+    split_sha256: str
+    split: str
+    preprocessing: Preprocessing
+    view: ViewSpec
+    feature: str = "encode_image"
+    store_dtype: str = "float16"
+    schema: int = FEATURE_SCHEMA
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in key.json
+
+    def digest(self) -> str:
+        return sha256_json(self.to_json())
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How features are computed: batch size (images per forward), DataLoader workers, progress bar."""
+
+    batch_size: int = 128
+    num_workers: int = 0
+    progress: bool = True
+
+
+class _Store:
+    """The shards of one key, loaded into memory: path -> (shard, row)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.rows: dict[str, tuple[int, int]] = {}
+        self.shards: list[torch.Tensor] = []
+        self.loaded: set[str] = set()
+
+    def refresh(self) -> None:
+        for shard_file in sorted(self.folder.glob("shard-*.pt")):
+            if shard_file.name not in self.loaded:
+                self.add(shard_file.name, torch.load(shard_file, map_location="cpu", weights_only=True))
+
+    def add(self, name: str, shard: dict) -> None:
+        index = len(self.shards)
+        self.shards.append(shard["features"])
+        for row, path in enumerate(shard["paths"]):
+            self.rows.setdefault(path, (index, row))
+        self.loaded.add(name)
+
+    def gather(self, paths: Sequence[str]) -> torch.Tensor:
+        """(V, N, D) float32 for ``paths``, in order."""
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for position, path in enumerate(paths):
+            shard, row = self.rows[path]
+            by_shard.setdefault(shard, []).append((position, row))
+        first = self.shards[0]
+        out = torch.empty(first.shape[0], len(paths), first.shape[2], dtype=torch.float32)
+        for shard, pairs in by_shard.items():
+            positions = torch.tensor([p for p, _ in pairs])
+            rows = torch.tensor([r for _, r in pairs])
+            out[:, positions] = self.shards[shard][:, rows].float()
+        return out
+
+
+class FeatureCache:
+    """Computes and stores frozen-encoder features under ``root``.
+
+    Args:
+        root: cache folder (``<cache>/features`` and ``<cache>/text`` are created in it).
+        memory_stores: how many keys' shards to keep loaded in this process.
+
+    Attributes:
+        images_encoded: images this instance has pushed through the image encoder (for tests and logs).
+    """
+
+    def __init__(self, root: Path, memory_stores: int = 16):
+        self.root = Path(root)
+        self._stores: OrderedDict[str, _Store] = OrderedDict()
+        self._memory_stores = memory_stores
+        self._text: dict[str, torch.Tensor] = {}
+        self.images_encoded = 0
+
+    def image_folder(self, key: ImageFeatureKey, backbone_slug: str) -> Path:
+        return self.root / "features" / backbone_slug / key.dataset / f"{key.split}-{key.view.name}-{key.digest()[:16]}"
+
+    def image_features(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: Sequence[str],
+                       options: ExtractOptions = ExtractOptions()) -> torch.Tensor:
+        """Features of ``paths`` (relative to ``image_root``) -> (V, N, D) float32, computing only what is missing."""
+        store = self._open(key, backbone.ref.slug)
+        missing = list(dict.fromkeys(p for p in paths if p not in store.rows))
+        if missing:
+            store.refresh()  # another process may have written them meanwhile
+            missing = [p for p in missing if p not in store.rows]
+        if missing:
+            features = self._encode(key, backbone, image_root, missing, options)
+            name = f"shard-{sha256_bytes(chr(10).join(missing).encode())[:16]}.pt"
+            shard = {"paths": missing, "features": features.to(getattr(torch, key.store_dtype))}
+            atomic_torch_save(store.folder / name, shard)
+            store.add(name, shard)
+        return store.gather(paths)
+
+    def _open(self, key: ImageFeatureKey, slug: str) -> _Store:
+        digest = key.digest()
+        if digest in self._stores:
+            self._stores.move_to_end(digest)
+            return self._stores[digest]
+        folder = self.image_folder(key, slug)
+        key_file = folder / "key.json"
+        if key_file.is_file():
+            if json.loads(key_file.read_text()) != key.to_json():
+                raise BenchError("feature cache key file does not match its folder", where=str(key_file),
+                                 fix=f"delete {folder}; it will be recomputed")
+        else:
+            atomic_write_json(key_file, key.to_json())
+        store = _Store(folder)
+        store.refresh()
+        self._stores[digest] = store
+        while len(self._stores) > self._memory_stores:
+            self._stores.popitem(last=False)
+        return store
+
+    def _encode(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: list[str],
+                options: ExtractOptions) -> torch.Tensor:
+        dataset = ImageViews(image_root, paths, backbone.preprocessing, key.view)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=max(1, options.batch_size // key.view.n_views), num_workers=options.num_workers,
+            pin_memory=backbone.device.type == "cuda", persistent_workers=False,
+        )
+        chunks = []
+        bar = tqdm(total=len(paths), desc=f"features {key.dataset}/{key.split} {key.view.name}", unit="img",
+                   disable=not options.progress, leave=False)
+        with bar:
+            for views, errors in loader:
+                bad = [e for e in errors if e]
+                if bad:
+                    raise BenchError(bad[0]) if len(bad) == 1 else BenchError(f"{bad[0]} (and {len(bad) - 1} more in this batch)")
+                batch, n_views = views.shape[0], views.shape[1]
+                encoded = backbone.encode_images(views.flatten(0, 1)).cpu()
+                chunks.append(encoded.view(batch, n_views, -1).transpose(0, 1))
+                bar.update(batch)
+        self.images_encoded += len(paths)
+        return torch.cat(chunks, dim=1)
+
+    def text_features(self, backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Frozen text features of every (template, class) prompt -> (T, C, D) float32, not normalised."""
+        key = {"backbone": backbone.ref.id, "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
+               "classnames": list(classnames), "templates": list(templates), "schema": FEATURE_SCHEMA}
+        digest = sha256_json(key)
+        if digest in self._text:
+            return self._text[digest]
+        path = self.root / "text" / backbone.ref.slug / f"{digest[:32]}.pt"
+        if path.is_file():
+            features = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            features = encode_prompts(backbone, classnames, templates)
+            atomic_torch_save(path, features)
+        self._text[digest] = features
+        return features
+
+
+def encode_prompts(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],
+                   batch_size: int = 1024) -> torch.Tensor:
+    """Encode ``template.format(classname)`` for every pair -> (T, C, D) float32 on CPU."""
+    prompts = [t.format(c) for t in templates for c in classnames]
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = backbone.tokenize(prompts[start:start + batch_size])
+        out.append(backbone.encode_text(tokens).cpu())
+    return torch.cat(out).view(len(templates), len(classnames), -1)

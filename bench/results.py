@@ -1,0 +1,95 @@
+"""RunResult: the versioned record of one cell, one JSON file each, written atomically.
+
+Reports read these records and nothing else. Layout::
+
+    <results>/<backbone slug>/<dataset>/<method>/k<shots:02d>-s<seed>-<run_id[:8]>.json
+
+``run_id`` hashes everything that defines the cell before it runs (spec, method and dataset
+versions, backbone identity, split protocol), so a changed method version or checkpoint
+lands in a new file instead of being mistaken for a finished cell.
+
+Schema v1 sections: ``spec`` (what was asked), ``backbone`` (id, weights sha256, precision),
+``data`` (split file + its sha256, few-shot index sha256, split protocol, sizes,
+preprocessing, augmentation), ``prompts`` (set name, templates, sha256), ``config`` (the
+final method config), ``tuning`` (mode, trials, best params, val score), ``metrics``
+(fractions in [0, 1]), ``diagnostics`` (method observables), ``timing_s``, ``memory``,
+``provenance`` (versions, git, device, Slurm ids, UTC times), and ``error`` for failed cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench._io import atomic_write_json
+from bench.errors import BenchError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    schema_version: int
+    run_id: str
+    status: str  # "ok" | "failed"
+    spec: dict
+    backbone: dict
+    data: dict
+    config: dict
+    tuning: dict
+    metrics: dict
+    timing_s: dict
+    memory: dict
+    provenance: dict
+    prompts: dict | None = None
+    diagnostics: dict = field(default_factory=dict)
+    error: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict, *, source: str = "record") -> RunResult:
+        version = record.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BenchError(f"result schema version {version!r} is not supported (this bench reads {SCHEMA_VERSION})",
+                             where=source, fix="re-run the cell with this version of bench, or use the bench that wrote it")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise BenchError(f"unknown result fields {unknown}", where=source, fix="this file was not written by bench v1")
+        try:
+            return cls(**record)
+        except TypeError as exc:
+            raise BenchError(f"incomplete result record ({exc})", where=source, fix="delete it and re-run the cell") from exc
+
+
+def result_path(results_root: Path, backbone_slug: str, dataset: str, method: str, shots: int, seed: int,
+                run_id: str) -> Path:
+    return Path(results_root) / backbone_slug / dataset / method / f"k{shots:02d}-s{seed}-{run_id[:8]}.json"
+
+
+def write_result(path: Path, result: RunResult) -> None:
+    atomic_write_json(path, result.to_json())
+
+
+def read_result(path: Path) -> RunResult:
+    try:
+        record = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise BenchError(f"not valid JSON ({exc})", where=str(path), fix="delete it and re-run the cell") from exc
+    return RunResult.from_json(record, source=str(path))
+
+
+def load_results(results_root: Path) -> list[RunResult]:
+    """Every record under ``results_root`` (hidden temporary files are skipped)."""
+    root = Path(results_root)
+    if not root.is_dir():
+        raise BenchError("results folder not found", where=str(root), fix="run `bench run` first or pass --results")
+    return [read_result(p) for p in sorted(root.rglob("k*-s*-*.json")) if not p.name.startswith(".")]

@@ -1,0 +1,123 @@
+"""RunSpec: one cell of the grid (method × dataset × shots × seed × backbone × tuning).
+
+``expand_grid`` turns the CLI's lists into cells, ordered so consecutive cells share a
+backbone and a dataset (and so the feature cache in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench._io import sha256_json
+from bench.errors import BenchError
+
+ALL_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+DEFAULT_BACKBONE = "bench-tiny/random"
+TUNE_MODES = ("none", "val", "oracle")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell. ``overrides`` are method-config fields set explicitly (``--set``), as sorted pairs."""
+
+    method: str
+    dataset: str
+    shots: int
+    seed: int
+    backbone: str = DEFAULT_BACKBONE
+    tune: str = "none"
+    trials: int = 0
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}/{self.dataset}/k{self.shots}/s{self.seed}"
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["overrides"] = dict(self.overrides)
+        return out
+
+    def run_id(self, *, method_version: str, dataset_version: str, backbone_identity: str, split_protocol: str) -> str:
+        """sha256 of everything that defines this cell's number before it runs (16 hex chars)."""
+        payload = {**self.to_json(), "method_version": method_version, "dataset_version": dataset_version,
+                   "backbone": backbone_identity, "split_protocol": split_protocol}
+        return sha256_json(payload)[:16]
+
+
+def parse_int_list(text: str, *, flag: str, all_value: Sequence[int] | None = None) -> tuple[int, ...]:
+    """``"1,2,4"`` -> (1, 2, 4); ``"all"`` -> ``all_value``."""
+    if all_value is not None and text.strip() == "all":
+        return tuple(all_value)
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BenchError(f"{text!r} is not a comma-separated list of integers", where=flag,
+                         fix="write e.g. 1,2,4" + (" or all" if all_value else "")) from None
+    if not values or any(v < 1 for v in values):
+        raise BenchError(f"{text!r} must list positive integers", where=flag, fix="write e.g. 1,2,4")
+    return values
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """``["clip_adapter.alpha=0.5", ...]`` -> ``{"clip_adapter": (("alpha", 0.5),)}``.
+
+    Values are read as JSON (numbers, booleans, lists) and fall back to plain strings.
+    """
+    by_method: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, raw = item.partition("=")
+        method, dot, field_name = target.partition(".")
+        if not sep or not dot or not method or not field_name:
+            raise BenchError(f"{item!r} is not METHOD.FIELD=VALUE", where="--set", fix="write e.g. clip_adapter.alpha=0.5")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        by_method.setdefault(method, {})[field_name] = value
+    return {m: tuple(sorted(fields.items())) for m, fields in by_method.items()}
+
+
+def apply_overrides(config: Any, overrides: Iterable[tuple[str, Any]], *, method: str) -> Any:
+    """``dataclasses.replace`` with checks: unknown fields get a did-you-mean, ints widen to floats."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for name, value in overrides:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise BenchError(f"method {method!r} has no config field {name!r}.{hint}", where=f"--set {method}.{name}",
+                             fix=f"fields are: {', '.join(fields)} (see `bench methods`)")
+        current = getattr(config, name)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if current is not None and not isinstance(value, type(current)):
+            raise BenchError(f"{value!r} is not a {type(current).__name__}", where=f"--set {method}.{name}",
+                             fix=f"the default is {current!r}")
+        changes[name] = value
+    return dataclasses.replace(config, **changes)
+
+
+def expand_grid(methods: Sequence[str], datasets: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
+                backbones: Sequence[str], *, tune: str = "none", trials: int = 0,
+                overrides: dict[str, tuple[tuple[str, Any], ...]] | None = None) -> list[RunSpec]:
+    """All cells, ordered backbone → dataset → method → shots → seed."""
+    if tune not in TUNE_MODES:
+        raise BenchError(f"unknown tuning mode {tune!r}", where="--tune", fix=f"use one of: {', '.join(TUNE_MODES)}")
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(methods))
+    if unknown:
+        raise BenchError(f"--set names method(s) {', '.join(unknown)} that are not being run", where="--set",
+                         fix="add them to --methods or drop those --set items")
+    return [
+        RunSpec(method, dataset, k, seed, backbone, tune, trials, overrides.get(method, ()))
+        for backbone in backbones for dataset in datasets for method in methods for k in shots for seed in seeds
+    ]

@@ -1,0 +1,141 @@
+"""The Method interface: what a method may see, and what it returns.
+
+A method is a class with a frozen ``Config`` dataclass (defaults = its paper's defaults),
+``default_config(dataset, shots)`` for the per-cell paper defaults, ``needs(cfg)`` saying
+which cached features it trains on, and ``fit(data, cfg, ctx)`` returning a classifier of
+image features. ``FewShotData`` has no test split by construction: only the runner
+evaluates on test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Cached image features of a few-shot subset.
+
+    Attributes:
+        features: (V, N, D) float32 raw ``encode_image`` embeddings (not L2-normalised);
+            V = 1 for the centre view, V = n for n augmented views.
+        labels: (N,) int64 class indices.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        assert self.features.dim() == 3 and self.labels.dim() == 1, "features (V, N, D), labels (N,)"
+        assert self.features.shape[1] == self.labels.shape[0], "one label per image"
+
+    @property
+    def center(self) -> torch.Tensor:
+        """(N, D): the first view (the only one for centre-view sets)."""
+        return self.features[0]
+
+
+@dataclass(frozen=True)
+class FewShotData:
+    """Everything a method may use for one cell: support set, few-shot val, class names, prompts.
+
+    Attributes:
+        dataset: dataset name. shots: K.
+        classnames: C names, index = label.
+        prompts: the dataset's prompt sets, name -> templates with one ``{}``.
+        train: the K-per-class support set, with the views the method asked for.
+        val: the few-shot validation set (min(K, 4) per class), centre view.
+    """
+
+    dataset: str
+    shots: int
+    classnames: tuple[str, ...]
+    prompts: Mapping[str, tuple[str, ...]]
+    train: FeatureSet
+    val: FeatureSet
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs cached. ``train_views``: 0 = the centre view, n > 0 = n augmented views."""
+
+    train_views: int = 0
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """Services the runner gives a method.
+
+    Attributes:
+        backbone: the frozen CLIP (:class:`bench.backbone.Backbone`); CoOp runs its text tower.
+        device: where to train.
+        seed: the cell's root seed; derive per-purpose seeds with :func:`bench.seeding.derive_seed`.
+        text_features: templates -> (T, C, D) frozen text features of this dataset's classes, cached.
+        record: ``record(name, value)`` stores a JSON-serialisable observable in the result's
+            ``diagnostics`` (chosen C, learned ratios, ...).
+        progress: whether to show progress bars.
+    """
+
+    backbone: Any
+    device: torch.device
+    seed: int
+    text_features: Callable[[tuple[str, ...]], torch.Tensor]
+    record: Callable[[str, Any], None] = field(default=lambda name, value: None)
+    progress: bool = False
+
+    @property
+    def logit_scale(self) -> float:
+        return self.backbone.logit_scale
+
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+"""(N, D) raw image features on the fit device -> (N, C) logits."""
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Config: ClassVar[type]
+
+    def default_config(self, dataset: str, shots: int) -> Any: ...
+
+    def needs(self, cfg: Any) -> Needs: ...
+
+    def fit(self, data: FewShotData, cfg: Any, ctx: FitContext) -> Classifier: ...
+
+
+def class_embeddings(ctx: FitContext, data: FewShotData, prompt_set: str) -> torch.Tensor:
+    """Zero-shot classifier weights -> (C, D) float32, L2-normalised, on ``ctx.device``.
+
+    Each template's text features are normalised, averaged over templates and normalised
+    again (CLIP's ensembling; with one template this is just the normalised feature).
+    """
+    from bench.errors import BenchError
+
+    if prompt_set not in data.prompts:
+        raise BenchError(f"dataset {data.dataset!r} has no prompt set {prompt_set!r}", where="config field 'prompts'",
+                         fix=f"use one of: {', '.join(sorted(data.prompts))}")
+    text = ctx.text_features(tuple(data.prompts[prompt_set])).to(ctx.device)
+    return F.normalize(F.normalize(text, dim=-1).mean(0), dim=-1)
+
+
+class CosineClassifier(torch.nn.Module):
+    """logits = scale · normalise(f) · Wᵀ, with W (C, D) already normalised."""
+
+    def __init__(self, weights: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("weights", weights)
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(features, dim=-1) @ self.weights.t()
