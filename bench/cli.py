@@ -64,8 +64,7 @@ def _add_run(sub) -> None:
 def _specs_from_args(args):
     from bench.datasets import dataset_registry
     from bench.methods import method_registry
-    from bench.spec import DEFAULT_SEEDS, expand_grid, parse_int_list, parse_overrides
-    from bench.spec import ALL_SHOTS
+    from bench.spec import ALL_SHOTS, DEFAULT_SEEDS, expand_grid, parse_int_list, parse_overrides
 
     methods = method_registry().expand(args.methods)
     datasets = dataset_registry().expand(args.datasets)

@@ -21,7 +21,13 @@ from bench._io import ensure_writable_dir, sha256_json
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
 from bench.datasets import dataset_registry
 from bench.datasets.spec import DatasetSpec, DatasetSplits
-from bench.datasets.splits import SPLIT_PROTOCOL, VAL_SHOTS_CAP, FewShotIndices, load_or_create_fewshot, read_split_file
+from bench.datasets.splits import (
+    SPLIT_PROTOCOL,
+    VAL_SHOTS_CAP,
+    FewShotIndices,
+    load_or_create_fewshot,
+    read_split_file,
+)
 from bench.errors import BenchError
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
 from bench.images import CENTER, ViewSpec
@@ -118,7 +124,6 @@ def read_dataset(spec: DatasetSpec, data_root: Path) -> DatasetSplits:
 
 def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
     """Validate every cell before any work: names, backbone, config overrides, datasets, results folder."""
-    ensure_writable_dir(Path(session.options.results_root), purpose="results")
     planned = []
     for spec in specs:
         method = session.method(spec.method)
@@ -130,6 +135,7 @@ def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
         path = result_path(session.options.results_root, BackboneRef.parse(spec.backbone).slug, spec.dataset,
                            spec.method, spec.shots, spec.seed, run_id)
         planned.append(PlannedCell(spec, config, run_id, path))
+    ensure_writable_dir(Path(session.options.results_root), purpose="results")
     return planned
 
 

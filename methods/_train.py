@@ -78,22 +78,31 @@ def train_on_features(
     """
     features = train.features.to(device)
     labels = train.labels.to(device)
-    n_views, n = features.shape[0], features.shape[1]
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     losses: list[torch.Tensor] = []
-    for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = dassl_lr(epoch, epochs, recipe)
-        views = torch.randint(n_views, (n,), generator=generator)
-        total, count = torch.zeros((), device=device), 0  # summed on device: no sync per step
-        for index in batches(n, recipe.batch_size, generator):
-            index = index.to(device)
-            loss = F.cross_entropy(logits_fn(features[views.to(device)[index], index]), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.detach() * len(index), count + len(index)
-        losses.append(total / max(count, 1))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+    with torch.enable_grad():  # callers may hold no_grad / inference_mode
+        for epoch in range(epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = dassl_lr(epoch, epochs, recipe)
+            losses.append(_train_epoch(optimizer, logits_fn, features, labels, recipe.batch_size, generator))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
     return [float(loss) for loss in losses]
+
+
+def _train_epoch(optimizer: torch.optim.Optimizer, logits_fn: Callable[[torch.Tensor], torch.Tensor],
+                 features: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """One pass over the support set, each image through a random one of its views; returns the mean loss."""
+    n_views, n = features.shape[:2]
+    device = features.device
+    views = torch.randint(n_views, (n,), generator=generator).to(device)
+    total, count = torch.zeros((), device=device), 0  # summed on device: no host sync per step
+    for index in batches(n, batch_size, generator):
+        index = index.to(device)
+        loss = F.cross_entropy(logits_fn(features[views[index], index]), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.detach() * len(index), count + len(index)
+    return total / max(count, 1)

@@ -104,8 +104,9 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]
 @runtime_checkable
 class Method(Protocol):
     name: ClassVar[str]
-    version: ClassVar[str]
+    version: ClassVar[str]  # bump on any change of behaviour: it is part of every run id
     Config: ClassVar[type]
+    trainable: ClassVar[bool]  # learns from the support set (training-free methods: False)
 
     def default_config(self, dataset: str, shots: int) -> Any: ...
 

@@ -71,6 +71,7 @@ class VisualAdapterClassifier(torch.nn.Module):
 class ClipAdapter:
     name = "clip_adapter"
     version = "1"
+    trainable = True
     Config = ClipAdapterConfig
 
     def default_config(self, dataset: str, shots: int) -> ClipAdapterConfig:

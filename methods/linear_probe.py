@@ -92,6 +92,7 @@ def _val_accuracy(model: LinearLogits, features: torch.Tensor, labels: torch.Ten
 class LinearProbe:
     name = "linear_probe"
     version = "1"
+    trainable = True
     Config = LinearProbeConfig
 
     def default_config(self, dataset: str, shots: int) -> LinearProbeConfig:

@@ -20,6 +20,7 @@ class ZeroShotConfig:
 class ZeroShot:
     name = "zero_shot"
     version = "1"
+    trainable = False
     Config = ZeroShotConfig
 
     def default_config(self, dataset: str, shots: int) -> ZeroShotConfig:

@@ -90,7 +90,7 @@ def holes(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     it; a cell of that grid without an ok record is missing, or failed if its record failed.
     """
     missing, failed = [], []
-    for key, group in frame.groupby(TABLE_KEYS):
+    for _, group in frame.groupby(TABLE_KEYS):
         present = {tuple(r) for r in group[group["status"] == "ok"][["method", "dataset", "shots", "seed"]].values}
         failures = {tuple(r) for r in group[group["status"] != "ok"][["method", "dataset", "shots", "seed"]].values}
         for m in sorted(group["method"].unique()):

@@ -58,7 +58,7 @@ def _markdown(frame: pd.DataFrame, cells: pd.DataFrame, missing: list[str], fail
         parts += [f"## {backbone} · tuning: {tune}", "",
                   f"Backbone `{backbone}` (weights sha256 `{weights}`), preprocessing: {prep}, tuning: {label}, "
                   f"seeds: {', '.join(map(str, seeds_by_table[key]))}.", ""]
-        parts += [_pivot(table, n_expected, oracle=tune == "oracle").to_markdown(index=False), ""]
+        parts += [_pivot(table, n_expected, oracle=tune == "oracle").to_markdown(index=False, disable_numparse=True), ""]
     if missing:
         parts += [f"**Missing cells ({len(missing)}):** " + ", ".join(missing), ""]
     if failed:

@@ -1,0 +1,49 @@
+import json
+
+from bench.cli import main
+
+
+def _args(tmp_path, data_root, *extra):
+    return ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--results",
+            str(tmp_path / "results"), "--device", "cpu", "--no-progress", *extra]
+
+
+def test_run_then_report_then_resume(tmp_path, data_root, capsys):
+    assert main(_args(tmp_path, data_root, "--methods", "zero_shot,linear_probe", "--shots", "1,2", "--seeds", "1,2")) == 0
+    assert "8 cells run, 0 already done" in capsys.readouterr().out
+    assert main(_args(tmp_path, data_root, "--methods", "zero_shot,linear_probe", "--shots", "1,2", "--seeds", "1,2")) == 0
+    assert "0 cells run, 8 already done (resumed)" in capsys.readouterr().out
+    assert main(["report", "--results", str(tmp_path / "results"), "--format", "json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["cells"]) == 4 and payload["missing"] == [] and payload["failed"] == []
+    out_file = tmp_path / "table.md"
+    assert main(["report", "--results", str(tmp_path / "results"), "--out", str(out_file)]) == 0
+    assert "| linear_probe" in out_file.read_text()
+
+
+def test_dry_run_counts_done_cells(tmp_path, data_root, capsys):
+    main(_args(tmp_path, data_root, "--methods", "zero_shot", "--shots", "1", "--seeds", "1"))
+    capsys.readouterr()
+    assert main(_args(tmp_path, data_root, "--methods", "zero_shot", "--shots", "1,2", "--seeds", "1", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "2 cells, 1 done, 1 to run" in out
+    assert not list((tmp_path / "results").rglob("k02-*.json"))
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, data_root, capsys):
+    assert main(_args(tmp_path, data_root, "--methods", "clip_adaptor")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: unknown method 'clip_adaptor'. Did you mean: clip_adapter?")
+    assert err.count("\n") == 1
+    assert main(_args(tmp_path, data_root, "--shots", "one")) == 2
+    assert "--shots" in capsys.readouterr().err
+    assert main(_args(tmp_path, data_root, "--backbone", "RN50")) == 2
+    assert "is not ARCH/WEIGHTS" in capsys.readouterr().err
+    assert main(["report", "--results", str(tmp_path / "nothing")]) == 2
+
+
+def test_methods_lists_config_fields_and_defaults(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "clip_adapter (v1, built-in)" in out
+    assert "    alpha = 0.2" in out and "    reduction = 4" in out

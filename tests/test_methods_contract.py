@@ -1,0 +1,104 @@
+"""Every registered method honours the Method contract (timm-style registry-wide test)."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.backbone import BackboneRef, load_backbone
+from bench.features import FeatureCache
+from bench.methods import method_registry
+from bench.methods.base import FeatureSet, FewShotData, FitContext, Method, Needs
+
+N_CLASSES, SUPPORT_PER_CLASS, TEST_PER_CLASS = 5, 64, 40
+PROMPTS = {"coop": ("a photo of a {}.",), "ensemble": ("a photo of a {}.", "a drawing of a {}.")}
+CLASSNAMES = tuple(f"class {i}" for i in range(N_CLASSES))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The tiny random model with CLIP's trained temperature (logit scale 100), as real weights have."""
+    model = load_backbone(BackboneRef.parse("bench-tiny/random"), torch.device("cpu"))
+    model.model.logit_scale.data.fill_(math.log(100.0))
+    return model
+
+
+@pytest.fixture(scope="module")
+def task(backbone, tmp_path_factory):
+    """A learnable task on which zero-shot is near chance: class means orthogonal-ish to the text embeddings."""
+    cache = FeatureCache(tmp_path_factory.mktemp("text"))
+    text = lambda templates: cache.text_features(backbone, CLASSNAMES, templates)  # noqa: E731
+    generator = torch.Generator().manual_seed(0)
+    dim = backbone.embed_dim
+    means = F.normalize(torch.randn(N_CLASSES, dim, generator=generator), dim=-1) * 3
+
+    def draw(per_class, views):
+        labels = torch.arange(N_CLASSES).repeat_interleave(per_class)
+        return FeatureSet(means[labels][None] + 0.8 * torch.randn(views, len(labels), dim, generator=generator), labels)
+
+    def data(views):
+        g_state = generator.get_state()
+        out = FewShotData("toy", 16, CLASSNAMES, PROMPTS, draw(SUPPORT_PER_CLASS, max(views, 1)), draw(4, 1))
+        generator.set_state(g_state)
+        return out
+
+    return data, draw(TEST_PER_CLASS, 1), text
+
+
+def _fit(name, backbone, task, seed=1):
+    make_data, _, text = task
+    method = method_registry().get(name)()
+    cfg = method.default_config("toy", 16)
+    ctx = FitContext(backbone=backbone, device=torch.device("cpu"), seed=seed, text_features=text)
+    return method, cfg, method.fit(make_data(method.needs(cfg).train_views), cfg, ctx)
+
+
+@pytest.mark.parametrize("name", method_registry().names())
+def test_method_contract(name, backbone, task):
+    method, cfg, classifier = _fit(name, backbone, task)
+    assert isinstance(method, Method)
+    assert isinstance(method.needs(cfg), Needs)
+    assert dataclasses.is_dataclass(cfg) and isinstance(cfg, method.Config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cfg, dataclasses.fields(cfg)[0].name, None)
+    json.dumps(dataclasses.asdict(cfg), allow_nan=False)
+    test = task[1]
+    with torch.no_grad():
+        logits = classifier(test.center)
+    assert logits.shape == (N_CLASSES * TEST_PER_CLASS, N_CLASSES)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", method_registry().names())
+def test_method_is_deterministic_under_a_seed(name, backbone, task):
+    test = task[1].center
+    with torch.no_grad():
+        first = _fit(name, backbone, task, seed=7)[2](test)
+        second = _fit(name, backbone, task, seed=7)[2](test)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", [n for n in method_registry().names() if method_registry().get(n).trainable])
+def test_trainable_method_learns_the_task(name, backbone, task):
+    test = task[1]
+    with torch.no_grad():
+        zero_shot = (_fit("zero_shot", backbone, task)[2](test.center).argmax(1) == test.labels).float().mean()
+        accuracy = (_fit(name, backbone, task)[2](test.center).argmax(1) == test.labels).float().mean()
+    assert zero_shot < 0.4  # the task really needs the support set (chance is 0.2)
+    assert accuracy > 0.6, f"{name} reached {accuracy:.2f}"
+
+
+def test_clip_adapter_with_zero_ratio_equals_zero_shot(backbone, task):
+    from bench.methods.clip_adapter import ClipAdapter
+
+    make_data, test, text = task
+    ctx = FitContext(backbone=backbone, device=torch.device("cpu"), seed=1, text_features=text)
+    method = ClipAdapter()
+    cfg = dataclasses.replace(method.default_config("toy", 16), alpha=0.0, epochs=2)
+    adapter = method.fit(make_data(cfg.train_views), cfg, ctx)
+    zero_shot = _fit("zero_shot", backbone, task)[2]
+    with torch.no_grad():
+        assert torch.equal(adapter(test.center), zero_shot(test.center))
