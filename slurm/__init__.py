@@ -1,0 +1,1 @@
+"""Cluster sweeps on Slurm through submitit (installed as ``bench.slurm``)."""
