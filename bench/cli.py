@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
+# Subcommands that live beside their feature: each module has ``add_parser(subparsers)``.
+FEATURE_COMMANDS: tuple[str, ...] = ()
 DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
 DEFAULT_DATASETS = "synthetic"
 
@@ -165,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_report(sub)
     _add_methods(sub)
+    for module in FEATURE_COMMANDS:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
