@@ -224,7 +224,7 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     diagnostics: dict[str, Any] = {}
     ctx = FitContext(
         backbone=backbone, device=session.device, seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method),
-        text_features=lambda templates: session.cache.text_features(backbone, splits.classnames, templates),
+        text_features=lambda templates, classnames: session.cache.text_features(backbone, classnames, templates),
         record=diagnostics.__setitem__, progress=session.options.progress,
     )
     t = time.perf_counter()

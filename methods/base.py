@@ -79,7 +79,7 @@ class FitContext:
         backbone: the frozen CLIP (:class:`bench.backbone.Backbone`); CoOp runs its text tower.
         device: where to train.
         seed: the cell's root seed; derive per-purpose seeds with :func:`bench.seeding.derive_seed`.
-        text_features: templates -> (T, C, D) frozen text features of this dataset's classes, cached.
+        text_features: ``(templates, classnames) -> (T, C, D)`` frozen text features, cached.
         record: ``record(name, value)`` stores a JSON-serialisable observable in the result's
             ``diagnostics`` (chosen C, learned ratios, ...).
         progress: whether to show progress bars.
@@ -88,7 +88,7 @@ class FitContext:
     backbone: Any
     device: torch.device
     seed: int
-    text_features: Callable[[tuple[str, ...]], torch.Tensor]
+    text_features: Callable[[tuple[str, ...], tuple[str, ...]], torch.Tensor]
     record: Callable[[str, Any], None] = field(default=lambda name, value: None)
     progress: bool = False
 
@@ -98,7 +98,13 @@ class FitContext:
 
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
-"""(N, D) raw image features on the fit device -> (N, C) logits."""
+"""(N, D) raw image features on the fit device -> (N, C) logits.
+
+A classifier built from class names (zero-shot weights, prompts, text adapters) may also
+offer ``for_classes(classnames, ctx) -> Classifier``: the same learned parameters applied
+to another label space (CoCoOp's base-to-new evaluation). Classifiers tied to the training
+labels (a linear probe) do not, and are reported as not transferable.
+"""
 
 
 @runtime_checkable
@@ -115,28 +121,41 @@ class Method(Protocol):
     def fit(self, data: FewShotData, cfg: Any, ctx: FitContext) -> Classifier: ...
 
 
-def class_embeddings(ctx: FitContext, data: FewShotData, prompt_set: str) -> torch.Tensor:
-    """Zero-shot classifier weights -> (C, D) float32, L2-normalised, on ``ctx.device``.
-
-    Each template's text features are normalised, averaged over templates and normalised
-    again (CLIP's ensembling; with one template this is just the normalised feature).
-    """
+def prompt_templates(data: FewShotData, prompt_set: str) -> tuple[str, ...]:
+    """The templates of ``prompt_set`` for ``data``'s dataset, or a clear error."""
     from bench.errors import BenchError
 
     if prompt_set not in data.prompts:
         raise BenchError(f"dataset {data.dataset!r} has no prompt set {prompt_set!r}", where="config field 'prompts'",
                          fix=f"use one of: {', '.join(sorted(data.prompts))}")
-    text = ctx.text_features(tuple(data.prompts[prompt_set])).to(ctx.device)
+    return tuple(data.prompts[prompt_set])
+
+
+def embed_classes(ctx: FitContext, classnames: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+    """Zero-shot classifier weights -> (C, D) float32, L2-normalised, on ``ctx.device``.
+
+    Each template's text features are normalised, averaged over templates and normalised
+    again (CLIP's ensembling; with one template this is just the normalised feature).
+    """
+    text = ctx.text_features(templates, classnames).to(ctx.device)
     return F.normalize(F.normalize(text, dim=-1).mean(0), dim=-1)
 
 
-class CosineClassifier(torch.nn.Module):
-    """logits = scale · normalise(f) · Wᵀ, with W (C, D) already normalised."""
+def class_embeddings(ctx: FitContext, data: FewShotData, prompt_set: str) -> torch.Tensor:
+    """:func:`embed_classes` for ``data``'s classes and prompt set -> (C, D)."""
+    return embed_classes(ctx, data.classnames, prompt_templates(data, prompt_set))
 
-    def __init__(self, weights: torch.Tensor, scale: float):
+
+class CosineClassifier(torch.nn.Module):
+    """logits = scale · normalise(f) · Wᵀ, with W (C, D) the normalised embeddings of ``templates``."""
+
+    def __init__(self, weights: torch.Tensor, scale: float, templates: tuple[str, ...]):
         super().__init__()
         self.register_buffer("weights", weights)
-        self.scale = scale
+        self.scale, self.templates = scale, templates
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.scale * F.normalize(features, dim=-1) @ self.weights.t()
+
+    def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> CosineClassifier:
+        return CosineClassifier(embed_classes(ctx, classnames, self.templates), self.scale, self.templates)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.methods._train import SGDRecipe, coop_epochs, train_on_features
-from bench.methods.base import FewShotData, FitContext, Needs, class_embeddings
+from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
 from bench.seeding import derive_seed, torch_generator
 
 
@@ -58,14 +58,20 @@ class Adapter(torch.nn.Module):
 class VisualAdapterClassifier(torch.nn.Module):
     """logits = scale · normalise(α·A(f) + (1 − α)·f) · Wᵀ, W (C, D) normalised and frozen."""
 
-    def __init__(self, adapter: Adapter, alpha: float, weights: torch.Tensor, scale: float):
+    def __init__(self, adapter: Adapter, alpha: float, weights: torch.Tensor, scale: float,
+                 templates: tuple[str, ...]):
         super().__init__()
-        self.adapter, self.alpha, self.scale = adapter, alpha, scale
+        self.adapter, self.alpha, self.scale, self.templates = adapter, alpha, scale, templates
         self.register_buffer("weights", weights)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         blended = self.alpha * self.adapter(features) + (1 - self.alpha) * features
         return self.scale * F.normalize(blended, dim=-1) @ self.weights.t()
+
+    def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> VisualAdapterClassifier:
+        """The trained adapter against another label space's zero-shot embeddings."""
+        weights = embed_classes(ctx, classnames, self.templates)
+        return VisualAdapterClassifier(self.adapter, self.alpha, weights, self.scale, self.templates)
 
 
 class ClipAdapter:
@@ -81,11 +87,12 @@ class ClipAdapter:
         return Needs(train_views=cfg.train_views)
 
     def fit(self, data: FewShotData, cfg: ClipAdapterConfig, ctx: FitContext) -> VisualAdapterClassifier:
-        weights = class_embeddings(ctx, data, cfg.prompts)
+        templates = prompt_templates(data, cfg.prompts)
+        weights = embed_classes(ctx, data.classnames, templates)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "init"))
             adapter = Adapter(weights.shape[1], cfg.reduction)
-        model = VisualAdapterClassifier(adapter, cfg.alpha, weights, ctx.logit_scale).to(ctx.device)
+        model = VisualAdapterClassifier(adapter, cfg.alpha, weights, ctx.logit_scale, templates).to(ctx.device)
         recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
         model.train()
         losses = train_on_features(list(adapter.parameters()), model, data.train, cfg.epochs, recipe,

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.methods.base import CosineClassifier, FewShotData, FitContext, Needs, class_embeddings
+from bench.methods.base import (
+    CosineClassifier,
+    FewShotData,
+    FitContext,
+    Needs,
+    embed_classes,
+    prompt_templates,
+)
 
 
 @dataclass(frozen=True)
@@ -30,4 +37,5 @@ class ZeroShot:
         return Needs(train_views=0)
 
     def fit(self, data: FewShotData, cfg: ZeroShotConfig, ctx: FitContext) -> CosineClassifier:
-        return CosineClassifier(class_embeddings(ctx, data, cfg.prompts), ctx.logit_scale)
+        templates = prompt_templates(data, cfg.prompts)
+        return CosineClassifier(embed_classes(ctx, data.classnames, templates), ctx.logit_scale, templates)

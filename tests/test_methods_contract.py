@@ -30,7 +30,7 @@ def backbone():
 def task(backbone, tmp_path_factory):
     """A learnable task on which zero-shot is near chance: class means orthogonal-ish to the text embeddings."""
     cache = FeatureCache(tmp_path_factory.mktemp("text"))
-    text = lambda templates: cache.text_features(backbone, CLASSNAMES, templates)  # noqa: E731
+    text = lambda templates, classnames: cache.text_features(backbone, classnames, templates)  # noqa: E731
     generator = torch.Generator().manual_seed(0)
     dim = backbone.embed_dim
     means = F.normalize(torch.randn(N_CLASSES, dim, generator=generator), dim=-1) * 3
@@ -89,6 +89,19 @@ def test_trainable_method_learns_the_task(name, backbone, task):
         accuracy = (_fit(name, backbone, task)[2](test.center).argmax(1) == test.labels).float().mean()
     assert zero_shot < 0.4  # the task really needs the support set (chance is 0.2)
     assert accuracy > 0.6, f"{name} reached {accuracy:.2f}"
+
+
+@pytest.mark.parametrize("name", method_registry().names())
+def test_class_name_classifiers_transfer_to_new_classes(name, backbone, task):
+    _, _, classifier = _fit(name, backbone, task)
+    if not hasattr(classifier, "for_classes"):
+        pytest.skip(f"{name} is tied to its training labels")
+    ctx = FitContext(backbone=backbone, device=torch.device("cpu"), seed=1, text_features=task[2])
+    new = classifier.for_classes(("new a", "new b", "new c"), ctx)
+    with torch.no_grad():
+        assert new(task[1].center).shape == (N_CLASSES * TEST_PER_CLASS, 3)
+        again = new.for_classes(CLASSNAMES, ctx)(task[1].center)
+        torch.testing.assert_close(again, classifier(task[1].center))  # same parameters, same label space
 
 
 def test_clip_adapter_with_zero_ratio_equals_zero_shot(backbone, task):
