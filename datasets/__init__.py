@@ -13,6 +13,7 @@ from bench.registry import Registry
 
 BUILTIN: dict[str, str] = {
     "synthetic": "bench.datasets.catalog:SYNTHETIC",
+    "synthetic_alt": "bench.datasets.catalog:SYNTHETIC_ALT",
 }
 
 

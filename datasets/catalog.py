@@ -21,3 +21,17 @@ SYNTHETIC = DatasetSpec(
     generator="bench.datasets.synthetic:generate",
     n_classes=8,
 )
+
+SYNTHETIC_ALT = DatasetSpec(
+    name="synthetic_alt",
+    version="1",
+    folder="synthetic_alt",
+    image_dir="images",
+    split_file="split_zhou_SyntheticAlt.json",
+    prompts={
+        "coop": ("a photo of {}.",),
+        "ensemble": ("a photo of {}.", "a picture with {}.", "an image of {} pattern."),
+    },
+    generator="bench.datasets.synthetic:generate_alt",
+    n_classes=6,
+)

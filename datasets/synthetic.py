@@ -23,9 +23,11 @@ CLASSNAMES = (
     "red_stripes", "green_stripes", "blue_stripes", "yellow_stripes",
     "red_dots", "green_dots", "blue_dots", "yellow_dots",
 )
+ALT_CLASSNAMES = ("blue_dots", "red_stripes", "yellow_dots", "green_stripes", "green_dots", "yellow_stripes")
 PER_CLASS = {"train": 16, "val": 6, "test": 12}
 IMAGE_SIZE = 32
 SPLIT_FILE = "split_zhou_Synthetic.json"
+ALT_SPLIT_FILE = "split_zhou_SyntheticAlt.json"
 _COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 
 
@@ -44,16 +46,24 @@ def _draw(colour: str, pattern: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def generate(dataset_dir: Path, seed: int = 0) -> Path:
-    """Write the synthetic dataset under ``dataset_dir`` (idempotent); returns the split file path."""
-    dataset_dir = Path(dataset_dir)
-    split_path = dataset_dir / SPLIT_FILE
+def generate(dataset_dir: Path) -> Path:
+    """Write the ``synthetic`` dataset under ``dataset_dir`` (idempotent); returns the split file path."""
+    return _generate(Path(dataset_dir), CLASSNAMES, SPLIT_FILE, seed=0)
+
+
+def generate_alt(dataset_dir: Path) -> Path:
+    """Write ``synthetic_alt``: six of the classes in another order, other images (a second dataset for grids)."""
+    return _generate(Path(dataset_dir), ALT_CLASSNAMES, ALT_SPLIT_FILE, seed=1)
+
+
+def _generate(dataset_dir: Path, classnames: tuple[str, ...], split_file: str, seed: int) -> Path:
+    split_path = dataset_dir / split_file
     if split_path.is_file():
         return split_path
     rng = np.random.default_rng(seed)
     split: dict[str, list] = {name: [] for name in PER_CLASS}
     for name, count in PER_CLASS.items():
-        for label, classname in enumerate(CLASSNAMES):
+        for label, classname in enumerate(classnames):
             colour, pattern = classname.split("_")
             for i in range(count):
                 relpath = f"{classname}/{name}_{i:03d}.png"

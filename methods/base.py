@@ -83,6 +83,9 @@ class FitContext:
         record: ``record(name, value)`` stores a JSON-serialisable observable in the result's
             ``diagnostics`` (chosen C, learned ratios, ...).
         progress: whether to show progress bars.
+        report: ``report(step, val_accuracy)`` for an intermediate few-shot-val score (fraction in [0, 1]),
+            or ``None`` when nobody listens. Tuning uses it to prune trials (it may raise
+            ``optuna.TrialPruned``); trainable methods call it every few epochs only when it is set.
     """
 
     backbone: Any
@@ -91,6 +94,7 @@ class FitContext:
     text_features: Callable[[tuple[str, ...], tuple[str, ...]], torch.Tensor]
     record: Callable[[str, Any], None] = field(default=lambda name, value: None)
     progress: bool = False
+    report: Callable[[int, float], None] | None = None
 
     @property
     def logit_scale(self) -> float:
