@@ -1,0 +1,285 @@
+"""``bench perf``: how fast the harness is, measured side by side with the official codes' approach.
+
+Everything runs on generated JPEGs (ImageNet-like 500x375 pictures) and a random-init model
+of the requested architecture, so the numbers need no download and are comparable across
+machines. The table reports:
+
+- feature extraction, images/s: decode + preprocess + encode through the FeatureCache, and
+  the encoder alone (the upper bound decoding has to keep up with);
+- seconds per cell and peak memory for each method, from cached features;
+- the same CLIP-Adapter cell trained the way the official code does it (every epoch
+  re-decodes, re-augments and re-encodes every support image through the frozen encoder),
+  timed for a few epochs and extrapolated linearly to the full schedule, and the ratio.
+
+Profiles: ``smoke`` (seconds; what CI runs, to keep the command working), ``cpu`` (the tiny model
+on a 10-class 16-shot cell) and ``gpu`` (RN50 at 224 px, the paper's 16-shot ImageNet cell:
+1000 classes x 16 shots, 200 adapter epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
+from bench.datasets.spec import LabeledImages
+from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
+from bench.images import CENTER, ImageViews, ViewSpec
+from bench.methods import method_registry
+from bench.methods.base import FeatureSet, FewShotData, FitContext
+from bench.provenance import environment
+from bench.seeding import derive_seed, torch_generator
+
+
+@dataclass(frozen=True)
+class PerfProfile:
+    """One benchmark setting.
+
+    Attributes:
+        backbone: random-init architecture to time (``ARCH/random``).
+        n_classes, shots: the cell's support set (classes x shots images).
+        test_images: images whose extraction is timed (centre view).
+        train_views: augmented views cached per support image.
+        adapter_epochs: CLIP-Adapter's schedule for the cell (the target quotes 200).
+        baseline_epochs: epochs of the re-encoding baseline actually run before extrapolating.
+        methods: methods timed from cached features.
+        workers, batch_size: DataLoader processes and images per encoder forward.
+    """
+
+    backbone: str
+    n_classes: int
+    shots: int
+    test_images: int
+    train_views: int
+    adapter_epochs: int
+    baseline_epochs: int
+    methods: tuple[str, ...]
+    workers: int
+    batch_size: int
+
+
+PROFILES = {
+    "smoke": PerfProfile("bench-tiny/random", n_classes=3, shots=2, test_images=20, train_views=2,
+                         adapter_epochs=4, baseline_epochs=1, methods=("zero_shot", "linear_probe", "clip_adapter"),
+                         workers=0, batch_size=32),
+    "cpu": PerfProfile("bench-tiny/random", n_classes=10, shots=16, test_images=400, train_views=10,
+                       adapter_epochs=200, baseline_epochs=2, methods=("zero_shot", "linear_probe", "clip_adapter"),
+                       workers=0, batch_size=128),
+    "gpu": PerfProfile("RN50/random", n_classes=1000, shots=16, test_images=20000, train_views=10,
+                       adapter_epochs=200, baseline_epochs=1, methods=("zero_shot", "linear_probe", "clip_adapter"),
+                       workers=8, batch_size=512),
+}
+
+
+def make_jpegs(folder: Path, n_classes: int, per_class: int, seed: int = 0) -> LabeledImages:
+    """Write ``n_classes * per_class`` 500x375 JPEGs (smooth colour fields plus noise, ~30 kB each)."""
+    rng = np.random.default_rng(seed)
+    paths, labels = [], []
+    yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
+    for label in range(n_classes):
+        for i in range(per_class):
+            relpath = f"c{label:04d}/{i:03d}.jpg"
+            target = folder / relpath
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                phase = rng.uniform(0, 6.28, size=3)
+                base = 127 + 100 * np.sin(xx[..., None] / rng.uniform(20, 80) + yy[..., None] / 57 + phase)
+                pixels = np.clip(base + rng.normal(0, 20, size=base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(target, quality=90)
+            paths.append(relpath)
+            labels.append(label)
+    return LabeledImages(tuple(paths), tuple(labels))
+
+
+def _key(backbone: Backbone, split: str, view: ViewSpec) -> ImageFeatureKey:
+    return ImageFeatureKey(backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256,
+                           precision=backbone.precision, dataset="perf", dataset_version="1", split_sha256="perf",
+                           split=split, preprocessing=backbone.preprocessing, view=view)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_encoder(backbone: Backbone, batch_size: int, batches: int = 5) -> float:
+    """Images/s of ``encode_images`` alone on random pixels (after one warm-up batch)."""
+    size = backbone.preprocessing.image_size
+    pixels = torch.randn(batch_size, 3, size, size)
+    backbone.encode_images(pixels)
+    _sync(backbone.device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        backbone.encode_images(pixels)
+    _sync(backbone.device)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def time_extraction(backbone: Backbone, root: Path, images: LabeledImages, view: ViewSpec,
+                    options: ExtractOptions, cache_dir: Path) -> tuple[torch.Tensor, float]:
+    """Features of ``images`` through a fresh FeatureCache -> (features (V, N, D), images/s)."""
+    cache = FeatureCache(cache_dir)
+    _sync(backbone.device)
+    start = time.perf_counter()
+    features = cache.image_features(_key(backbone, "train" if view.kind == "augment" else "test", view), backbone,
+                                    root, images.paths, options)
+    _sync(backbone.device)
+    return features, len(images) / (time.perf_counter() - start)
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def time_method(name: str, data: FewShotData, ctx: FitContext, overrides: dict) -> tuple[float, int | None]:
+    """Seconds to ``fit`` one cell from cached features, and peak device memory (bytes, CUDA only)."""
+    method = method_registry().get(name)()
+    cfg = dataclasses.replace(method.default_config("imagenet", data.shots),
+                              **{k: v for k, v in overrides.items() if hasattr(method.Config, k)})
+    _peak_reset(ctx.device)
+    _sync(ctx.device)
+    start = time.perf_counter()
+    method.fit(data, cfg, ctx)
+    _sync(ctx.device)
+    return time.perf_counter() - start, _peak(ctx.device)
+
+
+def time_reencoding_adapter(backbone: Backbone, root: Path, images: LabeledImages, ctx: FitContext,
+                            epochs: int, options: ExtractOptions) -> float:
+    """Seconds per epoch of CLIP-Adapter trained as the official code does: live augmentation + frozen encoder each step."""
+    from bench.methods._train import SGDRecipe, batches, dassl_lr
+    from bench.methods.clip_adapter import Adapter, VisualAdapterClassifier
+
+    weights = torch.nn.functional.normalize(torch.randn(len(set(images.labels)), backbone.embed_dim), dim=-1)
+    adapter = Adapter(backbone.embed_dim, 4)
+    model = VisualAdapterClassifier(adapter, 0.2, weights, ctx.logit_scale, ()).to(ctx.device)
+    recipe = SGDRecipe()
+    optimizer = torch.optim.SGD(adapter.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    labels = torch.tensor(images.labels)
+    generator = torch_generator(derive_seed(0, "perf-baseline"))
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        # A fresh random view per image and epoch, decoded by DataLoader workers as in Dassl's loader.
+        view = ViewSpec.augment(1, seed=epoch)
+        order = batches(len(images), recipe.batch_size, generator)
+        loader = torch.utils.data.DataLoader(ImageViews(root, list(images.paths), backbone.preprocessing, view),
+                                             batch_sampler=[b.tolist() for b in order],
+                                             num_workers=options.num_workers, pin_memory=ctx.device.type == "cuda")
+        for group in optimizer.param_groups:
+            group["lr"] = dassl_lr(epoch, epochs, recipe)
+        for index, (pixels, _) in zip(order, loader, strict=True):
+            features = backbone.encode_images(pixels[:, 0]).clone()
+            loss = torch.nn.functional.cross_entropy(model(features), labels[index].to(ctx.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    _sync(ctx.device)
+    return (time.perf_counter() - start) / epochs
+
+
+@dataclass
+class PerfRow:
+    what: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+def run_profile(profile: PerfProfile, device: torch.device, workdir: Path) -> list[PerfRow]:
+    """Run every measurement of ``profile``; returns the table rows."""
+    backbone = load_backbone(BackboneRef.parse(profile.backbone), device)
+    options = ExtractOptions(batch_size=profile.batch_size, num_workers=profile.workers, progress=False)
+    rows = [PerfRow("encoder only", time_encoder(backbone, profile.batch_size), "images/s",
+                    f"{profile.backbone}, {backbone.preprocessing.image_size} px, {backbone.precision}")]
+    test_images = make_jpegs(workdir / "test", max(1, profile.test_images // 20), 20, seed=1)
+    _, rate = time_extraction(backbone, workdir / "test", test_images, CENTER, options, workdir / "cache")
+    rows.append(PerfRow("extraction, centre view (decode + encode)", rate, "images/s",
+                        f"{len(test_images)} JPEG 500x375, {profile.workers} workers"))
+    support = make_jpegs(workdir / "train", profile.n_classes, profile.shots)
+    train_view = ViewSpec.augment(profile.train_views)
+    t0 = time.perf_counter()
+    views, rate = time_extraction(backbone, workdir / "train", support, train_view, options, workdir / "cache")
+    extraction_s = time.perf_counter() - t0
+    rows.append(PerfRow(f"extraction, {profile.train_views} augmented views", rate, "images/s",
+                        f"{len(support)} support images x {profile.train_views} views in {extraction_s:.1f} s"))
+    rows += _method_rows(profile, backbone, support, views, workdir, options, extraction_s)
+    return rows
+
+
+def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImages, views: torch.Tensor,
+                 workdir: Path, options: ExtractOptions, extraction_s: float) -> list[PerfRow]:
+    classnames = tuple(f"class {i}" for i in range(profile.n_classes))
+    cache = FeatureCache(workdir / "cache")
+    labels = torch.tensor(support.labels)
+    data = FewShotData("perf", profile.shots, classnames, {"coop": ("a photo of a {}.",)},
+                       FeatureSet(views, labels), FeatureSet(views[:1, ::4], labels[::4]))
+    ctx = FitContext(backbone=backbone, device=backbone.device, seed=1,
+                     text_features=lambda templates, names: cache.text_features(backbone, names, templates))
+    overrides = {"epochs": profile.adapter_epochs, "train_views": profile.train_views}
+    rows, adapter_s = [], None
+    for name in profile.methods:
+        seconds, peak = time_method(name, data, ctx, overrides)
+        note = f"peak {peak / 2**20:.0f} MiB" if peak is not None else ""
+        rows.append(PerfRow(f"{name}: one {profile.n_classes}-class {profile.shots}-shot cell", seconds, "s", note))
+        adapter_s = seconds if name == "clip_adapter" else adapter_s
+    if adapter_s is not None:
+        per_epoch = time_reencoding_adapter(backbone, workdir / "train", support, ctx, profile.baseline_epochs, options)
+        baseline = per_epoch * profile.adapter_epochs
+        ours = adapter_s + extraction_s
+        rows.append(PerfRow("clip_adapter re-encoding every epoch (official approach)", baseline, "s",
+                            f"{profile.baseline_epochs} epochs timed, x{profile.adapter_epochs / profile.baseline_epochs:.0f}"))
+        rows.append(PerfRow("clip_adapter speed-up (baseline / (views extraction + training))", baseline / ours, "x",
+                            f"ours {ours:.1f} s incl. extraction"))
+    return rows
+
+
+def render(rows: list[PerfRow], profile_name: str, device: torch.device) -> str:
+    env = environment()
+    head = [f"# bench perf — profile `{profile_name}`", "",
+            f"Device: {env['device_name']} ({device.type}), torch {env['torch']}, open_clip {env['open_clip']}, "
+            f"bench {env['bench_version']} ({(env['git_sha'] or '?')[:10]}), {torch.get_num_threads()} CPU threads.", "",
+            "| measurement | value | unit | note |", "|---|---:|---|---|"]
+    body = [f"| {r.what} | {r.value:,.1f} | {r.unit} | {r.note} |" for r in rows]
+    return "\n".join(head + body) + "\n"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("perf", help="benchmark extraction and per-cell training speed against re-encoding",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="auto", choices=("auto", *PROFILES), help="auto: gpu on CUDA, else cpu")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workdir", type=Path, default=None, help="where the generated JPEGs and caches go (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    p.set_defaults(func=_cmd_perf)
+
+
+def _cmd_perf(args) -> int:
+    from bench._io import atomic_write_bytes, atomic_write_json
+
+    device = resolve_device(args.device)
+    name = args.profile if args.profile != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_profile(PROFILES[name], device, Path(args.workdir or tmp))
+    text = render(rows, name, device)
+    print(text, end="")
+    if args.out:
+        atomic_write_bytes(args.out, text.encode())
+    if args.json:
+        atomic_write_json(args.json, {"profile": name, "environment": environment(),
+                                      "rows": [dataclasses.asdict(r) for r in rows]})
+    return 0
+
