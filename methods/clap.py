@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._train import SGDRecipe, cpu_threads_for, pool_batches, train_on_features
+from bench.methods._train import (
+    SGDRecipe,
+    accuracy,
+    cpu_threads_for,
+    pool_batches,
+    train_on_features,
+    val_reporter,
+)
 from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
 from bench.methods.tip_adapter import default_prompts
 from bench.seeding import derive_seed, torch_generator
@@ -113,10 +120,12 @@ def fit_clap(data: FewShotData, cfg: Any, constraint: str, ctx: FitContext) -> P
             return (multipliers * (model.prototypes - zero_shot).pow(2).sum(-1)).mean()
 
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
+    x_val, y_val = data.val.center.to(ctx.device), data.val.labels
+    report = val_reporter(ctx, lambda: accuracy(model(x_val), y_val), cfg.epochs)  # pruning only; no selection
     dim = zero_shot.shape[1]
     with cpu_threads_for(ctx.device, cfg.batch_size * dim * data.n_classes * 3):
         losses = train_on_features([model.prototypes], model, data.train, cfg.epochs, recipe,
-                                   torch_generator(derive_seed(ctx.seed, "loader")), ctx.device,
+                                   torch_generator(derive_seed(ctx.seed, "loader")), ctx.device, report,
                                    penalty=penalty, sampler=pool_batches)
     ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
     model.requires_grad_(False)

@@ -24,8 +24,11 @@ Deviations from the official code, none of which changes what is computed:
 - Image features come from ``train_views`` = 10 cached augmented views per support image (Dassl's
   random-resized-crop (0.08, 1) + flip), one drawn per image per epoch, instead of re-encoding a
   fresh augmentation every step; the image encoder is frozen in CoOp too.
-- The text transformer runs only up to the longest prompt's EOT position: under the causal mask no
-  position attends to a later one, so the EOT features are the same as over all 77 positions.
+- During training the text transformer runs only up to the longest prompt's EOT position: under the
+  causal mask no position attends to a later one, so the EOT features are the same as over all 77
+  positions up to float rounding (kernels of other lengths sum in another order: ~5e-7 relative).
+  The returned classifier's features are computed once over all positions, so with zero epochs
+  they are bit for bit the frozen encoder's for the same prompts.
 - bf16 autocast on CUDA (``backbone.autocast()``) instead of CoOp's fp16 weights.
 """
 
@@ -174,7 +177,7 @@ def build_prompt_learner(backbone: Any, classnames: tuple[str, ...], ctx: torch.
                          fix=f"use one of: {', '.join(POSITIONS)}")
     tower = text_tower(backbone.model)
     device = tower.token_embedding.weight.device
-    names = [" ".join(name.replace("_", " ").split()) for name in classnames]
+    names = [" ".join(name.split()) for name in classnames]  # "_" -> " " is the dataset reader's (CoOp's) clean-up
     tokens = backbone.tokenize([f"{ctx_text} {name}." for name in names]).to(device)
     name_lens = _eot_positions(backbone.tokenize(names)) - 1
     n_ctx = ctx.shape[-2]
@@ -209,9 +212,15 @@ class TransferablePromptClassifier(PromptClassifier):
 
     def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> TransferablePromptClassifier:
         learner = build_prompt_learner(ctx.backbone, classnames, self.ctx, self.ctx_text, self.position)
-        with torch.no_grad(), ctx.backbone.autocast():
-            features = learner.text_features(text_tower(ctx.backbone.model))
-        return TransferablePromptClassifier(features, self.scale, self.ctx, self.ctx_text, self.position)
+        return TransferablePromptClassifier(final_text_features(learner, ctx), self.scale, self.ctx, self.ctx_text,
+                                            self.position)
+
+
+def final_text_features(learner: PromptLearner, ctx: FitContext) -> torch.Tensor:
+    """(C, D) class text features for the returned classifier, computed once over all positions (exactly
+    what ``encode_text`` computes for the same tokens; truncation is only for the many training steps)."""
+    with torch.no_grad(), ctx.backbone.autocast():
+        return learner.text_features(text_tower(ctx.backbone.model), truncate=False)
 
 
 def _train(learner: PromptLearner, data: FewShotData, cfg: CoopConfig, ctx: FitContext) -> list[float]:
@@ -250,9 +259,10 @@ class Coop:
         learner = build_prompt_learner(ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position)
         losses = _train(learner, data, cfg, ctx)
         ctx.record("n_ctx", learner.n_ctx)
+        ctx.record("prompt", {"context": ctx_text, "position": cfg.class_token_position, "csc": cfg.csc,
+                              "tokens": f"{ctx_text} {{}}."})
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
-        with torch.no_grad(), ctx.backbone.autocast():
-            features = learner.text_features(text_tower(ctx.backbone.model))
+        features = final_text_features(learner, ctx)
         if cfg.csc:
             return PromptClassifier(features, ctx.logit_scale)  # class-specific context: tied to these classes
         return TransferablePromptClassifier(features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position)
