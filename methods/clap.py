@@ -25,8 +25,8 @@ Defaults and where they come from (official ``trainers/adapters.py``,
   features (``TrainerXCostume.run_epoch``).
 - SGD lr 0.1, momentum 0.9 (Dassl default), weight decay 0, 300 epochs, cosine schedule with one
   warm-up epoch at a constant 1e-5.
-- Prompts: the dataset's CoOp template; ImageNet: the ``ensemble`` set (CLAP averages
-  ``IMAGENET_TEMPLATES_SELECT`` plus the CoOp template).
+- Prompts: the dataset's CoOp template; ImageNet: the ``coop_ensemble`` set, the 7
+  ``IMAGENET_TEMPLATES_SELECT`` (CLAP also adds the CoOp template "a photo of a {}.", an 8th).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class ClapConfig:
     lr: float = 0.1
     batch_size: int = 256
     weight_decay: float = 0.0
-    prompts: str = "coop"        # default_config: "ensemble" on ImageNet
+    prompts: str = "coop"        # default_config: "coop_ensemble" on ImageNet
     train_views: int = 20        # augmented views per support image (epochs_aumentation)
 
 

@@ -21,7 +21,7 @@ default):
   the code's ``acc_val >= best_acc``.
 - support features: one augmented view per image, RandomResizedCrop scale (0.5, 1) + flip (the
   code encodes its train loader once with Tip-Adapter's train transform); the text classifier is
-  the dataset's CoOp template (ImageNet: the ``ensemble`` set, as the Tip-Adapter code it builds on).
+  the dataset's CoOp template (ImageNet: the ``coop_ensemble`` set, as the Tip-Adapter code it builds on).
 
 Deviations: no bias term (the paper's logits have none; the code's ``nn.Linear`` adds a randomly
 initialised one); the val split is min(K, 4) per class (CoOp's), the code draws K per class.
@@ -45,7 +45,7 @@ class LpPlusPlusConfig:
     alpha_every: int = 10             # an α step every 10 epochs
     alpha_init_scale: float = 250.0   # α₀ = 250 · mean own-class text similarity
     momentum: float = 0.9             # SGD momentum on W
-    prompts: str = "coop"             # default_config: "ensemble" on ImageNet
+    prompts: str = "coop"             # default_config: "coop_ensemble" on ImageNet
     train_views: int = 1              # one augmented view per support image
 
 

@@ -28,8 +28,9 @@ reference notes §2.5):
   partial batch kept), 20 epochs (EuroSAT 100), cross-entropy with the initial (β, α). The epoch
   whose keys score best on the few-shot **val** split is kept (Tip's code picks it on test; the
   authors agreed in issue #11 that val is right), then (β, α) are searched on val as above.
-- Zero-shot weights from the dataset's CoOp template; ImageNet uses the ``ensemble`` prompt set
-  (the paper ensembles prompts on ImageNet).
+- Zero-shot weights from the dataset's CoOp template; ImageNet uses the ``coop_ensemble`` prompt
+  set, CoOp's 7 ``IMAGENET_TEMPLATES_SELECT`` (the paper ensembles prompts on ImageNet; Tip's
+  ``datasets/imagenet.py`` lists the same 7).
 - ``logit_scale`` from the backbone (100 for OpenAI weights; Tip hard-codes 100).
 
 Deviation: Tip-F's training images are drawn from the same cached views as the cache (one per
@@ -80,7 +81,8 @@ OTHER_DATASETS = TipDefaults(1.0, 1.0, 10.0, 10.0)  # not from the paper
 
 
 def default_prompts(dataset: str) -> str:
-    return "ensemble" if dataset == "imagenet" else "coop"
+    """Tip-Adapter, LP++ and CLAP ensemble CoOp's 7 selected templates on ImageNet, one template elsewhere."""
+    return "coop_ensemble" if dataset == "imagenet" else "coop"
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def test_defaults_are_the_official_per_dataset_configs():
     tip, tip_f = TipAdapter(), TipAdapterF()
     imagenet = tip.default_config("imagenet", 16)
     assert (imagenet.beta, imagenet.alpha, imagenet.scale_beta, imagenet.scale_alpha) == (1.0, 1.17, 7.0, 3.0)
-    assert imagenet.prompts == "ensemble" and tip.default_config("dtd", 1).prompts == "coop"
+    assert imagenet.prompts == "coop_ensemble" and tip.default_config("dtd", 1).prompts == "coop"
     flowers = tip_f.default_config("oxford_flowers", 4)
     assert (flowers.alpha, flowers.scale_beta, flowers.epochs) == (10.0, 50.0, 20)
     assert tip_f.default_config("eurosat", 16).epochs == 100
