@@ -1,7 +1,8 @@
 """The ``bench`` command line: parse → build frozen specs → call a library function → print.
 
-Subcommands: ``run`` (a grid of cells), ``report`` (tables from result records),
-``methods`` (registered methods with their config fields and defaults).
+Subcommands: ``run`` (a grid of cells), ``methods`` (registered methods with their config
+fields and defaults), and the feature commands of ``FEATURE_COMMANDS`` (``report``: tables
+from result records, in ``bench.reports.command``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bench.errors import BenchError
 
 # Subcommands that live beside their feature: each module has ``add_parser(subparsers)``.
 FEATURE_COMMANDS: tuple[str, ...] = (
+    "bench.reports.command",
     "bench.perf",
 )
 DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
@@ -118,32 +120,6 @@ def _cmd_run(args) -> int:
     return 1 if summary.failed else 0
 
 
-def _add_report(sub) -> None:
-    from bench.reports.tables import FORMATS
-
-    p = sub.add_parser("report", help="tables from result records",
-                       description="Aggregate result records (mean ± std over seeds) into a table.")
-    p.add_argument("--format", default="markdown", choices=FORMATS)
-    p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
-    p.add_argument("--results", type=Path, default=_env_path("BENCH_RESULTS_DIR", "results"),
-                   help="results folder (default: ./results)")
-    p.set_defaults(func=_cmd_report)
-
-
-def _cmd_report(args) -> int:
-    from bench._io import atomic_write_bytes
-    from bench.reports import render, results_frame
-    from bench.results import load_results
-
-    text = render(results_frame(load_results(args.results)), args.format)
-    if args.out:
-        atomic_write_bytes(args.out, text.encode())
-        print(f"wrote {args.out}")
-    else:
-        print(text, end="")
-    return 0
-
-
 def _add_methods(sub) -> None:
     p = sub.add_parser("methods", help="list methods with their config fields and defaults")
     p.set_defaults(func=_cmd_methods)
@@ -168,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
-    _add_report(sub)
     _add_methods(sub)
     for module in FEATURE_COMMANDS:
         importlib.import_module(module).add_parser(sub)
