@@ -46,8 +46,10 @@ def results_frame(results: list[RunResult]) -> pd.DataFrame:
             "weights_sha256": (r.backbone.get("weights_sha256") or "?")[:12],
             "tune": r.spec.get("tune", "none"),
             "preprocessing": _preprocessing_label(r.data),
-            "method": method_label(r.spec),
-            "dataset": r.spec["dataset"],
+            # base2new top-1 (base classes) and miniature data must never average with the real protocol's numbers
+            "method": method_label(r.spec) + ("" if r.spec.get("protocol", "fewshot") == "fewshot"
+                                               else f" ({r.spec['protocol']})"),
+            "dataset": r.spec["dataset"] + (" (miniature)" if r.data.get("miniature") else ""),
             "shots": int(r.spec["shots"]),
             "seed": int(r.spec["seed"]),
             "status": r.status,
