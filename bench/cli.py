@@ -20,6 +20,7 @@ from bench.errors import BenchError
 # Subcommands that live beside their feature: each module has ``add_parser(subparsers)``.
 FEATURE_COMMANDS: tuple[str, ...] = (
     "bench.reports.command",
+    "bench.datasets.cli",
     "bench.perf",
 )
 DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
@@ -41,12 +42,19 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run(sub) -> None:
-    from bench.spec import DEFAULT_BACKBONE, TUNE_MODES
+    from bench.spec import DEFAULT_BACKBONE, PROTOCOLS, TUNE_MODES
 
     p = sub.add_parser("run", help="run methods × datasets × shots × seeds; finished cells are skipped",
                        description="Run a grid of cells. Cells with an ok record are skipped (resume); --force redoes them.")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list, fnmatch patterns or 'all' (default: {DEFAULT_METHODS})")
-    p.add_argument("--datasets", default=DEFAULT_DATASETS, help="comma list or 'all' (default: synthetic)")
+    p.add_argument("--datasets", default=DEFAULT_DATASETS,
+                   help="comma list, fnmatch patterns or 'all' (the eleven few-shot datasets; default: synthetic)")
+    p.add_argument("--protocol", default="fewshot", choices=PROTOCOLS,
+                   help="fewshot (all classes) or base2new (CoCoOp: train on the first half of the classes, "
+                        "score base and new classes)")
+    p.add_argument("--shift", default="", metavar="SETS",
+                   help="also score imagenet cells on these distribution-shift sets: comma list of imagenet_v2, "
+                        "imagenet_sketch, imagenet_a, imagenet_r, or 'all' (those whose data is present)")
     p.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
@@ -70,16 +78,18 @@ def _add_run(sub) -> None:
 
 def _specs_from_args(args):
     from bench.datasets import dataset_registry
+    from bench.datasets.selection import fewshot_datasets, shift_targets
     from bench.methods import method_registry
     from bench.spec import ALL_SHOTS, DEFAULT_SEEDS, expand_grid, parse_int_list, parse_overrides
 
     methods = method_registry().expand(args.methods)
-    datasets = dataset_registry().expand(args.datasets)
+    datasets = fewshot_datasets(args.datasets, dataset_registry())
+    shift = shift_targets(args.shift, datasets, dataset_registry(), args.data_root)
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
     seeds = parse_int_list(args.seeds, flag="--seeds") if args.seeds else DEFAULT_SEEDS
     backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
     return expand_grid(methods, datasets, shots, seeds, backbones, tune=args.tune, trials=args.trials,
-                       overrides=parse_overrides(args.overrides))
+                       overrides=parse_overrides(args.overrides), protocol=args.protocol, shift=shift)
 
 
 def _run_options(args):

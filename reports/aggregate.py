@@ -81,7 +81,8 @@ def _row(r: RunResult) -> dict:
         "method": method_label(r.spec),
         "method_name": r.spec["method"],
         "prompts": (r.prompts or {}).get("set") or NO_PROMPTS,
-        "dataset": r.spec["dataset"],
+        # a miniature of a real layout must never average with the real dataset's numbers
+        "dataset": r.spec["dataset"] + (" (miniature)" if (r.data or {}).get("miniature") else ""),
         "shots": int(r.spec["shots"]),
         "seed": int(r.spec["seed"]),
         "status": r.status,
