@@ -1,7 +1,8 @@
 """The ``bench`` command line: parse → build frozen specs → call a library function → print.
 
-Subcommands: ``run`` (a grid of cells), ``report`` (tables from result records),
-``methods`` (registered methods with their config fields and defaults).
+Subcommands: ``run`` (a grid of cells), ``methods`` (registered methods with their config
+fields and defaults), and the feature commands of ``FEATURE_COMMANDS`` (``report``: tables
+from result records, in ``bench.reports.command``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from bench.errors import BenchError
 
 # Subcommands that live beside their feature: each module has ``add_parser(subparsers)``.
 FEATURE_COMMANDS: tuple[str, ...] = (
+    "bench.reports.command",
+    "bench.datasets.cli",
     "bench.perf",
 )
 DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
@@ -39,12 +42,19 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run(sub) -> None:
-    from bench.spec import DEFAULT_BACKBONE, TUNE_MODES
+    from bench.spec import DEFAULT_BACKBONE, PROTOCOLS, TUNE_MODES
 
     p = sub.add_parser("run", help="run methods × datasets × shots × seeds; finished cells are skipped",
                        description="Run a grid of cells. Cells with an ok record are skipped (resume); --force redoes them.")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list, fnmatch patterns or 'all' (default: {DEFAULT_METHODS})")
-    p.add_argument("--datasets", default=DEFAULT_DATASETS, help="comma list or 'all' (default: synthetic)")
+    p.add_argument("--datasets", default=DEFAULT_DATASETS,
+                   help="comma list, fnmatch patterns or 'all' (the eleven few-shot datasets; default: synthetic)")
+    p.add_argument("--protocol", default="fewshot", choices=PROTOCOLS,
+                   help="fewshot (all classes) or base2new (CoCoOp: train on the first half of the classes, "
+                        "score base and new classes)")
+    p.add_argument("--shift", default="", metavar="SETS",
+                   help="also score imagenet cells on these distribution-shift sets: comma list of imagenet_v2, "
+                        "imagenet_sketch, imagenet_a, imagenet_r, or 'all' (those whose data is present)")
     p.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
@@ -68,16 +78,18 @@ def _add_run(sub) -> None:
 
 def _specs_from_args(args):
     from bench.datasets import dataset_registry
+    from bench.datasets.selection import fewshot_datasets, shift_targets
     from bench.methods import method_registry
     from bench.spec import ALL_SHOTS, DEFAULT_SEEDS, expand_grid, parse_int_list, parse_overrides
 
     methods = method_registry().expand(args.methods)
-    datasets = dataset_registry().expand(args.datasets)
+    datasets = fewshot_datasets(args.datasets, dataset_registry())
+    shift = shift_targets(args.shift, datasets, dataset_registry(), args.data_root)
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
     seeds = parse_int_list(args.seeds, flag="--seeds") if args.seeds else DEFAULT_SEEDS
     backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
     return expand_grid(methods, datasets, shots, seeds, backbones, tune=args.tune, trials=args.trials,
-                       overrides=parse_overrides(args.overrides))
+                       overrides=parse_overrides(args.overrides), protocol=args.protocol, shift=shift)
 
 
 def _run_options(args):
@@ -118,32 +130,6 @@ def _cmd_run(args) -> int:
     return 1 if summary.failed else 0
 
 
-def _add_report(sub) -> None:
-    from bench.reports.tables import FORMATS
-
-    p = sub.add_parser("report", help="tables from result records",
-                       description="Aggregate result records (mean ± std over seeds) into a table.")
-    p.add_argument("--format", default="markdown", choices=FORMATS)
-    p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
-    p.add_argument("--results", type=Path, default=_env_path("BENCH_RESULTS_DIR", "results"),
-                   help="results folder (default: ./results)")
-    p.set_defaults(func=_cmd_report)
-
-
-def _cmd_report(args) -> int:
-    from bench._io import atomic_write_bytes
-    from bench.reports import render, results_frame
-    from bench.results import load_results
-
-    text = render(results_frame(load_results(args.results)), args.format)
-    if args.out:
-        atomic_write_bytes(args.out, text.encode())
-        print(f"wrote {args.out}")
-    else:
-        print(text, end="")
-    return 0
-
-
 def _add_methods(sub) -> None:
     p = sub.add_parser("methods", help="list methods with their config fields and defaults")
     p.set_defaults(func=_cmd_methods)
@@ -179,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
-    _add_report(sub)
     _add_methods(sub)
     for module in FEATURE_COMMANDS:
         importlib.import_module(module).add_parser(sub)

@@ -19,15 +19,15 @@ from tqdm.auto import tqdm
 
 from bench._io import ensure_writable_dir, sha256_json
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
-from bench.datasets import dataset_registry
+from bench.datasets import dataset_registry, read_dataset
 from bench.datasets.spec import DatasetSpec, DatasetSplits
 from bench.datasets.splits import (
-    SPLIT_PROTOCOL,
     VAL_SHOTS_CAP,
     FewShotIndices,
     load_or_create_fewshot,
-    read_split_file,
+    split_protocol,
 )
+from bench.datasets.subsets import class_columns, indices_with_labels, n_base_classes
 from bench.errors import BenchError
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
 from bench.images import CENTER, ViewSpec
@@ -115,28 +115,34 @@ class Session:
         return self._backbones[name]
 
 
-def read_dataset(spec: DatasetSpec, data_root: Path) -> DatasetSplits:
-    """Image lists of ``spec`` via its reader (CoOp split file by default)."""
-    if spec.reader == "split_file":
-        return read_split_file(spec, data_root)
-    return import_target(spec.reader)(spec, data_root)
-
-
 def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
     """Validate every cell before any work: names, backbone, config overrides, datasets, results folder."""
     planned = []
     for spec in specs:
         method = session.method(spec.method)
         dataset = session.dataset_spec(spec.dataset)
-        session.splits(spec.dataset)
         config = apply_overrides(method.default_config(spec.dataset, spec.shots), spec.overrides, method=spec.method)
         run_id = spec.run_id(method_version=method.version, dataset_version=dataset.version,
-                             backbone_identity=session.backbone_identity(spec.backbone), split_protocol=SPLIT_PROTOCOL)
+                             backbone_identity=session.backbone_identity(spec.backbone),
+                             split_protocol=split_protocol(dataset), data_sha256=_data_sha256(spec, session))
         path = result_path(session.options.results_root, BackboneRef.parse(spec.backbone).slug, spec.dataset,
                            spec.method, spec.shots, spec.seed, run_id)
         planned.append(PlannedCell(spec, config, run_id, path))
     ensure_writable_dir(Path(session.options.results_root), purpose="results")
     return planned
+
+
+def _data_sha256(spec: RunSpec, session: Session) -> str:
+    """Identity of the data a cell reads (its split file or listing, and its shift sets'), read once here."""
+    dataset = session.dataset_spec(spec.dataset)
+    if dataset.test_only:
+        raise BenchError(f"{spec.dataset!r} is a test-only distribution-shift set", where="--datasets",
+                         fix=f"score classifiers trained on it with --datasets {dataset.shift_of} --shift {spec.dataset}")
+    for target in spec.shift:
+        if session.dataset_spec(target).shift_of != spec.dataset or spec.protocol != "fewshot":
+            raise BenchError(f"{target!r} cannot be scored for {spec.name}", where="--shift",
+                             fix="shift sets score classifiers trained on imagenet with --protocol fewshot")
+    return sha256_json({name: session.splits(name).source_sha256 for name in (spec.dataset, *spec.shift)})
 
 
 def is_done(cell: PlannedCell) -> bool:
@@ -209,6 +215,7 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     dataset = session.dataset_spec(spec.dataset)
     splits = session.splits(spec.dataset)
     fewshot = load_or_create_fewshot(splits, dataset, spec.shots, spec.seed, session.options.cache_root)
+    classnames, train_idx, val_idx = _cell_classes(spec, splits, fewshot)
     backbone = session.backbone(spec.backbone)
     timing: dict[str, float] = {}
 
@@ -216,9 +223,9 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     needs = method.needs(config)
     train_view = _train_view(needs.train_views, needs.augment_scale)
     data = FewShotData(
-        dataset=spec.dataset, shots=spec.shots, classnames=splits.classnames, prompts=dataset.prompts,
-        train=_features(session, backbone, dataset, splits, "train", fewshot.train, train_view),
-        val=_features(session, backbone, dataset, splits, "val", fewshot.val, CENTER),
+        dataset=spec.dataset, shots=spec.shots, classnames=classnames, prompts=dataset.prompts,
+        train=_features(session, backbone, dataset, splits, "train", train_idx, train_view),
+        val=_features(session, backbone, dataset, splits, "val", val_idx, CENTER),
     )
     timing["features"] = time.perf_counter() - t
 
@@ -236,15 +243,16 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     test = _features(session, backbone, dataset, splits, "test", tuple(range(len(splits.test))), CENTER)
     timing["test_features"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = {**score(classifier, test, session), "val_top1": score(classifier, data.val, session)["top1"]}
+    metrics = {**_score_test(classifier, ctx, spec, splits, test, session),
+               "val_top1": score(classifier, data.val, session)["top1"]}
+    if spec.shift:  # the shift sets' features are extracted here too
+        metrics["transfer"] = _score_shift(classifier, spec, splits, backbone, session)
     timing["eval"] = time.perf_counter() - t
     return {
         "spec": _spec_record(cell, session),
-        "backbone": {"id": backbone.ref.id, "arch": backbone.ref.arch, "weights": backbone.ref.weights,
-                     "identity": session.backbone_identity(spec.backbone), "weights_sha256": backbone.weights_sha256,
-                     "precision": backbone.precision, "embed_dim": backbone.embed_dim,
-                     "logit_scale": round(backbone.logit_scale, 6)},
-        "data": _data_record(splits, fewshot, backbone, train_view, session.options.data_root),
+        "backbone": _backbone_record(backbone, session.backbone_identity(spec.backbone)),
+        "data": {**_data_record(splits, fewshot, data, backbone, train_view, session.options.data_root),
+                 **_protocol_record(spec, splits, session)},
         "prompts": _prompts_record(config, dataset),
         "config": _jsonable(asdict(config)),
         "tuning": {"mode": spec.tune},
@@ -254,6 +262,63 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
         "memory": {},
         "provenance": {},
     }
+
+
+def _backbone_record(backbone: Backbone, identity: str) -> dict:
+    return {"id": backbone.ref.id, "arch": backbone.ref.arch, "weights": backbone.ref.weights, "identity": identity,
+            "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
+            "embed_dim": backbone.embed_dim, "logit_scale": round(backbone.logit_scale, 6)}
+
+
+def _cell_classes(spec: RunSpec, splits: DatasetSplits,
+                  fewshot: FewShotIndices) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """(class names, support indices, val indices) a method sees: all classes, or the base half (base2new).
+
+    As CoCoOp, the subsets are drawn over all classes first, then restricted to the base classes.
+    """
+    if spec.protocol == "fewshot":
+        return splits.classnames, fewshot.train, fewshot.val
+    m = n_base_classes(len(splits.classnames))
+    return (splits.classnames[:m], indices_with_labels(splits.train, fewshot.train, 0, m),
+            indices_with_labels(splits.val, fewshot.val, 0, m))
+
+
+def _labels_subset(data: FeatureSet, low: int, high: int) -> FeatureSet:
+    """The images with labels in ``[low, high)``, relabelled to start at 0."""
+    keep = (data.labels >= low) & (data.labels < high)
+    return FeatureSet(data.features[:, keep], data.labels[keep] - low)
+
+
+def _score_test(classifier, ctx: FitContext, spec: RunSpec, splits: DatasetSplits, test: FeatureSet,
+                session: Session) -> dict[str, Any]:
+    """Test metrics; with base2new those of the base classes plus new-class top-1 and their harmonic mean.
+
+    New classes are scored with ``classifier.for_classes`` (the learned parameters on the new class
+    names); a classifier tied to its training labels has none, and ``new_top1`` is ``None``.
+    """
+    if spec.protocol == "fewshot":
+        return score(classifier, test, session)
+    n, m = len(splits.classnames), n_base_classes(len(splits.classnames))
+    metrics = score(classifier, _labels_subset(test, 0, m), session)
+    base, new = metrics["top1"], None
+    if hasattr(classifier, "for_classes"):
+        new = score(classifier.for_classes(splits.classnames[m:], ctx), _labels_subset(test, m, n), session)["top1"]
+    harmonic = None if new is None else (2 * base * new / (base + new) if base + new > 0 else 0.0)
+    return {**metrics, "base_top1": base, "new_top1": new, "harmonic_mean": harmonic}
+
+
+def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Backbone,
+                 session: Session) -> dict[str, dict]:
+    """Top-1 of the classifier on each shift set, its logits restricted to the set's classes (-A/-R: 200)."""
+    out = {}
+    for target in spec.shift:
+        target_splits = session.splits(target)
+        columns = torch.tensor(class_columns(splits.class_ids, target_splits.class_ids, target), device=session.device)
+        test = _features(session, backbone, session.dataset_spec(target), target_splits, "test",
+                         tuple(range(len(target_splits.test))), CENTER)
+        restricted = score(lambda x, columns=columns: classifier(x).index_select(1, columns), test, session)
+        out[target] = {"top1": restricted["top1"], "n_test": len(target_splits.test)}
+    return out
 
 
 def _train_view(train_views: int, scale: tuple[float, float] = (0.08, 1.0)) -> ViewSpec:
@@ -292,17 +357,36 @@ def score(classifier, data: FeatureSet, session: Session) -> dict[str, float | N
     return {"top1": float(correct.double().mean()), "top5": top5, "mean_per_class_recall": float(recall.mean())}
 
 
-def _data_record(splits: DatasetSplits, fewshot: FewShotIndices, backbone: Backbone, train_view: ViewSpec,
-                 data_root: Path) -> dict:
-    source = Path(splits.source)
-    relative = source.relative_to(data_root) if source.is_relative_to(data_root) else source
+def _data_record(splits: DatasetSplits, fewshot: FewShotIndices, data: FewShotData, backbone: Backbone,
+                 train_view: ViewSpec, data_root: Path) -> dict:
     return {
-        "split_file": str(relative), "split_file_sha256": splits.source_sha256,
+        "split_file": _relative(splits.source, data_root), "split_file_sha256": splits.source_sha256,
         "split_protocol": fewshot.protocol, "fewshot_index_sha256": fewshot.sha256,
-        "val_shots": min(fewshot.shots, VAL_SHOTS_CAP),
-        "n_classes": len(splits.classnames), "n_train": len(fewshot.train), "n_val": len(fewshot.val), "n_test": len(splits.test),
+        "val_shots": min(fewshot.shots, VAL_SHOTS_CAP), "miniature": splits.miniature,
+        "n_classes": data.n_classes, "n_train": int(data.train.labels.numel()), "n_val": int(data.val.labels.numel()),
+        "n_test": len(splits.test),
         "preprocessing": asdict(backbone.preprocessing), "train_view": asdict(train_view),
     }
+
+
+def _relative(path: Path, root: Path) -> str:
+    path = Path(path)
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
+
+
+def _protocol_record(spec: RunSpec, splits: DatasetSplits, session: Session) -> dict:
+    """The class split of base2new and the data of each shift set, for the record."""
+    out: dict[str, Any] = {"protocol": spec.protocol}
+    if spec.protocol == "base2new":
+        n, m = len(splits.classnames), n_base_classes(len(splits.classnames))
+        out |= {"n_base_classes": m, "n_new_classes": n - m,
+                "n_test_base": sum(label < m for label in splits.test.labels)}
+    if spec.shift:
+        out["transfer"] = {t: {"source": _relative(session.splits(t).source, session.options.data_root),
+                               "source_sha256": session.splits(t).source_sha256,
+                               "miniature": session.splits(t).miniature, "n_classes": len(session.splits(t).classnames)}
+                           for t in spec.shift}
+    return out
 
 
 def _prompts_record(config: Any, dataset: DatasetSpec) -> dict | None:

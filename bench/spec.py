@@ -20,11 +20,17 @@ ALL_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_BACKBONE = "bench-tiny/random"
 TUNE_MODES = ("none", "val", "oracle")
+PROTOCOLS = ("fewshot", "base2new")  # base2new: CoCoOp's base-to-new generalisation
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell. ``overrides`` are method-config fields set explicitly (``--set``), as sorted pairs."""
+    """One cell. ``overrides`` are method-config fields set explicitly (``--set``), as sorted pairs.
+
+    ``protocol`` is ``"fewshot"`` or ``"base2new"`` (train on the first half of the classes, score
+    base and new classes); ``shift`` names the test-only sets a classifier trained on this cell's
+    dataset is also scored on (``metrics["transfer"]``).
+    """
 
     method: str
     dataset: str
@@ -34,20 +40,30 @@ class RunSpec:
     tune: str = "none"
     trials: int = 0
     overrides: tuple[tuple[str, Any], ...] = ()
+    protocol: str = "fewshot"
+    shift: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        return f"{self.method}/{self.dataset}/k{self.shots}/s{self.seed}"
+        suffix = "" if self.protocol == "fewshot" else f"/{self.protocol}"
+        return f"{self.method}/{self.dataset}/k{self.shots}/s{self.seed}{suffix}"
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out["overrides"] = dict(self.overrides)
         return out
 
-    def run_id(self, *, method_version: str, dataset_version: str, backbone_identity: str, split_protocol: str) -> str:
-        """sha256 of everything that defines this cell's number before it runs (16 hex chars)."""
+    def run_id(self, *, method_version: str, dataset_version: str, backbone_identity: str, split_protocol: str,
+               data_sha256: str | None = None) -> str:
+        """sha256 of everything that defines this cell's number before it runs (16 hex chars).
+
+        ``data_sha256`` identifies the data read (split files, listings), so a cell run on other
+        data (another split file, a miniature) never resumes from this one's record.
+        """
         payload = {**self.to_json(), "method_version": method_version, "dataset_version": dataset_version,
                    "backbone": backbone_identity, "split_protocol": split_protocol}
+        if data_sha256 is not None:
+            payload["data_sha256"] = data_sha256
         return sha256_json(payload)[:16]
 
 
@@ -108,16 +124,24 @@ def apply_overrides(config: Any, overrides: Iterable[tuple[str, Any]], *, method
 
 def expand_grid(methods: Sequence[str], datasets: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
                 backbones: Sequence[str], *, tune: str = "none", trials: int = 0,
-                overrides: dict[str, tuple[tuple[str, Any], ...]] | None = None) -> list[RunSpec]:
-    """All cells, ordered backbone → dataset → method → shots → seed."""
+                overrides: dict[str, tuple[tuple[str, Any], ...]] | None = None, protocol: str = "fewshot",
+                shift: dict[str, tuple[str, ...]] | None = None) -> list[RunSpec]:
+    """All cells, ordered backbone → dataset → method → shots → seed.
+
+    ``shift`` maps a dataset to the test-only sets its cells are also scored on.
+    """
     if tune not in TUNE_MODES:
         raise BenchError(f"unknown tuning mode {tune!r}", where="--tune", fix=f"use one of: {', '.join(TUNE_MODES)}")
+    if protocol not in PROTOCOLS:
+        raise BenchError(f"unknown protocol {protocol!r}", where="--protocol", fix=f"use one of: {', '.join(PROTOCOLS)}")
+    shift = shift or {}
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(methods))
     if unknown:
         raise BenchError(f"--set names method(s) {', '.join(unknown)} that are not being run", where="--set",
                          fix="add them to --methods or drop those --set items")
     return [
-        RunSpec(method, dataset, k, seed, backbone, tune, trials, overrides.get(method, ()))
+        RunSpec(method, dataset, k, seed, backbone, tune, trials, overrides.get(method, ()), protocol,
+                tuple(shift.get(dataset, ())))
         for backbone in backbones for dataset in datasets for method in methods for k in shots for seed in seeds
     ]

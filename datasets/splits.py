@@ -7,6 +7,8 @@ order of first appearance, ``random.sample(items, K)`` (all items if fewer than 
 train subset is drawn first, then the val subset with ``min(K, 4)`` per class, from the
 same generator. Drawing indices instead of items consumes the generator identically, so
 the subsets match CoOp's ``split_fewshot/shot_K-seed_S.pkl`` for the same split file.
+ImageNet has no val split: its few-shot val is drawn from train, disjoint from the support
+set (protocol ``dassl+val_from_train``).
 """
 
 from __future__ import annotations
@@ -18,32 +20,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._io import atomic_write_json, sha256_bytes, sha256_file
-from bench.datasets.spec import DatasetSpec, DatasetSplits, LabeledImages
+from bench.datasets.readers import check_counts, check_images_exist, clean_classnames, require_file
+from bench.datasets.spec import DatasetSpec, DatasetSplits, LabeledImages, expectations
 from bench.errors import BenchError
+from bench.seeding import derive_seed
 
 SPLIT_PROTOCOL = "dassl"
+VAL_FROM_TRAIN_PROTOCOL = "dassl+val_from_train"
 VAL_SHOTS_CAP = 4  # CoOp: val = generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
 INDEX_SCHEMA = 1
 
 
-def read_split_file(spec: DatasetSpec, data_root: Path, *, check_files: bool = True) -> DatasetSplits:
+def read_split_file(spec: DatasetSpec, data_root: Path, *, check_files: bool = True,
+                    strict: bool = True) -> DatasetSplits:
     """Read ``spec``'s CoOp split file under ``data_root``.
 
     Raises:
-        BenchError: the file is missing, malformed, has the wrong sha256 or class count, or
-            (with ``check_files``) lists images that do not exist.
+        BenchError: the file is missing or malformed, or (with ``strict``) has the wrong sha256,
+            class count or split sizes, or (with ``check_files`` too) lists images that do not exist.
     """
     folder = Path(data_root) / spec.folder
-    path = folder / spec.split_file
-    if not path.is_file():
-        raise BenchError(
-            f"split file of dataset {spec.name!r} not found",
-            where=str(path),
-            fix=f"put the dataset under {folder} (see `bench data prepare {spec.name}`) or pass --data-root",
-        )
+    path = require_file(folder / spec.split_file, spec, "split file")
     raw = path.read_bytes()
     digest = sha256_bytes(raw)
-    if spec.split_sha256 and digest != spec.split_sha256:
+    if strict and spec.split_sha256 and digest != spec.split_sha256:
         raise BenchError(
             f"split file has sha256 {digest[:12]}…, expected {spec.split_sha256[:12]}…",
             where=str(path),
@@ -58,18 +58,20 @@ def read_split_file(spec: DatasetSpec, data_root: Path, *, check_files: bool = T
             where=str(path),
             fix='expected {"train": [[relative_path, label, classname], ...], "val": [...], "test": [...]}',
         ) from exc
-    classnames = _classnames(lists, spec, path)
-    image_root = folder / spec.image_dir
+    expected = expectations(spec, folder)
     splits = DatasetSplits(
-        image_root=image_root,
-        classnames=classnames,
+        image_root=folder / spec.image_dir,
+        classnames=clean_classnames(spec, _classnames(lists, path)),
         train=lists["train"][0],
         val=lists["val"][0],
         test=lists["test"][0],
         source=path,
         source_sha256=digest,
+        miniature=expected.miniature,
     )
-    if check_files:
+    if strict:
+        check_counts(spec, expected, splits)
+    if strict and check_files:
         check_images_exist(splits)
     return splits
 
@@ -83,7 +85,8 @@ def _parse_entries(entries: list) -> tuple[LabeledImages, dict[int, str]]:
     return LabeledImages(tuple(paths), tuple(labels)), names
 
 
-def _classnames(lists: dict, spec: DatasetSpec, path: Path) -> tuple[str, ...]:
+def _classnames(lists: dict, path: Path) -> list[str]:
+    """Raw class names by label (0..C-1), from the first entry of each label."""
     names: dict[int, str] = {}
     for _, by_label in lists.values():
         for label, name in by_label.items():
@@ -95,32 +98,7 @@ def _classnames(lists: dict, spec: DatasetSpec, path: Path) -> tuple[str, ...]:
             where=str(path),
             fix="labels must be contiguous integers starting at 0",
         )
-    if spec.n_classes is not None and n != spec.n_classes:
-        raise BenchError(
-            f"{n} classes, expected {spec.n_classes} for {spec.name!r}",
-            where=str(path),
-            fix="use the official split file for this dataset",
-        )
-    cleaned = []
-    for label in range(n):
-        name = names[label]
-        name = spec.classname_fixes.get(name, name)
-        cleaned.append(name.replace("_", " "))  # CoOp: classname.replace("_", " ") before prompting
-    return tuple(cleaned)
-
-
-def check_images_exist(splits: DatasetSplits) -> None:
-    """Raise a :class:`BenchError` naming the first missing image of each split, if any."""
-    for name in ("train", "val", "test"):
-        images = splits.split(name)
-        missing = [p for p in images.paths if not (splits.image_root / p).is_file()]
-        if missing:
-            raise BenchError(
-                f"{len(missing)} of {len(images)} {name} images listed in the split file do not exist, "
-                f"first: {splits.image_root / missing[0]}",
-                where=f"{splits.source}: {name}",
-                fix=f"check that the images are extracted under {splits.image_root} as the split file expects",
-            )
+    return [names[label] for label in range(n)]
 
 
 @dataclass(frozen=True)
@@ -152,18 +130,35 @@ def draw_fewshot(labels: tuple[int, ...], shots: int, rng: random.Random) -> tup
     return tuple(chosen)
 
 
-def sample_fewshot(splits: DatasetSplits, dataset: str, shots: int, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Draw (train, val) index tuples exactly as CoOp/Dassl would for ``seed``."""
+def split_protocol(spec: DatasetSpec) -> str:
+    """How (train, val) subsets are drawn for ``spec``: recorded in every result and part of its run id."""
+    return VAL_FROM_TRAIN_PROTOCOL if spec.val_source == "train" else SPLIT_PROTOCOL
+
+
+def sample_fewshot(splits: DatasetSplits, dataset: str, shots: int, seed: int, *,
+                   val_from_train: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Draw (train, val) index tuples exactly as CoOp/Dassl would for ``seed``.
+
+    With ``val_from_train`` (ImageNet, which has no val split; CoOp used val = test) the val
+    indices point into ``splits.train`` too: ``min(K, 4)`` per class drawn from the train images
+    not in the support set, with a generator derived for that purpose (the support set itself
+    stays Dassl's draw).
+    """
     if shots < 1:
         raise BenchError(f"shots must be >= 1, got {shots}", where="--shots", fix="use 1, 2, 4, 8 or 16")
     rng = random.Random(seed)
     train = draw_fewshot(splits.train.labels, shots, rng)
-    val = draw_fewshot(splits.val.labels, min(shots, VAL_SHOTS_CAP), rng)
-    return train, val
+    if not val_from_train:
+        return train, draw_fewshot(splits.val.labels, min(shots, VAL_SHOTS_CAP), rng)
+    support = set(train)
+    rest = [i for i in range(len(splits.train)) if i not in support]
+    val_rng = random.Random(derive_seed(seed, dataset, shots, "val_from_train"))
+    picked = draw_fewshot(tuple(splits.train.labels[i] for i in rest), min(shots, VAL_SHOTS_CAP), val_rng)
+    return train, tuple(rest[i] for i in picked)
 
 
 def fewshot_index_path(cache_root: Path, spec: DatasetSpec, shots: int, seed: int) -> Path:
-    return Path(cache_root) / "splits" / spec.name / SPLIT_PROTOCOL / f"shot_{shots}-seed_{seed}.json"
+    return Path(cache_root) / "splits" / spec.name / split_protocol(spec) / f"shot_{shots}-seed_{seed}.json"
 
 
 def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int, cache_root: Path) -> FewShotIndices:
@@ -176,19 +171,20 @@ def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int,
     path = fewshot_index_path(cache_root, spec, shots, seed)
     if path.is_file():
         return _read_index(path, splits, spec, shots, seed)
-    train, val = sample_fewshot(splits, spec.name, shots, seed)
+    protocol = split_protocol(spec)
+    train, val = sample_fewshot(splits, spec.name, shots, seed, val_from_train=spec.val_source == "train")
     record = {
         "schema": INDEX_SCHEMA,
         "dataset": spec.name,
         "shots": shots,
         "seed": seed,
-        "protocol": SPLIT_PROTOCOL,
+        "protocol": protocol,
         "split_file_sha256": splits.source_sha256,
         "train": [[splits.train.paths[i], splits.train.labels[i]] for i in train],
         "val": [[splits.val.paths[i], splits.val.labels[i]] for i in val],
     }
     atomic_write_json(path, record)
-    return FewShotIndices(spec.name, shots, seed, SPLIT_PROTOCOL, train, val, sha256_file(path), path)
+    return FewShotIndices(spec.name, shots, seed, protocol, train, val, sha256_file(path), path)
 
 
 def _read_index(path: Path, splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int) -> FewShotIndices:

@@ -1,6 +1,6 @@
 """Reports built from result records only (installed as ``bench.reports``)."""
 
-from bench.reports.aggregate import aggregate, results_frame
-from bench.reports.tables import render
+from bench.reports.aggregate import Filters, aggregate, results_frame
+from bench.reports.tables import ReportOptions, build_report, render
 
-__all__ = ["aggregate", "render", "results_frame"]
+__all__ = ["Filters", "ReportOptions", "aggregate", "build_report", "render", "results_frame"]

@@ -1,21 +1,41 @@
-"""Result records -> a flat DataFrame -> mean ± std over seeds, dataset averages, holes.
+"""Result records -> a flat DataFrame -> mean ± spread over seeds, holes.
 
 Cells are grouped into *tables* by everything that must not be averaged together:
-backbone id and weights hash, tuning mode, and preprocessing. Inside a table a *row key*
-is (method label, shots) and a *column* is a dataset; the method label carries explicit
-config overrides (``clip_adapter[alpha=0.5]``) so variants never mix.
+backbone id and weights hash, tuning mode, preprocessing and protocol (few-shot or
+base-to-new). Inside a table a *row* is a ``label``: the method with its explicit config
+overrides (``clip_adapter[alpha=0.5]``) and, when one method ran with several prompt sets,
+the prompt set (``zero_shot (prompts: ensemble)``), so a row never averages over differing
+prompts. A *column* is a dataset. :func:`mix_settings` lifts these walls only when asked
+(``--allow-mixed``), and says so in the column it merged.
+
+Accuracies are in percent here; records store fractions.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import math
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
+from bench.errors import BenchError
 from bench.results import RunResult
 
-TABLE_KEYS = ["backbone", "weights_sha256", "tune", "preprocessing"]
-CELL_KEYS = [*TABLE_KEYS, "method", "dataset", "shots"]
+TABLE_KEYS = ["backbone", "weights_sha256", "tune", "preprocessing", "protocol"]
+CELL_KEYS = [*TABLE_KEYS, "label", "dataset", "shots"]
+_DEDUP_KEYS = [*TABLE_KEYS, "method", "prompts", "dataset", "shots", "seed"]
+METRICS = ("top1", "top5", "mean_per_class_recall", "val_top1")
+BASE2NEW_METRICS = ("base_top1", "new_top1", "harmonic_mean")
+TRANSFER_PREFIX = "transfer/"
+NO_PROMPTS = "n/a"  # methods without prompts (linear probe); a string so groupby keeps the rows
+MIXABLE = ("backbone", "weights", "preprocessing", "prompts")
+_MIX_COLUMNS = {"backbone": ["backbone", "arch", "weights_sha256"], "weights": ["weights_sha256"],
+                "preprocessing": ["preprocessing", "generation"], "prompts": ["prompts"]}
+OPENAI_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
 def method_label(spec: dict) -> str:
@@ -26,81 +46,270 @@ def method_label(spec: dict) -> str:
     return f"{spec['method']}[{inner}]"
 
 
-def _preprocessing_label(data: dict) -> str:
-    prep = data.get("preprocessing") or {}
+def preprocessing_label(prep: dict | None) -> str:
+    """``"shortest 224px bicubic"``; a non-OpenAI normalisation is spelled out, since it changes numbers."""
     if not prep:
         return "?"
-    return f"{prep.get('resize')} {prep.get('image_size')}px {prep.get('interpolation')}"
+    label = f"{prep.get('resize')} {prep.get('image_size')}px {prep.get('interpolation')}"
+    norm = (tuple(prep.get("mean") or OPENAI_NORM[0]), tuple(prep.get("std") or OPENAI_NORM[1]))
+    if not all(math.isclose(a, b, rel_tol=1e-6) for got, ref in zip(norm, OPENAI_NORM, strict=True) for a, b in zip(got, ref, strict=True)):
+        label += f" mean={list(norm[0])} std={list(norm[1])}"
+    return label
+
+
+def generation(prep: dict | None) -> str:
+    """The published-number generation this preprocessing reproduces (see reports/data/paper_numbers.json)."""
+    resize = (prep or {}).get("resize")
+    return {"shortest": "coop_v2", "squash": "coop_v1"}.get(resize, "?")
+
+
+def _percent(value) -> float | None:
+    return None if value is None else 100.0 * float(value)
+
+
+def _row(r: RunResult) -> dict:
+    prep = (r.data or {}).get("preprocessing")
+    metrics = r.metrics if r.ok else {}
+    row = {
+        "backbone": r.backbone.get("id", r.spec.get("backbone")),
+        "arch": r.backbone.get("arch") or str(r.backbone.get("id", r.spec.get("backbone"))).split("/")[0],
+        "weights_sha256": (r.backbone.get("weights_sha256") or "?")[:12],
+        "tune": r.spec.get("tune", "none"),
+        "preprocessing": preprocessing_label(prep),
+        "generation": generation(prep),
+        "protocol": r.spec.get("protocol") or "fewshot",
+        "method": method_label(r.spec),
+        "method_name": r.spec["method"],
+        "prompts": (r.prompts or {}).get("set") or NO_PROMPTS,
+        # a miniature of a real layout must never average with the real dataset's numbers
+        "dataset": r.spec["dataset"] + (" (miniature)" if (r.data or {}).get("miniature") else ""),
+        "shots": int(r.spec["shots"]),
+        "seed": int(r.spec["seed"]),
+        "status": r.status,
+        "finished_at": r.provenance.get("finished_at", ""),
+        "error": (r.error or {}).get("message"),
+    }
+    for name in (*METRICS, *BASE2NEW_METRICS):
+        row[name] = _percent(metrics.get(name))
+    for shift, scores in sorted((metrics.get("transfer") or {}).items()):
+        row[TRANSFER_PREFIX + shift] = _percent((scores or {}).get("top1"))
+    return row
 
 
 def results_frame(results: list[RunResult]) -> pd.DataFrame:
-    """One row per record: identity columns, ``status``, ``top1`` in percent, ``finished_at``.
+    """One row per record: identity columns, ``status``, metrics in percent, ``finished_at``.
 
-    Where several records describe the same (table, method, dataset, shots, seed) cell (a
-    method version changed, a cell was re-run), only the latest finished one is kept.
+    Where several records describe the same (table, method, prompts, dataset, shots, seed)
+    cell (a method version changed, a cell was re-run), only the latest one is kept. A failed
+    record written before its backbone loaded has no weights hash or preprocessing; it joins
+    the one table of its backbone, tuning and protocol, so it shows as a hole there.
     """
-    rows = []
-    for r in results:
-        rows.append({
-            "backbone": r.backbone.get("id", r.spec.get("backbone")),
-            "weights_sha256": (r.backbone.get("weights_sha256") or "?")[:12],
-            "tune": r.spec.get("tune", "none"),
-            "preprocessing": _preprocessing_label(r.data),
-            "method": method_label(r.spec),
-            "dataset": r.spec["dataset"],
-            "shots": int(r.spec["shots"]),
-            "seed": int(r.spec["seed"]),
-            "status": r.status,
-            "top1": 100.0 * r.metrics["top1"] if r.ok and r.metrics.get("top1") is not None else None,
-            "prompts": (r.prompts or {}).get("set"),
-            "finished_at": r.provenance.get("finished_at", ""),
-            "error": (r.error or {}).get("message"),
-        })
-    columns = [*CELL_KEYS, "seed", "status", "top1", "prompts", "finished_at", "error"]
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame([_row(r) for r in results])
     if frame.empty:
         return frame
-    frame = frame.sort_values("finished_at").drop_duplicates([*CELL_KEYS, "seed"], keep="last")
-    # A failed record from a run that has no identity yet (no backbone loaded) still belongs to its table.
-    return frame.sort_values([*CELL_KEYS, "seed"]).reset_index(drop=True)
+    frame = _adopt_orphans(frame)
+    frame = frame.sort_values("finished_at", kind="stable").drop_duplicates(_DEDUP_KEYS, keep="last")
+    frame = add_labels(frame)
+    return frame.sort_values([*CELL_KEYS, "seed"], kind="stable").reset_index(drop=True)
 
 
-def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and population std (``np.std``, as CoOp's ``parse_test_res.py``) of top-1 over seeds.
+def _adopt_orphans(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    orphan = frame["weights_sha256"].eq("?") & frame["preprocessing"].eq("?")
+    known = frame[~orphan]
+    for index in frame.index[orphan]:
+        row = frame.loc[index]
+        same = known[(known["backbone"] == row["backbone"]) & (known["tune"] == row["tune"])
+                     & (known["protocol"] == row["protocol"])]
+        tables = same[["weights_sha256", "preprocessing", "generation"]].drop_duplicates()
+        if len(tables) == 1:
+            frame.loc[index, ["weights_sha256", "preprocessing", "generation"]] = tables.iloc[0].tolist()
+            prompts = same.loc[same["method"] == row["method"], "prompts"].unique()
+            if len(prompts) == 1:
+                frame.loc[index, "prompts"] = prompts[0]
+    return frame
 
-    Returns one row per cell key with ``mean``, ``std``, ``n_seeds`` and ``seeds``; cells whose
-    every seed failed have ``n_seeds = 0`` and no mean.
+
+def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Set ``label``: the method label, plus the prompt set where the method has several in its table."""
+    frame = frame.copy()
+    n_prompts = frame.groupby([*TABLE_KEYS, "method"])["prompts"].transform("nunique")
+    frame["label"] = [m if n <= 1 else f"{m} (prompts: {p})"
+                      for m, p, n in zip(frame["method"], frame["prompts"], n_prompts, strict=True)]
+    return frame
+
+
+def mix_settings(frame: pd.DataFrame, allowed: frozenset[str]) -> pd.DataFrame:
+    """Merge tables (or, for ``prompts``, rows) that differ only in the ``allowed`` settings.
+
+    A merged column reads ``"mixed: a + b"``, so every header says what was averaged together.
+    Two records of the same seed that now fall in one cell keep only the latest.
     """
-    ok = frame[frame["status"] == "ok"]
-    grouped = ok.groupby(CELL_KEYS, sort=True)["top1"]
-    out = grouped.agg(mean="mean", std=lambda s: float(s.std(ddof=0)), n_seeds="count").reset_index()
-    seeds = ok.groupby(CELL_KEYS)["seed"].apply(lambda s: sorted(s.tolist())).reset_index(name="seeds")
-    return out.merge(seeds, on=CELL_KEYS, how="left")
+    unknown = sorted(set(allowed) - set(MIXABLE))
+    if unknown:
+        raise BenchError(f"cannot mix {', '.join(unknown)}", where="--allow-mixed", fix=f"use some of: {', '.join(MIXABLE)}")
+    if frame.empty or not allowed:
+        return frame
+    frame = frame.copy()
+    columns = [c for name in MIXABLE if name in allowed for c in _MIX_COLUMNS[name]]
+    keep = [c for c in TABLE_KEYS if c not in columns]
+    for column in columns:
+        by = [*keep, "method"] if column == "prompts" else keep
+        frame[column] = frame.groupby(by, dropna=False)[column].transform(_mixed_value)
+    frame = frame.sort_values("finished_at", kind="stable").drop_duplicates(_DEDUP_KEYS, keep="last")
+    return add_labels(frame).sort_values([*CELL_KEYS, "seed"], kind="stable").reset_index(drop=True)
 
 
-def expected_seeds(frame: pd.DataFrame) -> dict[tuple, list[int]]:
-    """Per table, the seeds any record of it used: the grid a complete table would have."""
-    return {key: sorted(group["seed"].unique().tolist()) for key, group in frame.groupby(TABLE_KEYS)}
+def _mixed_value(values: pd.Series) -> str:
+    distinct = sorted({str(v) for v in values})
+    return distinct[0] if len(distinct) == 1 else "mixed: " + " + ".join(distinct)
 
 
-def holes(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """(missing, failed) cells as ``method/dataset/kK/sS`` strings, per table.
+@dataclass(frozen=True)
+class Filters:
+    """Which records a report covers; ``None`` keeps everything. Patterns are fnmatch patterns."""
 
-    A table's full grid is the product of the methods, datasets, shots and seeds that appear in
-    it; a cell of that grid without an ok record is missing, or failed if its record failed.
+    methods: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
+    shots: tuple[int, ...] | None = None
+    backbones: tuple[str, ...] | None = None
+    tune: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+def filter_frame(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
+    """Rows of ``frame`` that pass every filter; a filter that matches nothing is a user error."""
+    checks = [("--methods", filters.methods, ["method_name", "method"]), ("--datasets", filters.datasets, ["dataset"]),
+              ("--backbone", filters.backbones, ["backbone", "arch"]), ("--tune", filters.tune, ["tune"]),
+              ("--shots", filters.shots, ["shots"]), ("--seeds", filters.seeds, ["seed"])]
+    for flag, wanted, columns in checks:
+        if wanted is None or frame.empty:
+            continue
+        keep = np.zeros(len(frame), dtype=bool)
+        for column in columns:
+            keep |= frame[column].map(lambda v, w=wanted: _matches(v, w)).to_numpy(dtype=bool)
+        if not keep.any():
+            available = sorted({str(v) for v in frame[columns[0]]})
+            raise BenchError(f"no result records match {','.join(map(str, wanted))}", where=flag,
+                             fix=f"records have: {', '.join(available)}")
+        frame = frame[keep]
+    return frame.reset_index(drop=True)
+
+
+def _matches(value, wanted: tuple) -> bool:
+    if isinstance(value, (int, np.integer)):
+        return int(value) in wanted
+    return any(fnmatch.fnmatchcase(str(value), str(w)) for w in wanted)
+
+
+def aggregate(frame: pd.DataFrame, value: str = "top1") -> pd.DataFrame:
+    """Mean and spread of ``value`` over seeds, one row per cell key (:data:`CELL_KEYS`).
+
+    Columns: ``mean``; ``std``, the population std (``np.std``, as CoOp's
+    ``parse_test_res.py``); ``ci95`` = 1.96·std/√n (CoOp's ``--ci95``); ``ci95_t`` =
+    t(0.975, n−1)·s/√n with the sample std s (NaN for n < 2); ``n_seeds``; ``seeds``; and the
+    cell's ``method``, ``method_name``, ``prompts``, ``arch``, ``generation``. Records whose
+    ``value`` is absent do not count; cells with no value at all are left out.
+    """
+    ok = frame[(frame["status"] == "ok") & frame[value].notna()] if value in frame else frame.iloc[0:0]
+    columns = [*CELL_KEYS, "mean", "std", "ci95", "ci95_t", "n_seeds", "seeds", "method", "method_name", "prompts",
+               "arch", "generation"]
+    if ok.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for key, group in ok.groupby(CELL_KEYS, sort=True):
+        values = group[value].to_numpy(dtype=float)
+        first = group.iloc[0]
+        rows.append({**dict(zip(CELL_KEYS, key, strict=True)), **spread(values), "seeds": sorted(group["seed"].tolist()),
+                     **{c: first[c] for c in ("method", "method_name", "prompts", "arch", "generation")}})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def spread(values: np.ndarray) -> dict:
+    """``mean``, ``std`` (population), ``ci95`` (CoOp: 1.96·std/√n), ``ci95_t`` (Student t) and ``n_seeds``."""
+    n = len(values)
+    std = float(np.std(values))
+    ci95_t = float("nan")
+    if n >= 2:
+        ci95_t = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    return {"mean": float(np.mean(values)), "std": std, "ci95": 1.96 * std / math.sqrt(n), "ci95_t": ci95_t,
+            "n_seeds": n}
+
+
+def expected_seeds(frame: pd.DataFrame, seeds: tuple[int, ...] | None = None) -> dict[tuple, list[int]]:
+    """Per table, the seeds a complete cell has: ``seeds`` when given (``--seeds``), else every seed
+    any record of the table used."""
+    return {key: sorted(seeds) if seeds else sorted(group["seed"].unique().tolist())
+            for key, group in frame.groupby(TABLE_KEYS)}
+
+
+def holes(frame: pd.DataFrame, seeds: tuple[int, ...] | None = None) -> tuple[list[str], list[str]]:
+    """(missing, failed) cells as ``label/dataset/kK/sS`` strings, per table.
+
+    A table's full grid is the product of the labels, datasets, shots and seeds that appear
+    in it (or ``seeds``); a cell of that grid without an ok record is missing, or failed if
+    its record failed.
     """
     missing, failed = [], []
-    for _, group in frame.groupby(TABLE_KEYS):
-        present = {tuple(r) for r in group[group["status"] == "ok"][["method", "dataset", "shots", "seed"]].values}
-        failures = {tuple(r) for r in group[group["status"] != "ok"][["method", "dataset", "shots", "seed"]].values}
-        for m in sorted(group["method"].unique()):
+    expected = expected_seeds(frame, seeds)
+    for key, group in frame.groupby(TABLE_KEYS):
+        cell = ["label", "dataset", "shots", "seed"]
+        present = set(map(tuple, group[group["status"] == "ok"][cell].values))
+        failures = set(map(tuple, group[group["status"] != "ok"][cell].values))
+        for label in sorted(group["label"].unique()):
             for d in sorted(group["dataset"].unique()):
                 for k in sorted(group["shots"].unique()):
-                    for s in sorted(group["seed"].unique()):
-                        cell = (m, d, k, s)
-                        name = f"{m}/{d}/k{k}/s{s}"
-                        if cell in failures:
+                    for s in expected[key]:
+                        name = f"{label}/{d}/k{k}/s{s}"
+                        if (label, d, k, s) in failures:
                             failed.append(name)
-                        elif cell not in present:
+                        elif (label, d, k, s) not in present:
                             missing.append(name)
     return missing, failed
+
+
+def table_settings(key: tuple) -> dict:
+    """``{"backbone": ..., "weights_sha256": ..., ...}`` of a table key."""
+    return dict(zip(TABLE_KEYS, key, strict=True))
+
+
+def table_keys(frame: pd.DataFrame) -> list[tuple]:
+    """The tables of ``frame`` in reading order: backbone, weights, honest before oracle, preprocessing,
+    few-shot before other protocols."""
+    tune_order = {"none": 0, "val": 1, "oracle": 2}
+    keys = [key for key, _ in frame.groupby(TABLE_KEYS, sort=True)]
+    return sorted(keys, key=lambda k: (k[0], k[1], tune_order.get(k[2], 3), k[2], k[3], k[4] != "fewshot", k[4]))
+
+
+def in_table(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The rows of ``frame`` whose :data:`TABLE_KEYS` equal ``key``."""
+    if frame.empty:
+        return frame
+    mask = np.logical_and.reduce([frame[k].to_numpy() == v for k, v in zip(TABLE_KEYS, key, strict=True)])
+    return frame[mask]
+
+
+def dataset_average(frame: pd.DataFrame, cells: pd.DataFrame, value: str = "top1") -> pd.DataFrame:
+    """Per table, label and shots: the average over the table's datasets.
+
+    ``mean`` is the mean of the cells' means and needs every dataset of the table (else NaN
+    and ``complete_datasets`` False). ``per_seed`` lists the per-seed averages over the seeds
+    every dataset has (the spread of the CLIP-Adapter paper's average panel comes from them);
+    ``min_seeds`` is the fewest seeds any of the cells has.
+    """
+    columns = [*TABLE_KEYS, "label", "shots", "mean", "per_seed", "min_seeds", "n_datasets", "complete_datasets"]
+    ok = frame[(frame["status"] == "ok") & frame[value].notna()] if value in frame else frame.iloc[0:0]
+    rows = []
+    for key, group in frame.groupby(TABLE_KEYS, sort=True):
+        datasets = set(group["dataset"])
+        table_ok = in_table(ok, key)
+        for (label, shots), row_cells in in_table(cells, key).groupby(["label", "shots"], sort=True):
+            complete = set(row_cells["dataset"]) == datasets
+            seeds = table_ok[(table_ok["label"] == label) & (table_ok["shots"] == shots)]
+            per_seed = seeds.pivot_table(index="seed", columns="dataset", values=value, aggfunc="mean").dropna()
+            averages = per_seed.mean(axis=1).tolist() if complete else []
+            rows.append({**dict(zip(TABLE_KEYS, key, strict=True)), "label": label, "shots": shots,
+                         "mean": float(row_cells["mean"].mean()) if complete else float("nan"),
+                         "per_seed": averages, "min_seeds": int(row_cells["n_seeds"].min()),
+                         "n_datasets": len(datasets), "complete_datasets": complete})
+    return pd.DataFrame(rows, columns=columns)

@@ -29,6 +29,20 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def miniature_root(tmp_path_factory) -> Path:
+    """A data root with a miniature of every real dataset and shift set (generated once; treat as read-only)."""
+    from bench.datasets import dataset_registry
+    from bench.datasets.miniature import generate_miniature
+
+    root = tmp_path_factory.mktemp("miniatures")
+    registry = dataset_registry()
+    for name in registry.names():
+        if not registry.get(name).generator:
+            generate_miniature(registry.get(name), root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone():
     return load_backbone(BackboneRef.parse(TINY), torch.device("cpu"))
 

@@ -1,0 +1,110 @@
+"""``bench report``: result records -> tables in five formats, curves, paper deltas, paired tests."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+EXAMPLES = """examples:
+  bench report                                    # markdown to stdout
+  bench report --format latex --out table.tex     # booktabs tables for a paper
+  bench report --datasets dtd,eurosat --shots 16 --ci
+  bench report --compare paper --tolerance 1.0    # published number and delta per cell
+  bench report --compare-methods clip_adapter,linear_probe
+  bench report --plot figures/                    # accuracy-vs-shots curves (PNG and SVG)
+"""
+
+
+def add_parser(subparsers) -> None:
+    from bench.reports.aggregate import MIXABLE
+    from bench.reports.blocks import METRIC_TITLES
+    from bench.reports.formats import FORMATS
+    from bench.reports.tables import CI_CHOICES
+
+    p = subparsers.add_parser("report", help="tables, curves, paper deltas and paired tests from result records",
+                              description="Aggregate result records (mean ± std over seeds) into tables, curves and "
+                                          "comparisons. Reads the JSON records only.",
+                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--format", default="markdown", choices=FORMATS)
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
+    p.add_argument("--results", type=Path, default=Path(os.environ.get("BENCH_RESULTS_DIR", "results")),
+                   help="results folder (default: ./results, or BENCH_RESULTS_DIR)")
+    which = p.add_argument_group("which records (comma lists; names accept fnmatch patterns)")
+    which.add_argument("--methods", help="method names or labels, e.g. zero_shot,clip_adapter*")
+    which.add_argument("--datasets", help="e.g. dtd,eurosat")
+    which.add_argument("--shots", help="e.g. 1,16")
+    which.add_argument("--backbone", help="backbone ids or architectures, e.g. RN50/openai or ViT-B-*")
+    which.add_argument("--tune", help="tuning modes: none, val, oracle")
+    which.add_argument("--seeds", help="keep these seeds; a cell with fewer of them is marked incomplete")
+    show = p.add_argument_group("what to show")
+    show.add_argument("--metric", default="top1", choices=tuple(METRIC_TITLES))
+    show.add_argument("--ci", nargs="?", const="coop", default=None, choices=CI_CHOICES,
+                      help="show a 95%% CI instead of the std: coop = 1.96·σ/√n (CoOp's --ci95, the default), "
+                           "t = Student t with the sample std")
+    show.add_argument("--allow-mixed", default="", metavar="SETTINGS",
+                      help=f"average cells that differ in these settings ({', '.join(MIXABLE)}, or all); "
+                           "the header says so")
+    show.add_argument("--plot", type=Path, default=None, metavar="DIR",
+                      help="also write accuracy-vs-shots curves (PNG and SVG) per dataset and for the average")
+    cmp = p.add_argument_group("comparisons")
+    cmp.add_argument("--compare", choices=("paper",), default=None,
+                     help="paper: add the published number, Δ and a flag per cell (reports/data/paper_numbers.json)")
+    cmp.add_argument("--tolerance", type=float, default=1.0, help="flag |Δ| above this many points (default: 1.0)")
+    cmp.add_argument("--paper-source", default=None, help="only these sources of the paper-numbers file (comma list)")
+    cmp.add_argument("--paper-file", type=Path, default=None, help="your own paper-numbers file (same format)")
+    cmp.add_argument("--compare-methods", default=None, metavar="A,B",
+                     help="paired comparison of two rows over seeds and datasets (Wilcoxon signed-rank, paired t)")
+    p.set_defaults(func=run)
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in text.split(",") if v.strip()) if text else None
+
+
+def options_from_args(args):
+    """The :class:`~bench.reports.tables.ReportOptions` the flags describe."""
+    from bench.reports.aggregate import MIXABLE, Filters
+    from bench.reports.tables import ReportOptions
+    from bench.spec import ALL_SHOTS, parse_int_list
+
+    filters = Filters(
+        methods=_names(args.methods), datasets=_names(args.datasets), backbones=_names(args.backbone),
+        tune=_names(args.tune), shots=parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS) if args.shots else None,
+        seeds=parse_int_list(args.seeds, flag="--seeds") if args.seeds else None,
+    )
+    mixed = _names(args.allow_mixed) or ()
+    mixed = MIXABLE if mixed == ("all",) else mixed
+    pair = _names(args.compare_methods)
+    if pair is not None and len(pair) != 2:
+        raise BenchError(f"{args.compare_methods!r} does not name two rows", where="--compare-methods",
+                         fix="write A,B, e.g. clip_adapter,linear_probe")
+    if args.tolerance < 0:
+        raise BenchError("the tolerance must not be negative", where="--tolerance", fix="write e.g. 1.0")
+    return ReportOptions(metric=args.metric, ci=args.ci, filters=filters, allow_mixed=frozenset(mixed),
+                         compare_paper=args.compare == "paper", tolerance=args.tolerance, paper_file=args.paper_file,
+                         paper_sources=_names(args.paper_source), compare_methods=pair)
+
+
+def run(args) -> int:
+    from bench._io import atomic_write_bytes
+    from bench.reports.aggregate import results_frame
+    from bench.reports.plots import write_plots
+    from bench.reports.tables import prepare, render
+    from bench.results import load_results
+
+    options = options_from_args(args)
+    frame = results_frame(load_results(args.results))
+    text = render(frame, args.format, options)
+    if args.out:
+        atomic_write_bytes(args.out, text.encode())
+        sys.stderr.write(f"wrote {args.out}\n")
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        paths = write_plots(prepare(frame, options), args.plot, options.metric, options.ci)
+        sys.stderr.write(f"wrote {len(paths)} plot files under {args.plot}\n")
+    return 0
