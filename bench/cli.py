@@ -141,12 +141,23 @@ def _cmd_methods(args) -> int:
     registry = method_registry()
     for name in registry.names():
         method = registry.get(name)()
-        doc = (sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
+        doc = (type(method).__doc__ or sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
         print(f"{name} (v{method.version}, {registry.origin(name)}): {doc[0] if doc else ''}")
         for f in dataclasses.fields(method.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"    {f.name} = {default!r}")
+        varying = _per_cell_defaults(method)
+        if varying:
+            print(f"    (per dataset/shots, default_config sets: {', '.join(varying)})")
     return 0
+
+
+def _per_cell_defaults(method) -> list[str]:
+    """Config fields whose default depends on the dataset or the shots (paper defaults per cell)."""
+    generic = method.default_config("synthetic", 16)
+    probes = [(dataset, shots) for dataset in ("imagenet", "dtd", "eurosat", "oxford_flowers") for shots in (1, 2, 16)]
+    return [f.name for f in dataclasses.fields(generic)
+            if any(getattr(method.default_config(d, k), f.name) != getattr(generic, f.name) for d, k in probes)]
 
 
 def build_parser() -> argparse.ArgumentParser:

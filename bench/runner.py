@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,8 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     timing: dict[str, float] = {}
 
     t = time.perf_counter()
-    train_view = _train_view(method.needs(config).train_views)
+    needs = method.needs(config)
+    train_view = _train_view(needs.train_views, needs.augment_scale)
     data = FewShotData(
         dataset=spec.dataset, shots=spec.shots, classnames=classnames, prompts=dataset.prompts,
         train=_features(session, backbone, dataset, splits, "train", train_idx, train_view),
@@ -320,8 +321,8 @@ def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Bac
     return out
 
 
-def _train_view(train_views: int) -> ViewSpec:
-    return ViewSpec.augment(train_views) if train_views > 0 else CENTER
+def _train_view(train_views: int, scale: tuple[float, float] = (0.08, 1.0)) -> ViewSpec:
+    return replace(ViewSpec.augment(train_views), scale=tuple(scale)) if train_views > 0 else CENTER
 
 
 def _features(session: Session, backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str,

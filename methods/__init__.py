@@ -14,7 +14,14 @@ from bench.registry import Registry
 BUILTIN: dict[str, str] = {
     "zero_shot": "bench.methods.zero_shot:ZeroShot",
     "linear_probe": "bench.methods.linear_probe:LinearProbe",
+    "linear_probe_zs": "bench.methods.clap:ZeroShotLinearProbe",
+    "coop": "bench.methods.coop:Coop",
     "clip_adapter": "bench.methods.clip_adapter:ClipAdapter",
+    "clip_adapter_hyper": "bench.methods.clip_adapter_hyper:ClipAdapterHyper",
+    "tip_adapter": "bench.methods.tip_adapter:TipAdapter",
+    "tip_adapter_f": "bench.methods.tip_adapter:TipAdapterF",
+    "lp_pp": "bench.methods.lp_pp:LpPlusPlus",
+    "clap": "bench.methods.clap:Clap",
 }
 
 

@@ -7,20 +7,29 @@ schedule after the warm-up without stepping it, so epoch e >= 1 runs at
 ``lr · ½(1 + cos(π (e - 1) / epochs))``. The train loader drops the last incomplete batch
 only when the data holds at least one full batch (Dassl's fix for EuroSAT 1/2-shot, where
 ``drop_last`` left the loader empty and nothing was trained).
+
+Augmentation comes from cached views: each epoch every support image is seen once, through
+one of its V cached augmented views drawn at random (:func:`view_batches`). CLAP samples
+its batches from the pool of all V·N augmented features instead (:func:`pool_batches`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from bench.methods.base import FeatureSet
+from bench.methods.base import FeatureSet, FitContext
 
 IMAGENET_LIKE = frozenset({"imagenet"})
+SMALL_PROBLEM = 50_000_000  # multiply-adds per step below which one CPU thread beats several
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+"""One epoch: (view indices, image indices) per batch, int64 on the CPU."""
 
 
 def coop_epochs(dataset: str, shots: int) -> int:
@@ -57,6 +66,24 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.T
     return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
+def view_batches(n_views: int, n: int, batch_size: int, generator: torch.Generator) -> Batches:
+    """Every image once, each through a random one of its ``n_views`` views (a fresh augmentation per epoch)."""
+    views = torch.randint(n_views, (n,), generator=generator)
+    return [(views[index], index) for index in batches(n, batch_size, generator)]
+
+
+def pool_batches(n_views: int, n: int, batch_size: int, generator: torch.Generator) -> Batches:
+    """CLAP's sampling: as many batches as Dassl's loader over the N images would give, drawn from
+    a shuffle of the pool of all V·N augmented features (pool index p = view p // N, image p % N)."""
+    order = torch.randperm(n_views * n, generator=generator)
+    n_batches = n // batch_size if n >= batch_size else 1
+    chunks = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    return [(chunk // n, chunk % n) for chunk in chunks]
+
+
+Sampler = Callable[[int, int, int, torch.Generator], Batches]
+
+
 def train_on_features(
     params: list[torch.nn.Parameter],
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -66,43 +93,96 @@ def train_on_features(
     generator: torch.Generator,
     device: torch.device,
     on_epoch_end: Callable[[int], None] | None = None,
+    *,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    sampler: Sampler = view_batches,
 ) -> list[float]:
-    """Train ``params`` by cross-entropy on ``logits_fn(features)``; returns the mean loss per epoch.
+    """Train ``params`` with SGD under Dassl's schedule; returns the mean loss per epoch.
 
-    Each epoch every image is seen once, through one of its V cached views drawn at random
-    (a fresh augmentation per epoch, as with live augmentation).
+    The loss is cross-entropy on ``logits_fn(features)`` plus ``penalty()`` when given (CLAP's
+    constraint).
 
     Args:
         logits_fn: (B, D) raw image features -> (B, C) logits.
         train: support set, features (V, N, D).
+        sampler: how an epoch's batches are drawn (:func:`view_batches` or :func:`pool_batches`).
     """
-    features = train.features.to(device)
-    labels = train.labels.to(device)
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits_fn(x), y)
+        return loss + penalty() if penalty is not None else loss
+
+    features, labels = train.features.to(device), train.labels.to(device)
     losses: list[torch.Tensor] = []
     with torch.enable_grad():  # callers may hold no_grad / inference_mode
         for epoch in range(epochs):
             for group in optimizer.param_groups:
                 group["lr"] = dassl_lr(epoch, epochs, recipe)
-            losses.append(_train_epoch(optimizer, logits_fn, features, labels, recipe.batch_size, generator))
+            losses.append(run_epoch(optimizer, loss_fn, features, labels, recipe.batch_size, generator, sampler))
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     return [float(loss) for loss in losses]
 
 
-def _train_epoch(optimizer: torch.optim.Optimizer, logits_fn: Callable[[torch.Tensor], torch.Tensor],
-                 features: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 generator: torch.Generator) -> torch.Tensor:
-    """One pass over the support set, each image through a random one of its views; returns the mean loss."""
+def run_epoch(optimizer: torch.optim.Optimizer, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              features: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator,
+              sampler: Sampler = view_batches, after_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """One epoch of optimiser steps on ``loss_fn(features (B, D), labels (B,))``; returns the mean loss.
+
+    Args:
+        features: (V, N, D) on the training device. labels: (N,).
+        after_step: called after every optimiser step (a per-step LR scheduler).
+    """
     n_views, n = features.shape[:2]
     device = features.device
-    views = torch.randint(n_views, (n,), generator=generator).to(device)
     total, count = torch.zeros((), device=device), 0  # summed on device: no host sync per step
-    for index in batches(n, batch_size, generator):
-        index = index.to(device)
-        loss = F.cross_entropy(logits_fn(features[views[index], index]), labels[index])
+    for views, index in sampler(n_views, n, batch_size, generator):
+        views, index = views.to(device), index.to(device)
+        loss = loss_fn(features[views, index], labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         total, count = total + loss.detach() * len(index), count + len(index)
     return total / max(count, 1)
+
+
+@contextmanager
+def cpu_threads_for(device: torch.device, work: int) -> Iterator[None]:
+    """One torch thread while training a small problem on the CPU.
+
+    On a busy machine torch's thread pool spins on tiny matrices (a 2-core CI box ran CLIP-Adapter's
+    200 epochs 50x slower with 2 threads than with 1). ``work``: multiply-adds per step, roughly.
+    """
+    previous = torch.get_num_threads()
+    single = device.type == "cpu" and work < SMALL_PROBLEM
+    if single:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if single:
+            torch.set_num_threads(previous)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (fraction) of (N, C) logits against (N,) labels."""
+    return float((logits.argmax(1) == labels.to(logits.device)).double().mean())
+
+
+def val_reporter(ctx: FitContext, val_accuracy: Callable[[], float], epochs: int,
+                 every: int = 10) -> Callable[[int], None] | None:
+    """An ``on_epoch_end`` that hands the few-shot val accuracy to ``ctx.report`` every ``every`` epochs
+    and after the last one, or ``None`` when nobody listens (no extra evaluation then)."""
+    if ctx.report is None:
+        return None
+
+    def on_epoch_end(epoch: int) -> None:
+        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+            with torch.no_grad():
+                score = val_accuracy()
+            ctx.report(epoch + 1, score)
+
+    return on_epoch_end

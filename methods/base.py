@@ -66,9 +66,16 @@ class FewShotData:
 
 @dataclass(frozen=True)
 class Needs:
-    """What a method needs cached. ``train_views``: 0 = the centre view, n > 0 = n augmented views."""
+    """What a method needs cached.
+
+    Attributes:
+        train_views: 0 = the centre view, n > 0 = n augmented views per support image.
+        augment_scale: RandomResizedCrop area range of the augmented views: Dassl's (0.08, 1) by
+            default; Tip-Adapter and LP++ crop with (0.5, 1).
+    """
 
     train_views: int = 0
+    augment_scale: tuple[float, float] = (0.08, 1.0)
 
 
 @dataclass(frozen=True)

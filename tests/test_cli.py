@@ -33,7 +33,7 @@ def test_dry_run_counts_done_cells(tmp_path, data_root, capsys):
 def test_user_errors_exit_2_with_one_line(tmp_path, data_root, capsys):
     assert main(_args(tmp_path, data_root, "--methods", "clip_adaptor")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bench: error: unknown method 'clip_adaptor'. Did you mean: clip_adapter?")
+    assert err.startswith("bench: error: unknown method 'clip_adaptor'. Did you mean: clip_adapter")
     assert err.count("\n") == 1
     assert main(_args(tmp_path, data_root, "--shots", "one")) == 2
     assert "--shots" in capsys.readouterr().err
@@ -45,5 +45,10 @@ def test_user_errors_exit_2_with_one_line(tmp_path, data_root, capsys):
 def test_methods_lists_config_fields_and_defaults(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    assert "clip_adapter (v1, built-in)" in out
-    assert "    alpha = 0.2" in out and "    reduction = 4" in out
+    assert "clip_adapter (v2, built-in)" in out
+    assert "    alpha = 0.2" in out and "    reduction = 4" in out and "    branch = 'visual'" in out
+    headers = {line.split(" ")[0]: line for line in out.splitlines() if not line.startswith(" ")}
+    for name in ("coop", "clip_adapter_hyper", "tip_adapter", "tip_adapter_f", "lp_pp", "clap", "linear_probe_zs"):
+        assert headers[name].startswith(f"{name} (v1, built-in): ")
+    assert "    class_token_position = 'end'" in out and "    constraint = 'l2'" in out
+    assert "    (per dataset/shots, default_config sets: alpha, epochs)" in out  # clip_adapter's α by dataset

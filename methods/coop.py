@@ -1,0 +1,268 @@
+"""CoOp: learn the prompt's context vectors through the frozen text encoder (Zhou et al., IJCV 2022).
+
+The prompt of class c is the token-embedding sequence ``[SOT][V1]…[VM][name_c][.][EOT]``
+(class token at the ``end``; ``middle`` puts the name after the first ⌊M/2⌋ vectors, ``front``
+right after SOT, the period staying before EOT as in CoOp's ``PromptLearner``). The frozen text
+transformer runs on these embeddings every step, and gradients flow only into the context
+vectors: one set shared by all classes (unified) or one per class (``csc``). Logits are
+``logit_scale · cos(f, t_c)``. After training the class text features are computed once, so the
+returned classifier costs a matrix product.
+
+Defaults and where they come from (CoOp ``train.py``, ``configs/trainers/CoOp/rn50*.yaml``,
+``COOP.md``, Dassl defaults; reference notes §2.1):
+- ``n_ctx = 16``, ``class_token_position = "end"``, ``csc = False``, random init N(0, 0.02²).
+  ``ctx_init = "a photo of a"`` (``rn50_ctxv1.yaml``) initialises the vectors from that phrase's
+  token embeddings and sets M to its token count (CoOp counts words, the same for such phrases).
+  With ``csc`` and a phrase, every class starts from the phrase (CoOp ignores ``csc`` then).
+- SGD lr 0.002, momentum 0.9, weight decay 5e-4, batch 32, cosine schedule, 1 warm-up epoch at a
+  constant 1e-5; epochs by shots: 50 (1 shot), 100 (2/4), 200 (8/16), ImageNet 50 — the shared
+  recipe in :mod:`bench.methods._train`, which also keeps EuroSAT 1/2-shot (fewer images than a
+  batch) training instead of yielding an empty loader.
+- Last-epoch model (Dassl ``TEST.FINAL_MODEL = last_step``).
+
+Deviations from the official code, none of which changes what is computed:
+- Image features come from ``train_views`` = 10 cached augmented views per support image (Dassl's
+  random-resized-crop (0.08, 1) + flip), one drawn per image per epoch, instead of re-encoding a
+  fresh augmentation every step; the image encoder is frozen in CoOp too.
+- During training the text transformer runs only up to the longest prompt's EOT position: under the
+  causal mask no position attends to a later one, so the EOT features are the same as over all 77
+  positions up to float rounding (kernels of other lengths sum in another order: ~5e-7 relative).
+  The returned classifier's features are computed once over all positions, so with zero epochs
+  they are bit for bit the frozen encoder's for the same prompts.
+- bf16 autocast on CUDA (``backbone.autocast()``) instead of CoOp's fp16 weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.methods._train import (
+    SGDRecipe,
+    accuracy,
+    coop_epochs,
+    cpu_threads_for,
+    train_on_features,
+    val_reporter,
+)
+from bench.methods.base import FewShotData, FitContext, Needs
+from bench.seeding import derive_seed, torch_generator
+
+POSITIONS = ("end", "middle", "front")
+CTX_INIT_STD = 0.02  # CoOp trainers/coop.py: nn.init.normal_(ctx_vectors, std=0.02)
+
+
+@dataclass(frozen=True)
+class CoopConfig:
+    n_ctx: int = 16                    # M context vectors (train.py default; the paper also runs 4 and 8)
+    ctx_init: str = ""                 # "" = random N(0, 0.02²); a phrase ("a photo of a") = its embeddings, M = its length
+    class_token_position: str = "end"  # "end", "middle" or "front"
+    csc: bool = False                  # class-specific context vectors
+    train_views: int = 10              # cached augmented views per support image
+    epochs: int = 200                  # default_config sets CoOp's epochs by shots
+    lr: float = 0.002
+    batch_size: int = 32
+    weight_decay: float = 5e-4
+
+
+def text_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The module holding open_clip's text tower (the CLIP itself, or ``model.text``); checks it is one
+    CoOp can drive: causal mask, EOT pooling by argmax, no appended class token."""
+    tower = model.text if hasattr(model, "text") else model
+    pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
+    if pool != "argmax" or getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
+        raise BenchError(f"CoOp needs a CLIP text tower that pools the EOT token by argmax (this one pools {pool!r})",
+                         where="--backbone", fix="use an OpenAI-style CLIP architecture (RN50, ViT-B-16, ...)")
+    return tower
+
+
+def encode_prompt_embeddings(tower: torch.nn.Module, embeddings: torch.Tensor, eot: torch.Tensor,
+                             truncate: bool = True) -> torch.Tensor:
+    """The frozen text transformer on prompt embeddings -> (P, D) raw text features.
+
+    Args:
+        embeddings: (P, L, W) token embeddings (L >= max(eot) + 1).
+        eot: (P,) EOT positions; the feature is read there, as open_clip's ``encode_text`` does.
+        truncate: run only the first ``max(eot) + 1`` positions (exact under the causal mask).
+    """
+    length = int(eot.max()) + 1 if truncate else embeddings.shape[1]
+    cast = tower.transformer.get_cast_dtype()
+    x = embeddings[:, :length].to(cast) + tower.positional_embedding[:length].to(cast)
+    mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
+    x = tower.ln_final(tower.transformer(x, attn_mask=mask))
+    x = x[torch.arange(len(x), device=x.device), eot.to(x.device)]
+    projection = tower.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
+def _positions(name_lens: torch.Tensor, n_ctx: int, length: int, position: str) -> torch.Tensor:
+    """(C, L) source index, in the ``end`` layout [SOT][ctx][name][.][EOT]…, of every output position."""
+    index = torch.arange(length).repeat(len(name_lens), 1)
+    if position == "end":
+        return index
+    first = 0 if position == "front" else n_ctx // 2  # ctx vectors before the name
+    for c, n in enumerate(name_lens.tolist()):
+        ctx = list(range(1, 1 + n_ctx))
+        name = list(range(1 + n_ctx, 1 + n_ctx + n))
+        index[c, 1:1 + n_ctx + n] = torch.tensor(ctx[:first] + name + ctx[first:])
+    return index
+
+
+class PromptLearner(torch.nn.Module):
+    """Learnable context + frozen SOT/name/period/EOT embeddings -> (C, L, W) prompt embeddings."""
+
+    def __init__(self, ctx: torch.Tensor, prefix: torch.Tensor, suffix: torch.Tensor, name_lens: torch.Tensor,
+                 eot: torch.Tensor, position: str):
+        super().__init__()
+        self.ctx = torch.nn.Parameter(ctx)  # (M, W) unified or (C, M, W) class-specific
+        self.register_buffer("prefix", prefix)  # (C, 1, W) SOT
+        self.register_buffer("suffix", suffix)  # (C, L - 1 - M, W) name, period, EOT, padding
+        self.register_buffer("eot", eot)        # (C,)
+        self.register_buffer("order", _positions(name_lens, ctx.shape[-2], 1 + ctx.shape[-2] + suffix.shape[1], position))
+        self.position = position
+
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.shape[-2]
+
+    def forward(self, length: int | None = None) -> torch.Tensor:
+        """(C, length, W) prompt embeddings (all positions when ``length`` is None)."""
+        length = length or self.order.shape[1]
+        n_classes = self.prefix.shape[0]
+        ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(n_classes, -1, -1)
+        end = torch.cat([self.prefix, ctx, self.suffix[:, :length - 1 - self.n_ctx]], dim=1)
+        if self.position == "end":
+            return end
+        return end.gather(1, self.order[:, :length, None].expand(-1, -1, end.shape[-1]))
+
+    def text_features(self, tower: torch.nn.Module, truncate: bool = True) -> torch.Tensor:
+        """(C, D) raw text features of the current prompts."""
+        length = int(self.eot.max()) + 1 if truncate else None
+        return encode_prompt_embeddings(tower, self(length), self.eot, truncate=truncate)
+
+
+def _eot_positions(tokens: torch.Tensor) -> torch.Tensor:
+    return tokens.argmax(dim=-1)  # EOT has the largest id (open_clip's argmax pooling)
+
+
+def init_context(backbone: Any, cfg: CoopConfig, n_classes: int, generator: torch.Generator) -> tuple[torch.Tensor, str]:
+    """Context vectors, (M, W) or (C, M, W), and the text standing in for them when tokenising."""
+    tower = text_tower(backbone.model)
+    embedding = tower.token_embedding
+    if cfg.ctx_init.strip():
+        phrase = " ".join(cfg.ctx_init.replace("_", " ").split())
+        tokens = backbone.tokenize([phrase]).to(embedding.weight.device)
+        n_ctx = int(_eot_positions(tokens)[0]) - 1
+        with torch.no_grad():
+            vectors = embedding(tokens)[0, 1:1 + n_ctx].float().clone()
+        return (vectors.repeat(n_classes, 1, 1) if cfg.csc else vectors), phrase
+    if cfg.n_ctx < 1:
+        raise BenchError(f"n_ctx must be at least 1, got {cfg.n_ctx}", where="--set coop.n_ctx", fix="use e.g. 4, 8 or 16")
+    shape = (n_classes, cfg.n_ctx, embedding.weight.shape[1]) if cfg.csc else (cfg.n_ctx, embedding.weight.shape[1])
+    vectors = torch.empty(shape).normal_(0.0, CTX_INIT_STD, generator=generator)
+    return vectors, " ".join(["X"] * cfg.n_ctx)
+
+
+def build_prompt_learner(backbone: Any, classnames: tuple[str, ...], ctx: torch.Tensor, ctx_text: str,
+                         position: str) -> PromptLearner:
+    """Tokenise ``"<ctx_text> <name>."`` per class as CoOp does and keep the frozen embeddings around the context."""
+    if position not in POSITIONS:
+        raise BenchError(f"unknown class-token position {position!r}", where="--set coop.class_token_position",
+                         fix=f"use one of: {', '.join(POSITIONS)}")
+    tower = text_tower(backbone.model)
+    device = tower.token_embedding.weight.device
+    names = [" ".join(name.split()) for name in classnames]  # "_" -> " " is the dataset reader's (CoOp's) clean-up
+    tokens = backbone.tokenize([f"{ctx_text} {name}." for name in names]).to(device)
+    name_lens = _eot_positions(backbone.tokenize(names)) - 1
+    n_ctx = ctx.shape[-2]
+    eot = _eot_positions(tokens)
+    if not torch.equal(eot.cpu(), 1 + n_ctx + name_lens + 1) or eot.max() >= tokens.shape[1] - 1:
+        raise BenchError("a prompt does not tokenise as [SOT][context][name][.][EOT] within the context length",
+                         where="method coop", fix="shorten the class names or use fewer context vectors (n_ctx)")
+    with torch.no_grad():
+        embedded = tower.token_embedding(tokens).float()
+    return PromptLearner(ctx.to(device), embedded[:, :1], embedded[:, 1 + n_ctx:], name_lens, eot, position).to(device)
+
+
+class PromptClassifier(torch.nn.Module):
+    """logits = scale · normalise(f) · Tᵀ with T (C, D) the learned prompts' normalised text features."""
+
+    def __init__(self, text_features: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("weights", F.normalize(text_features.float(), dim=-1))
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(features, dim=-1) @ self.weights.t()
+
+
+class TransferablePromptClassifier(PromptClassifier):
+    """A unified-context classifier: the learned context applies to any class names (base-to-new)."""
+
+    def __init__(self, text_features: torch.Tensor, scale: float, ctx: torch.Tensor, ctx_text: str, position: str):
+        super().__init__(text_features, scale)
+        self.register_buffer("ctx", ctx.detach().clone())
+        self.ctx_text, self.position = ctx_text, position
+
+    def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> TransferablePromptClassifier:
+        learner = build_prompt_learner(ctx.backbone, classnames, self.ctx, self.ctx_text, self.position)
+        return TransferablePromptClassifier(final_text_features(learner, ctx), self.scale, self.ctx, self.ctx_text,
+                                            self.position)
+
+
+def final_text_features(learner: PromptLearner, ctx: FitContext) -> torch.Tensor:
+    """(C, D) class text features for the returned classifier, computed once over all positions (exactly
+    what ``encode_text`` computes for the same tokens; truncation is only for the many training steps)."""
+    with torch.no_grad(), ctx.backbone.autocast():
+        return learner.text_features(text_tower(ctx.backbone.model), truncate=False)
+
+
+def _train(learner: PromptLearner, data: FewShotData, cfg: CoopConfig, ctx: FitContext) -> list[float]:
+    tower, scale = text_tower(ctx.backbone.model), ctx.logit_scale
+
+    def logits_fn(features: torch.Tensor) -> torch.Tensor:
+        with ctx.backbone.autocast():
+            text = learner.text_features(tower)
+        return scale * F.normalize(features, dim=-1) @ F.normalize(text.float(), dim=-1).t()
+
+    x_val, y_val = data.val.center.to(ctx.device), data.val.labels
+    report = val_reporter(ctx, lambda: accuracy(logits_fn(x_val), y_val), cfg.epochs)
+    recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
+    width, length = learner.prefix.shape[-1], int(learner.eot.max()) + 1
+    work = 3 * data.n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
+    with cpu_threads_for(ctx.device, work):
+        return train_on_features([learner.ctx], logits_fn, data.train, cfg.epochs, recipe,
+                                 torch_generator(derive_seed(ctx.seed, "loader")), ctx.device, report)
+
+
+class Coop:
+    name = "coop"
+    version = "1"
+    trainable = True
+    Config = CoopConfig
+
+    def default_config(self, dataset: str, shots: int) -> CoopConfig:
+        return CoopConfig(epochs=coop_epochs(dataset, shots))
+
+    def needs(self, cfg: CoopConfig) -> Needs:
+        return Needs(train_views=cfg.train_views)
+
+    def fit(self, data: FewShotData, cfg: CoopConfig, ctx: FitContext) -> PromptClassifier:
+        generator = torch_generator(derive_seed(ctx.seed, "init"))
+        vectors, ctx_text = init_context(ctx.backbone, cfg, data.n_classes, generator)
+        learner = build_prompt_learner(ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position)
+        losses = _train(learner, data, cfg, ctx)
+        ctx.record("n_ctx", learner.n_ctx)
+        ctx.record("prompt", {"context": ctx_text, "position": cfg.class_token_position, "csc": cfg.csc,
+                              "tokens": f"{ctx_text} {{}}."})
+        ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
+        features = final_text_features(learner, ctx)
+        if cfg.csc:
+            return PromptClassifier(features, ctx.logit_scale)  # class-specific context: tied to these classes
+        return TransferablePromptClassifier(features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position)
