@@ -48,8 +48,13 @@ def _add_run(sub) -> None:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="ARCH/WEIGHTS, comma-separated for several: RN50/openai, ViT-B-16/laion2b_s34b_b88k, "
                         f"ARCH/random, ARCH//path/to/ckpt.pt (default: {DEFAULT_BACKBONE})")
-    p.add_argument("--tune", default="none", choices=TUNE_MODES, help="hyperparameter search: none (paper defaults)")
-    p.add_argument("--trials", type=int, default=0, help="trials per study with --tune val|oracle")
+    p.add_argument("--tune", default="none", choices=TUNE_MODES,
+                   help="hyperparameter search: none (paper defaults), val (Optuna on the few-shot val split), "
+                        "oracle (scored on test; results labelled ORACLE)")
+    p.add_argument("--trials", type=int, default=0, help="finished trials per study with --tune val|oracle (e.g. 20)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna study storage: an RDB URL (postgresql://..., sqlite:///FILE) or journal:PATH for "
+                        "shared filesystems (default: sqlite in the results folder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method config field, e.g. clip_adapter.alpha=0.5 (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
@@ -91,7 +96,7 @@ def _run_options(args):
         data_root=args.data_root, cache_root=args.cache_dir, results_root=args.results, device=args.device,
         precision=args.precision, extract=ExtractOptions(batch_size=args.batch_size, num_workers=workers,
                                                          progress=not args.no_progress),
-        force=args.force, progress=not args.no_progress,
+        force=args.force, progress=not args.no_progress, storage=args.storage,
     )
 
 
@@ -111,6 +116,8 @@ def _cmd_run(args) -> int:
     summary = run_cells(specs, options, session)
     print(f"{len(summary.ran)} cells run, {len(summary.skipped)} already done (resumed), {len(summary.failed)} failed; "
           f"records in {args.results}")
+    if summary.deferred:
+        print(f"{len(summary.deferred)} tuned cells are finished by the worker that completed their study")
     for name, error in summary.failed:
         print(f"FAILED {name}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -125,6 +132,8 @@ def _add_report(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
     p.add_argument("--results", type=Path, default=_env_path("BENCH_RESULTS_DIR", "results"),
                    help="results folder (default: ./results)")
+    p.add_argument("--params", default=None, metavar="NAMES",
+                   help="instead of accuracy, the tuned parameters (e.g. alpha or alpha,beta) per dataset × shots")
     p.set_defaults(func=_cmd_report)
 
 
@@ -133,7 +142,13 @@ def _cmd_report(args) -> int:
     from bench.reports import render, results_frame
     from bench.results import load_results
 
-    text = render(results_frame(load_results(args.results)), args.format)
+    if args.params:
+        from bench.reports.params import params_frame, render_params
+
+        names = [n.strip() for n in args.params.split(",") if n.strip()]
+        text = render_params(params_frame(load_results(args.results), names), args.format)
+    else:
+        text = render(results_frame(load_results(args.results)), args.format)
     if args.out:
         atomic_write_bytes(args.out, text.encode())
         print(f"wrote {args.out}")

@@ -44,10 +44,17 @@ class RunSpec:
         out["overrides"] = dict(self.overrides)
         return out
 
-    def run_id(self, *, method_version: str, dataset_version: str, backbone_identity: str, split_protocol: str) -> str:
-        """sha256 of everything that defines this cell's number before it runs (16 hex chars)."""
+    def run_id(self, *, method_version: str, dataset_version: str, backbone_identity: str, split_protocol: str,
+               tuning_protocol: str | None = None) -> str:
+        """sha256 of everything that defines this cell's number before it runs (16 hex chars).
+
+        ``tuning_protocol`` (sampler, pruner, selection rule) counts only for tuned cells, so untuned
+        cells keep their ids.
+        """
         payload = {**self.to_json(), "method_version": method_version, "dataset_version": dataset_version,
                    "backbone": backbone_identity, "split_protocol": split_protocol}
+        if tuning_protocol is not None:
+            payload["tuning_protocol"] = tuning_protocol
         return sha256_json(payload)[:16]
 
 

@@ -86,6 +86,10 @@ class ClipAdapter:
     def needs(self, cfg: ClipAdapterConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
 
+    def search_space(self, trial, dataset: str, shots: int) -> dict:
+        """``--tune``: the residual ratio α ∈ [0, 1], which the paper searches per dataset (§4.2.4)."""
+        return {"alpha": trial.suggest_float("alpha", 0.0, 1.0)}
+
     def fit(self, data: FewShotData, cfg: ClipAdapterConfig, ctx: FitContext) -> VisualAdapterClassifier:
         templates = prompt_templates(data, cfg.prompts)
         weights = embed_classes(ctx, data.classnames, templates)
