@@ -60,8 +60,13 @@ def _add_run(sub) -> None:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="ARCH/WEIGHTS, comma-separated for several: RN50/openai, ViT-B-16/laion2b_s34b_b88k, "
                         f"ARCH/random, ARCH//path/to/ckpt.pt (default: {DEFAULT_BACKBONE})")
-    p.add_argument("--tune", default="none", choices=TUNE_MODES, help="hyperparameter search: none (paper defaults)")
-    p.add_argument("--trials", type=int, default=0, help="trials per study with --tune val|oracle")
+    p.add_argument("--tune", default="none", choices=TUNE_MODES,
+                   help="hyperparameter search: none (paper defaults), val (Optuna on the few-shot val split), "
+                        "oracle (scored on test; results labelled ORACLE)")
+    p.add_argument("--trials", type=int, default=0, help="finished trials per study with --tune val|oracle (e.g. 20)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna study storage: an RDB URL (postgresql://..., sqlite:///FILE) or journal:PATH for "
+                        "shared filesystems (default: sqlite in the results folder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method config field, e.g. clip_adapter.alpha=0.5 (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
@@ -105,7 +110,7 @@ def _run_options(args):
         data_root=args.data_root, cache_root=args.cache_dir, results_root=args.results, device=args.device,
         precision=args.precision, extract=ExtractOptions(batch_size=args.batch_size, num_workers=workers,
                                                          progress=not args.no_progress),
-        force=args.force, progress=not args.no_progress,
+        force=args.force, progress=not args.no_progress, storage=args.storage,
     )
 
 
@@ -125,6 +130,8 @@ def _cmd_run(args) -> int:
     summary = run_cells(specs, options, session)
     print(f"{len(summary.ran)} cells run, {len(summary.skipped)} already done (resumed), {len(summary.failed)} failed; "
           f"records in {args.results}")
+    if summary.deferred:
+        print(f"{len(summary.deferred)} tuned cells are finished by the worker that completed their study")
     for name, error in summary.failed:
         print(f"FAILED {name}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0

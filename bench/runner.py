@@ -7,9 +7,11 @@ score the classifier.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from bench import tuning
 from bench._io import ensure_writable_dir, sha256_json
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
 from bench.datasets import dataset_registry, read_dataset
@@ -55,6 +58,7 @@ class RunOptions:
     force: bool = False
     progress: bool = True
     eval_batch_size: int = 8192
+    storage: str | None = None  # Optuna study storage (URL or journal:PATH); None: SQLite in results_root
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class PlannedCell:
     config: Any
     run_id: str
     path: Path
+    study: str | None = None  # the Optuna study name of a tuned cell
 
 
 @dataclass
@@ -72,6 +77,7 @@ class RunSummary:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell, error)
+    deferred: list[str] = field(default_factory=list)  # tuned cells another worker finishes
 
 
 class Session:
@@ -122,13 +128,19 @@ def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
         method = session.method(spec.method)
         dataset = session.dataset_spec(spec.dataset)
         config = apply_overrides(method.default_config(spec.dataset, spec.shots), spec.overrides, method=spec.method)
-        run_id = spec.run_id(method_version=method.version, dataset_version=dataset.version,
-                             backbone_identity=session.backbone_identity(spec.backbone),
-                             split_protocol=split_protocol(dataset), data_sha256=_data_sha256(spec, session))
+        tuning.check_tuning(spec, method)
+        identity = {"method_version": method.version, "dataset_version": dataset.version,
+                    "backbone_identity": session.backbone_identity(spec.backbone),
+                    "split_protocol": split_protocol(dataset), "data_sha256": _data_sha256(spec, session),
+                    "tuning_protocol": tuning.tuning_protocol(spec.tune)}
+        run_id = spec.run_id(**identity)
         path = result_path(session.options.results_root, BackboneRef.parse(spec.backbone).slug, spec.dataset,
                            spec.method, spec.shots, spec.seed, run_id)
-        planned.append(PlannedCell(spec, config, run_id, path))
+        study = tuning.study_name(spec, identity) if spec.tune != "none" else None
+        planned.append(PlannedCell(spec, config, run_id, path, study))
     ensure_writable_dir(Path(session.options.results_root), purpose="results")
+    if any(cell.study for cell in planned):  # a bad storage URL fails before any work
+        tuning.open_storage(tuning.storage_url(session.options.storage, session.options.results_root))
     return planned
 
 
@@ -167,14 +179,18 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
             summary.skipped.append(cell.spec.name)
             continue
         result = run_cell(cell, session)
+        if result is None:
+            summary.deferred.append(cell.spec.name)
+            continue
         (summary.ran if result.ok else summary.failed).append(
             cell.spec.name if result.ok else (cell.spec.name, result.error["message"]))
     return summary
 
 
-def run_cell(cell: PlannedCell, session: Session) -> RunResult:
+def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
     """Run one cell and write its record. User errors (:class:`BenchError`) propagate; other
-    exceptions become a ``failed`` record so the rest of the grid goes on."""
+    exceptions become a ``failed`` record so the rest of the grid goes on. ``None``: a tuned cell
+    whose study another worker finished; that worker does the final fit and writes the record."""
     started, t0 = utc_now(), time.perf_counter()
     if session.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(session.device)
@@ -183,6 +199,9 @@ def run_cell(cell: PlannedCell, session: Session) -> RunResult:
         status, error = "ok", None
     except BenchError:
         raise
+    except tuning.FinalFitElsewhere:
+        log.info("cell %s: another worker closed its study and writes its record", cell.spec.name)
+        return None
     except Exception as exc:  # a bug or an OOM in one cell must not stop the grid
         log.exception("cell %s failed", cell.spec.name)
         record = _bare_record(cell, session)
@@ -235,12 +254,19 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
         text_features=lambda templates, classnames: session.cache.text_features(backbone, classnames, templates),
         record=diagnostics.__setitem__, progress=session.options.progress,
     )
+    load_test = functools.partial(_features, session, backbone, dataset, splits, "test",
+                                  tuple(range(len(splits.test))), CENTER)
+    t = time.perf_counter()
+    config, tuning_record = _tuned(cell, session, method, data, ctx, load_test)
+    if spec.tune != "none":
+        timing["tune"] = time.perf_counter() - t
+
     t = time.perf_counter()
     classifier = method.fit(data, config, ctx)
     timing["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    test = _features(session, backbone, dataset, splits, "test", tuple(range(len(splits.test))), CENTER)
+    test = load_test()
     timing["test_features"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics = {**_score_test(classifier, ctx, spec, splits, test, session),
@@ -255,7 +281,7 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
                  **_protocol_record(spec, splits, session)},
         "prompts": _prompts_record(config, dataset),
         "config": _jsonable(asdict(config)),
-        "tuning": {"mode": spec.tune},
+        "tuning": _jsonable(tuning_record),
         "metrics": metrics,
         "diagnostics": _jsonable(diagnostics),
         "timing_s": {k: round(v, 4) for k, v in timing.items()},
@@ -319,6 +345,25 @@ def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Bac
         restricted = score(lambda x, columns=columns: classifier(x).index_select(1, columns), test, session)
         out[target] = {"top1": restricted["top1"], "n_test": len(target_splits.test)}
     return out
+
+
+def _tuned(cell: PlannedCell, session: Session, method: Any, data: FewShotData, ctx: FitContext,
+           load_test: Callable[[], FeatureSet]) -> tuple[Any, dict]:
+    """The config to fit and the tuning record: the cell's config untuned, else its study's best.
+
+    ``val`` scores trials on the few-shot val split. ``oracle`` is the one place where test
+    features reach model selection: loaded here, handed to the objective, labelled ``scored_on: test``.
+    """
+    spec = cell.spec
+    if spec.tune == "none":
+        return cell.config, {"mode": "none"}
+    if spec.tune == "oracle":
+        test = load_test()
+        objective = tuning.Objective("test", lambda classifier: score(classifier, test, session)["top1"])
+    else:
+        objective = tuning.Objective("val", lambda classifier: score(classifier, data.val, session)["top1"])
+    ref = tuning.study_ref(spec, cell.study, tuning.storage_url(session.options.storage, session.options.results_root))
+    return tuning.tune(method, data, cell.config, ctx, ref, objective)
 
 
 def _train_view(train_views: int, scale: tuple[float, float] = (0.08, 1.0)) -> ViewSpec:

@@ -131,6 +131,10 @@ class Method(Protocol):
 
     def fit(self, data: FewShotData, cfg: Any, ctx: FitContext) -> Classifier: ...
 
+    # Optional, for --tune val|oracle (bench/tuning.py):
+    #     def search_space(self, trial, dataset: str, shots: int, cfg) -> dict[str, Any]
+    # returns config-field overrides sampled from the Optuna trial; cfg is the cell's resolved config.
+
 
 def prompt_templates(data: FewShotData, prompt_set: str) -> tuple[str, ...]:
     """The templates of ``prompt_set`` for ``data``'s dataset, or a clear error."""

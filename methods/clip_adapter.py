@@ -168,10 +168,11 @@ class ClipAdapter:
     def needs(self, cfg: ClipAdapterConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
 
-    def search_space(self, trial: Any, dataset: str, shots: int, cfg: ClipAdapterConfig | None = None) -> dict[str, Any]:
-        """α for the visual branch, β for the text branch, both in [0, 1]; both when ``cfg`` is not given."""
-        branch = cfg.branch if cfg is not None else "both"
+    def search_space(self, trial: Any, dataset: str, shots: int, cfg: ClipAdapterConfig) -> dict[str, Any]:
+        """``--tune``: the residual ratios the paper searches per dataset (§4.2.4), in [0, 1]: α for the
+        visual branch, β for the text branch."""
         space: dict[str, Any] = {}
+        branch = cfg.branch
         if branch in ("visual", "both"):
             space["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
         if branch in ("text", "both"):

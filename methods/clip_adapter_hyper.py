@@ -146,7 +146,7 @@ class ClipAdapterHyper:
     def needs(self, cfg: ClipAdapterHyperConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
 
-    def search_space(self, trial: Any, dataset: str, shots: int) -> dict[str, Any]:
+    def search_space(self, trial: Any, dataset: str, shots: int, cfg: ClipAdapterHyperConfig) -> dict[str, Any]:
         """The ratios are learned; only the learning rate is searched (log-uniform, 10x around CoOp's 0.002)."""
         return {"lr": trial.suggest_float("lr", 2e-4, 2e-2, log=True)}
 

@@ -184,7 +184,7 @@ class TipAdapter:
     def needs(self, cfg: TipAdapterConfig) -> Needs:
         return Needs(train_views=cfg.train_views, augment_scale=TIP_AUGMENT_SCALE)
 
-    def search_space(self, trial: Any, dataset: str, shots: int) -> dict[str, Any]:
+    def search_space(self, trial: Any, dataset: str, shots: int, cfg: TipAdapterConfig) -> dict[str, Any]:
         """α and β over Tip's per-dataset search ranges; the internal val grid is switched off."""
         return _ratio_space(trial, dataset)
 
@@ -268,7 +268,7 @@ class TipAdapterF:
     def needs(self, cfg: TipAdapterFConfig) -> Needs:
         return Needs(train_views=cfg.train_views, augment_scale=TIP_AUGMENT_SCALE)
 
-    def search_space(self, trial: Any, dataset: str, shots: int) -> dict[str, Any]:
+    def search_space(self, trial: Any, dataset: str, shots: int, cfg: TipAdapterFConfig) -> dict[str, Any]:
         """α and β (used for fine-tuning and at test) over Tip's ranges; the final val grid is switched off."""
         return _ratio_space(trial, dataset)
 

@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   bench report --compare paper --tolerance 1.0    # published number and delta per cell
   bench report --compare-methods clip_adapter,linear_probe
   bench report --plot figures/                    # accuracy-vs-shots curves (PNG and SVG)
+  bench report --params alpha                     # the α --tune chose, per dataset × shots
 """
 
 
@@ -48,6 +49,9 @@ def add_parser(subparsers) -> None:
     show.add_argument("--allow-mixed", default="", metavar="SETTINGS",
                       help=f"average cells that differ in these settings ({', '.join(MIXABLE)}, or all); "
                            "the header says so")
+    show.add_argument("--params", default=None, metavar="NAMES",
+                      help="instead of accuracy: the hyperparameters tuning chose (e.g. alpha or alpha,beta) per "
+                           "dataset × shots, median over seeds (markdown, csv or json)")
     show.add_argument("--plot", type=Path, default=None, metavar="DIR",
                       help="also write accuracy-vs-shots curves (PNG and SVG) per dataset and for the average")
     cmp = p.add_argument_group("comparisons")
@@ -97,14 +101,27 @@ def run(args) -> int:
     from bench.results import load_results
 
     options = options_from_args(args)
-    frame = results_frame(load_results(args.results))
-    text = render(frame, args.format, options)
+    if args.params:
+        text = _params_report(args)
+    else:
+        frame = results_frame(load_results(args.results))
+        text = render(frame, args.format, options)
     if args.out:
         atomic_write_bytes(args.out, text.encode())
         sys.stderr.write(f"wrote {args.out}\n")
     else:
         sys.stdout.write(text)
-    if args.plot:
+    if args.plot and not args.params:
         paths = write_plots(prepare(frame, options), args.plot, options.metric, options.ci)
         sys.stderr.write(f"wrote {len(paths)} plot files under {args.plot}\n")
     return 0
+
+
+def _params_report(args) -> str:
+    from bench.reports.params import FORMATS, params_frame, render_params
+    from bench.results import load_results
+
+    if args.format not in FORMATS:
+        raise BenchError(f"--params tables come as {', '.join(FORMATS)}, not {args.format}", where="--format",
+                         fix=f"use --format {FORMATS[0]}")
+    return render_params(params_frame(load_results(args.results), _names(args.params)), args.format)

@@ -129,9 +129,10 @@ def test_search_space_overrides_are_config_fields(name):
 
     method = method_registry().get(name)()
     trial = _LowTrial()
-    space = method.search_space(trial, "dtd", 4)
+    default = method.default_config("dtd", 4)
+    space = method.search_space(trial, "dtd", 4, default)
     assert space and set(trial.asked) <= set(space)
-    cfg = apply_overrides(method.default_config("dtd", 4), space.items(), method=name)  # types and names check
+    cfg = apply_overrides(default, space.items(), method=name)  # types and names check
     assert all(getattr(cfg, key) == value for key, value in space.items())
 
 

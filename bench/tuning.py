@@ -1,0 +1,400 @@
+"""Hyperparameter search for one cell with Optuna: honest (few-shot val) or labelled oracle (test).
+
+The runner calls :func:`tune` before the final fit when ``RunSpec.tune != "none"``. Each trial
+fits the method on the support set with a config sampled from the method's
+``search_space(trial, dataset, shots)`` and is scored by an :class:`Objective` the runner
+builds: the few-shot val split for ``val``, the test split for ``oracle`` (the only path
+by which test features reach model selection; every record it produces says so). Trials
+reuse the cell's cached features, so a trial costs one fit.
+
+One study per cell, named from the cell (:func:`study_name`), in a storage shared by every
+worker (:func:`open_storage`): re-running a cell resumes its study and runs only the
+missing trials; several processes running the same cells fill one study together, and only
+the worker that finished the study's last trial does the final fit (the others get
+:class:`FinalFitElsewhere`).
+
+Determinism: trials run one at a time in a worker; trial *n* samples with
+``derive_seed(cell seed, dataset, shots, method, "tpe", n)``, every trial fits with the
+cell's own seed (same init and batches: trials differ only in their parameters), the paper
+default is trial 0, the choice is made among the first ``trials`` finished trials, and ties
+go to the paper default, then to the earlier trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, distribution_to_json
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.datasets.splits import VAL_SHOTS_CAP
+from bench.errors import BenchError
+from bench.methods.base import FewShotData, FitContext
+from bench.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+# Part of the run id of every tuned cell: a change of sampler, pruner or selection rule bumps it.
+TUNING_PROTOCOL = "tpe-seed-per-trial+median-pruner-2nd-half+default-first+ties-to-default/1"
+STUDIES_FILE = "studies.sqlite3"
+TPE_STARTUP_TRIALS = 10  # random trials before TPE models the results (Optuna's default)
+PRUNER_STARTUP_TRIALS = 5  # no pruning until this many trials are complete
+SCORED_ON = {"val": "val", "oracle": "test"}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class FinalFitElsewhere(Exception):
+    """Another worker finished the last trial of this cell's study and does the final fit."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a trial is scored on.
+
+    Attributes:
+        split: ``"val"`` (the few-shot val split) or ``"test"`` (oracle mode only).
+        score: classifier -> top-1 accuracy on that split, a fraction in [0, 1].
+    """
+
+    split: str
+    score: Callable[[Any], float]
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """Where a cell's study lives and how much of it to fill.
+
+    Attributes:
+        name: the study name (:func:`study_name`). storage: a URL (:func:`storage_url`).
+        mode: ``"val"`` or ``"oracle"``. trials: finished (complete + pruned) trials to reach.
+        seed: the sampler's root seed, derived from the cell.
+    """
+
+    name: str
+    storage: str
+    mode: str
+    trials: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """A worker's view of a filled study: ``ran`` trials now; ``closed_here``: it does the final fit."""
+
+    study: optuna.Study
+    ran: int
+    closed_here: bool
+
+
+def tuning_protocol(mode: str) -> str | None:
+    """What goes into the run id for tuning: nothing for untuned cells (their ids do not change)."""
+    return None if mode == "none" else TUNING_PROTOCOL
+
+
+def check_tuning(spec: Any, method: Any) -> None:
+    """Refuse, before any work, a cell whose tuning request cannot be honoured.
+
+    Args:
+        spec: a :class:`bench.spec.RunSpec`. method: the method instance.
+    """
+    if spec.tune == "none":
+        if spec.trials:
+            raise BenchError(f"--trials {spec.trials} has no effect without --tune", where="--trials",
+                             fix="add --tune val (or oracle), or drop --trials")
+        return
+    if spec.trials < 1:
+        raise BenchError(f"--tune {spec.tune} needs a trial budget", where="--trials", fix="pass e.g. --trials 20")
+    if not callable(getattr(method, "search_space", None)):
+        raise BenchError(f"method {spec.method!r} declares no search space, so --tune {spec.tune} cannot tune it",
+                         where="--tune", fix=f"run {spec.method} in a separate `bench run` with --tune none, or give "
+                                             "it search_space(trial, dataset, shots, cfg) (see docs/tuning.md)")
+
+
+def study_name(spec: Any, identity: dict[str, str]) -> str:
+    """``method/dataset/kK/sS/backbone/mode/<key>``: the key hashes the cell's run id without its trial
+    budget, so ``--trials 40`` after ``--trials 20`` extends the same study, while another method version,
+    checkpoint or ``--set`` override gets a fresh one.
+
+    Args:
+        spec: a :class:`bench.spec.RunSpec`. identity: the keyword arguments of ``RunSpec.run_id``.
+    """
+    key = dataclasses.replace(spec, trials=0).run_id(**identity)[:8]
+    return f"{spec.method}/{spec.dataset}/k{spec.shots}/s{spec.seed}/{spec.backbone}/{spec.tune}/{key}"
+
+
+def study_ref(spec: Any, name: str, storage: str) -> StudyRef:
+    """The :class:`StudyRef` of a tuned cell (``spec`` a :class:`bench.spec.RunSpec`)."""
+    return StudyRef(name=name, storage=storage, mode=spec.tune, trials=spec.trials,
+                    seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method, "tpe"))
+
+
+def storage_url(storage: str | None, results_root: Path) -> str:
+    """The study storage: ``None`` -> SQLite in the results folder; ``journal:PATH`` -> an absolute path;
+    anything else is an Optuna RDB URL (``postgresql://...``, ``sqlite:///...``)."""
+    if storage is None:
+        return f"sqlite:///{(Path(results_root) / STUDIES_FILE).resolve()}"
+    if storage.startswith("journal:"):
+        return "journal:" + str(Path(storage[len("journal:"):]).expanduser().resolve())
+    return storage
+
+
+def describe_storage(url: str) -> str:
+    """``url`` with any password masked: what goes into result records and messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+@functools.cache
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind ``url`` (one per process and URL); a bad URL is a :class:`BenchError`."""
+    import sqlalchemy.exc
+
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return _rdb_storage(url)
+    except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise BenchError(f"cannot open the study storage {describe_storage(url)!r}: {exc}", where="--storage",
+                         fix="pass an Optuna RDB URL (sqlite:///FILE, postgresql://USER@HOST/DB) or journal:PATH") from exc
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An RDB storage; SQLite waits up to 60 s for a lock. Opening is retried when processes that start
+    together on a new database race to create its schema (a duplicate alembic version row, or a
+    locked SQLite file); a second look finds the schema the winner created."""
+    import sqlalchemy.exc
+
+    engine_kwargs: dict[str, Any] = {}
+    sqlite = url.startswith("sqlite:")
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+            locked = sqlite and isinstance(exc, sqlalchemy.exc.OperationalError)
+            if attempt == attempts - 1 or not (locked or isinstance(exc, sqlalchemy.exc.IntegrityError)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def tune(method: Any, data: FewShotData, config: Any, ctx: FitContext, ref: StudyRef,
+         objective: Objective) -> tuple[Any, dict]:
+    """Fill the cell's study and return (best config, tuning record).
+
+    Args:
+        method: the method instance (with ``search_space``). data: the cell's support + few-shot val.
+        config: the resolved default config (paper defaults + ``--set``). ctx: the cell's fit context.
+        ref: the study. objective: how a trial's classifier is scored; its split must match ``ref.mode``.
+
+    Raises:
+        FinalFitElsewhere: another worker closed the study and does the final fit.
+    """
+    if SCORED_ON.get(ref.mode) != objective.split:
+        raise ValueError(f"tuning mode {ref.mode!r} must be scored on {SCORED_ON.get(ref.mode)!r}, "
+                         f"not {objective.split!r}")
+    warmup = int(getattr(config, "epochs", 0) or 0) // 2
+    with _quiet_optuna():
+        defaults = _default_params(method, config, data.dataset, data.shots)
+        outcome = run_study(ref, _trial_objective(method, data, config, ctx, objective), default_params=defaults,
+                            warmup_steps=warmup)
+    if not outcome.closed_here:
+        raise FinalFitElsewhere(ref.name)
+    finished = finished_trials(outcome.study)
+    considered = finished[:ref.trials]  # a study extended by a larger budget: --trials N still means N
+    best = best_trial(considered)
+    overrides = method.search_space(optuna.trial.FixedTrial(best.params), data.dataset, data.shots, config)
+    record = _record(ref, objective.split, considered, best, defaults, warmup)
+    record.update(study_trials=len(finished), val_shots=min(data.shots, VAL_SHOTS_CAP))
+    return _apply(method, config, overrides), record
+
+
+def run_study(ref: StudyRef, objective: Callable[[optuna.Trial], float], *, default_params: dict[str, Any],
+              warmup_steps: int = 0) -> StudyOutcome:
+    """Create or load the study and run trials one at a time until it holds ``ref.trials`` finished ones.
+
+    The paper default goes in first (``default_params``, when the study is new). Trials that
+    other workers are running do not count, so a killed worker never blocks a study; workers
+    that run concurrently may overshoot the target by one trial each.
+    """
+    study = optuna.create_study(study_name=ref.name, storage=open_storage(ref.storage), direction="maximize",
+                                sampler=TrialSeededTPE(ref.seed), pruner=_pruner(warmup_steps), load_if_exists=True)
+    study.set_user_attr("scored_on", SCORED_ON[ref.mode])
+    if default_params and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(default_params, user_attrs={"paper_default": True}, skip_if_exists=True)
+    worker = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"  # tags this call's trials
+
+    def tagged(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker)
+        return objective(trial)
+
+    ran = 0
+    while len(finished_trials(study)) < ref.trials:
+        study.optimize(tagged, n_trials=1)
+        ran += 1
+    closer = finished_trials(study)[ref.trials - 1].user_attrs.get("worker")
+    return StudyOutcome(study, ran, closed_here=ran == 0 or closer == worker)
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete and pruned trials, in the order they finished."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    return sorted(trials, key=lambda t: (t.datetime_complete, t.number))
+
+
+def best_trial(trials: list[FrozenTrial]) -> FrozenTrial:
+    """The highest-scoring complete trial; ties go to the paper default, then to the earlier trial."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError("no complete trial to choose from (every trial was pruned)")
+    return max(complete, key=lambda t: (t.value, bool(t.user_attrs.get("paper_default")), -t.number))
+
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE whose random draws for trial *n* come from ``derive_seed(root_seed, n)``.
+
+    One seed per study would make concurrent workers (each with its own copy of the generator)
+    propose the same points in lockstep; trial numbers are unique in the storage, so seeding
+    per trial keeps workers apart and makes a sequential study independent of where it was
+    interrupted and resumed (between trials).
+    """
+
+    def __init__(self, root_seed: int, n_startup_trials: int = TPE_STARTUP_TRIALS):
+        self.root_seed, self.n_startup_trials = root_seed, n_startup_trials
+        self._by_trial: dict[int, optuna.samplers.TPESampler] = {}
+
+    def _tpe(self, trial: FrozenTrial) -> optuna.samplers.TPESampler:
+        if trial.number not in self._by_trial:
+            seed = derive_seed(self.root_seed, trial.number) & 0xFFFFFFFF  # numpy seeds are 32-bit
+            self._by_trial[trial.number] = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        return self._by_trial[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._tpe(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        sampler = self._tpe(trial)
+        del self._by_trial[trial.number]  # a finished trial is never sampled again
+        sampler.after_trial(study, trial, state, values)
+
+    def describe(self) -> dict:
+        return {"name": "TPESampler", "seed": "derive_seed(root_seed, trial.number)", "root_seed": self.root_seed,
+                "n_startup_trials": self.n_startup_trials}
+
+
+def _pruner(warmup_steps: int) -> optuna.pruners.MedianPruner:
+    # Intermediate scores are compared only over the second half of training: a high-α adapter starts
+    # from a random projection and would lose every early comparison it later wins.
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=warmup_steps)
+
+
+def _trial_objective(method: Any, data: FewShotData, config: Any, ctx: FitContext,
+                     objective: Objective) -> Callable[[optuna.Trial], float]:
+    def run_trial(trial: optuna.Trial) -> float:
+        trial_config = _apply(method, config, method.search_space(trial, data.dataset, data.shots, config))
+        trial_ctx = dataclasses.replace(ctx, record=_ignore, progress=False, report=_pruning_report(trial))
+        return objective.score(method.fit(data, trial_config, trial_ctx))
+
+    return run_trial
+
+
+def _pruning_report(trial: optuna.Trial) -> Callable[[int, float], None]:
+    """``FitContext.report``: hands intermediate val scores to the pruner, which may stop the trial."""
+
+    def report(step: int, val_accuracy: float) -> None:
+        trial.report(val_accuracy, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (val top-1 {val_accuracy:.4f})")
+
+    return report
+
+
+def _ignore(name: str, value: Any) -> None:
+    """Trials keep no diagnostics: only the final fit's go into the record."""
+
+
+def _apply(method: Any, config: Any, overrides: dict[str, Any]) -> Any:
+    """``config`` with a search space's overrides; they must name config fields and not change ``needs``."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise BenchError(f"search_space returned {unknown}, which are not fields of {type(config).__name__}",
+                         where=f"{type(method).__name__}.search_space", fix=f"return overrides of: {', '.join(sorted(fields))}")
+    tuned = dataclasses.replace(config, **overrides)
+    if method.needs(tuned) != method.needs(config):
+        raise BenchError("search_space changed the features the method needs", where=f"{type(method).__name__}.search_space",
+                         fix="do not search fields that change needs() (e.g. train_views)")
+    return tuned
+
+
+def _default_params(method: Any, config: Any, dataset: str, shots: int) -> dict[str, Any]:
+    """The search-space parameters that are config fields, at their default (paper) values when in range."""
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    method.search_space(probe, dataset, shots, config)
+    params = {}
+    for name, distribution in probe.distributions.items():
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if isinstance(distribution, CategoricalDistribution):
+            inside = value in distribution.choices
+        else:
+            inside = distribution.low <= value <= distribution.high
+        if inside:
+            params[name] = value
+    return params
+
+
+def _record(ref: StudyRef, split: str, finished: list[FrozenTrial], best: FrozenTrial, defaults: dict[str, Any],
+            warmup: int) -> dict:
+    default = next((t for t in finished if t.user_attrs.get("paper_default") and t.state == TrialState.COMPLETE), None)
+    return {
+        "mode": ref.mode, "scored_on": split, "trials": len(finished), "target_trials": ref.trials,
+        "complete": sum(t.state == TrialState.COMPLETE for t in finished),
+        "pruned": sum(t.state == TrialState.PRUNED for t in finished),
+        "best_trial": best.number, "best_params": dict(best.params), f"best_{split}_top1": best.value,
+        "default_params": defaults, f"default_{split}_top1": default.value if default else None,
+        "search_space": {n: json.loads(distribution_to_json(d)) for n, d in best.distributions.items()},
+        "study": ref.name, "storage": describe_storage(ref.storage), "protocol": TUNING_PROTOCOL,
+        "sampler": TrialSeededTPE(ref.seed).describe(),
+        "pruner": {"name": "MedianPruner", "n_startup_trials": PRUNER_STARTUP_TRIALS, "n_warmup_steps": warmup},
+    }
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial at INFO; show that only with ``bench -v``."""
+    previous = optuna.logging.get_verbosity()
+    if not log.isEnabledFor(logging.DEBUG):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
