@@ -153,7 +153,8 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
     """Run every cell that has no ok record (all of them with ``options.force``)."""
     session = session or Session(options)
     cells = plan_cells(specs, session)
-    _prepare_or_defer([c for c in cells if options.force or not is_done(c)], session)
+    pending = [c for c in cells if options.force or not is_done(c)]
+    prepared: set[str] = set()
     summary = RunSummary()
     bar = tqdm(cells, desc="cells", unit="cell", disable=not options.progress)
     for cell in bar:
@@ -161,6 +162,9 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
         if not options.force and is_done(cell):
             summary.skipped.append(cell.spec.name)
             continue
+        if cell.spec.backbone not in prepared:  # right before its cells: one backbone in memory at a time
+            prepared.add(cell.spec.backbone)
+            _prepare_or_defer([c for c in pending if c.spec.backbone == cell.spec.backbone], session)
         result = run_cell(cell, session)
         (summary.ran if result.ok else summary.failed).append(
             cell.spec.name if result.ok else (cell.spec.name, result.error["message"]))
