@@ -137,6 +137,7 @@ def submit_slurm(manifest: Manifest, cells: list[PlannedCell], options: RunOptio
     except Exception as exc:  # sbatch said no: take back what went in, report it as a user error
         for job in submitted:
             job.cancel(check=False)
+        shutil.rmtree(manifest.folder, ignore_errors=True)  # no manifest yet: only submitit's scripts
         raise BenchError(f"sbatch refused the sweep's jobs: {str(exc).strip().splitlines()[-1]}",
                          where="--slurm-profile / --partition / --account / --constraint",
                          fix="check the names with `sinfo` and `sacctmgr show assoc user=$USER`") from exc
