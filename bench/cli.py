@@ -21,6 +21,7 @@ from bench.errors import BenchError
 FEATURE_COMMANDS: tuple[str, ...] = (
     "bench.reports.command",
     "bench.datasets.cli",
+    "bench.slurm.cli",
     "bench.perf",
 )
 DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
@@ -78,6 +79,7 @@ def _add_run(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the cells and how many are done, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_paths(p)
+    importlib.import_module("bench.slurm.cli").add_run_arguments(p)  # --executor and the cluster-sweep flags
     p.set_defaults(func=_cmd_run)
 
 
@@ -116,9 +118,12 @@ def _run_options(args):
 
 def _cmd_run(args) -> int:
     from bench.runner import Session, is_done, plan_cells, run_cells
+    from bench.slurm.cli import run_sweep, sweep_requested
 
     specs = _specs_from_args(args)
     options = _run_options(args)
+    if sweep_requested(args):  # --executor processes|debug|slurm: the same cells as jobs
+        return run_sweep(args, specs, options)
     session = Session(options)
     if args.dry_run:
         cells = plan_cells(specs, session)

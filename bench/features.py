@@ -129,6 +129,15 @@ class FeatureCache:
     def image_features(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: Sequence[str],
                        options: ExtractOptions = ExtractOptions()) -> torch.Tensor:
         """Features of ``paths`` (relative to ``image_root``) -> (V, N, D) float32, computing only what is missing."""
+        self.ensure_image_features(key, backbone, image_root, paths, options)
+        return self._open(key, backbone.ref.slug).gather(paths)
+
+    def ensure_image_features(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: Sequence[str],
+                              options: ExtractOptions = ExtractOptions()) -> int:
+        """Encode and store the features of those ``paths`` not cached yet, as one shard; returns how many.
+
+        Nothing is returned to the caller: this fills the cache ahead of the cells that read it.
+        """
         store = self._open(key, backbone.ref.slug)
         missing = list(dict.fromkeys(p for p in paths if p not in store.rows))
         if missing:
@@ -140,7 +149,7 @@ class FeatureCache:
             shard = {"paths": missing, "features": features.to(getattr(torch, key.store_dtype))}
             atomic_torch_save(store.folder / name, shard)
             store.add(name, shard)
-        return store.gather(paths)
+        return len(missing)
 
     def _open(self, key: ImageFeatureKey, slug: str) -> _Store:
         digest = key.digest()

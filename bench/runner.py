@@ -171,6 +171,8 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
     """Run every cell that has no ok record (all of them with ``options.force``)."""
     session = session or Session(options)
     cells = plan_cells(specs, session)
+    pending = [c for c in cells if options.force or not is_done(c)]
+    prepared: set[str] = set()
     summary = RunSummary()
     bar = tqdm(cells, desc="cells", unit="cell", disable=not options.progress)
     for cell in bar:
@@ -178,6 +180,9 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
         if not options.force and is_done(cell):
             summary.skipped.append(cell.spec.name)
             continue
+        if cell.spec.backbone not in prepared:  # right before its cells: one backbone in memory at a time
+            prepared.add(cell.spec.backbone)
+            _prepare_or_defer([c for c in pending if c.spec.backbone == cell.spec.backbone], session)
         result = run_cell(cell, session)
         if result is None:
             summary.deferred.append(cell.spec.name)
@@ -185,6 +190,52 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
         (summary.ran if result.ok else summary.failed).append(
             cell.spec.name if result.ok else (cell.spec.name, result.error["message"]))
     return summary
+
+
+def prepare_features(cells: list[PlannedCell], session: Session) -> int:
+    """Encode every image ``cells`` will read, in one pass per (backbone, dataset, split, view).
+
+    That is the union over cells of the support views each method asks for, the few-shot val
+    images, and the whole test split. Cells then only read the cache. The same cells always
+    encode the same images in the same batches, so a grid gives bit-identical numbers whether it
+    runs in-process or as cluster jobs (batch composition moves fp32 features in the last bits).
+    Features are only stored here, never returned: a cell still reads its test features after
+    ``fit``, as before.
+
+    Returns:
+        the number of images pushed through the image encoder (0 when everything was cached).
+    """
+    before = session.cache.images_encoded
+    groups: dict[tuple[str, str], list[PlannedCell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.spec.backbone, cell.spec.dataset), []).append(cell)
+    for (backbone_name, dataset_name), group in groups.items():
+        dataset, splits = session.dataset_spec(dataset_name), session.splits(dataset_name)
+        wanted: dict[tuple[str, ViewSpec], set[int]] = {}
+        for cell in group:
+            fewshot = load_or_create_fewshot(splits, dataset, cell.spec.shots, cell.spec.seed, session.options.cache_root)
+            needs = session.method(cell.spec.method).needs(cell.config)
+            view = _train_view(needs.train_views, needs.augment_scale)
+            wanted.setdefault(("train", view), set()).update(fewshot.train)
+            wanted.setdefault(("val", CENTER), set()).update(fewshot.val)
+        wanted[("test", CENTER)] = set(range(len(splits.test)))
+        backbone = session.backbone(backbone_name)
+        for (split, view), indices in wanted.items():
+            images = splits.split(split).subset(tuple(sorted(indices)))
+            session.cache.ensure_image_features(_feature_key(backbone, dataset, splits, split, view), backbone,
+                                                splits.image_root, images.paths, session.options.extract)
+    return session.cache.images_encoded - before
+
+
+def _prepare_or_defer(cells: list[PlannedCell], session: Session) -> None:
+    """:func:`prepare_features`; if it breaks on something other than user input, each cell
+    extracts its own features and records its own failure, as without the pre-pass."""
+    try:
+        prepare_features(cells, session)
+    except BenchError:
+        raise
+    except Exception:  # an OOM here must not stop the grid: the cells report it one by one
+        log.warning("feature pre-pass failed; cells extract their own features", exc_info=True)
 
 
 def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
@@ -373,14 +424,19 @@ def _train_view(train_views: int, scale: tuple[float, float] = (0.08, 1.0)) -> V
 def _features(session: Session, backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str,
               indices: tuple[int, ...], view: ViewSpec) -> FeatureSet:
     images = splits.split(split).subset(indices)
-    key = ImageFeatureKey(
+    key = _feature_key(backbone, dataset, splits, split, view)
+    options = session.options.extract
+    features = session.cache.image_features(key, backbone, splits.image_root, images.paths, options)
+    return FeatureSet(features, torch.tensor(images.labels, dtype=torch.int64))
+
+
+def _feature_key(backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str,
+                 view: ViewSpec) -> ImageFeatureKey:
+    return ImageFeatureKey(
         backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256, precision=backbone.precision,
         dataset=dataset.name, dataset_version=dataset.version, split_sha256=splits.source_sha256, split=split,
         preprocessing=backbone.preprocessing, view=view,
     )
-    options = session.options.extract
-    features = session.cache.image_features(key, backbone, splits.image_root, images.paths, options)
-    return FeatureSet(features, torch.tensor(images.labels, dtype=torch.int64))
 
 
 @torch.no_grad()

@@ -29,7 +29,9 @@ def test_no_top_level_package_shadows_other_distributions(wheel_files):
 def test_subpackages_and_data_are_inside_bench(wheel_files):
     for required in ("bench/methods/clip_adapter.py", "bench/datasets/splits.py", "bench/reports/tables.py",
                      "bench/model_configs/bench-tiny.json", "bench/cli.py", "bench/reports/data/paper_numbers.json",
-                     "bench/datasets/data/templates.json", "bench/datasets/data/imagenet_synsets.txt"):
+                     "bench/datasets/data/templates.json", "bench/datasets/data/imagenet_synsets.txt",
+                     "bench/slurm/sweep.py", "bench/slurm/cluster.sh", "bench/slurm/profiles/gpu_short.json",
+                     "bench/slurm/profiles/cpu_debug.json"):
         assert required in wheel_files
     entry_points = next(n for n in wheel_files if n.endswith("entry_points.txt"))
     assert entry_points

@@ -1,0 +1,55 @@
+"""What cluster jobs run: module-level callables of picklable frozen specs (RunSpec, RunOptions).
+
+- :func:`prepare_features_job`: one per (backbone, dataset); fills the feature cache for the
+  sweep's cells of that pair, so array tasks only read it.
+- :class:`CellTask`: one array task; runs a group of cells in order, each writing its record
+  atomically. It is :class:`submitit.helpers.Checkpointable`: preempted or close to its time
+  limit, submitit calls :meth:`CellTask.checkpoint`, which resubmits the task with the list of
+  cells it already finished, so the requeued task goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import submitit
+
+from bench.runner import RunOptions, Session, is_done, plan_cells, prepare_features, run_cell
+from bench.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+def prepare_features_job(specs: tuple[RunSpec, ...], options: RunOptions) -> dict[str, int]:
+    """Encode every image ``specs`` will read (see :func:`bench.runner.prepare_features`)."""
+    session = Session(options)
+    return {"cells": len(specs), "images_encoded": prepare_features(plan_cells(list(specs), session), session)}
+
+
+class CellTask(submitit.helpers.Checkpointable):
+    """Runs cells one after another; a cell's failure is its record's business, the task goes on.
+
+    Attributes:
+        finished: run ids of the cells this task has written a record for. It travels with the
+            checkpoint, so after a requeue those cells are skipped even with ``options.force``.
+    """
+
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+
+    def __call__(self, specs: tuple[RunSpec, ...], options: RunOptions) -> dict[str, Any]:
+        session = Session(options)
+        summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": [], "deferred": []}
+        for cell in plan_cells(list(specs), session):
+            if cell.run_id in self.finished or (not options.force and is_done(cell)):
+                summary["skipped"].append(cell.spec.name)
+                continue
+            result = run_cell(cell, session)
+            self.finished.append(cell.run_id)
+            if result is None:  # a tuned cell whose study another worker closed: that worker writes it
+                summary["deferred"].append(cell.spec.name)
+                continue
+            summary["ran" if result.ok else "failed"].append(cell.spec.name)
+        log.info("cell task done: %s", {k: len(v) for k, v in summary.items()})
+        return summary

@@ -1,0 +1,303 @@
+"""Cluster sweeps: plan the jobs of a grid, submit them through submitit, track them.
+
+The plan shares caches: the pending cells are grouped by (backbone, dataset); each group gets
+one feature job (:func:`bench.slurm.jobs.prepare_features_job`) and an array of
+:class:`~bench.slurm.jobs.CellTask` tasks of ``cells_per_task`` cells each that starts after it.
+Cells with an ok record are not submitted, so re-submitting a sweep only runs what is missing.
+
+Executors (one code path, three ways to run the same jobs):
+
+- ``slurm``: everything is submitted at once; each array waits for its feature job through an
+  ``afterok`` dependency, so the submitter may detach.
+- ``processes`` (submitit's local executor, one subprocess per job) and ``debug`` (in this
+  process, for debugging): there is no scheduler, so :class:`LocalScheduler` plays it from the
+  submitting process: feature jobs first, then a group's tasks once its features are ready, at
+  most ``array_parallelism`` jobs at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core.utils import JobPaths, pickle_load
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+from bench.errors import BenchError
+from bench.provenance import utc_now
+from bench.runner import PlannedCell, RunOptions, is_done
+from bench.slurm.jobs import CellTask, prepare_features_job
+from bench.slurm.manifest import (
+    CellEntry,
+    FeatureEntry,
+    Manifest,
+    TaskEntry,
+    new_sweep_id,
+    sweep_folder,
+    write_manifest,
+)
+from bench.slurm.progress import JobState, job_log_detail, slurm_phase, tail
+from bench.slurm.resources import Resources, executor_parameters
+
+_SUBMITIT_CLUSTER = {"processes": "local", "debug": "debug", "slurm": "slurm"}
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep is submitted: executor, per-job resources, whether to return right after
+    submitting (slurm only), and seconds between two looks at the jobs."""
+
+    executor: str = "slurm"
+    resources: Resources = Resources()
+    detach: bool = False
+    poll_s: float = 5.0
+
+
+def job_options(options: RunOptions) -> RunOptions:
+    """``options`` as jobs get them: absolute folders (jobs may start elsewhere), no progress bars."""
+    return dataclasses.replace(
+        options, data_root=Path(options.data_root).resolve(), cache_root=Path(options.cache_root).resolve(),
+        results_root=Path(options.results_root).resolve(), progress=False,
+        extract=dataclasses.replace(options.extract, progress=False))
+
+
+def plan_sweep(cells: list[PlannedCell], options: RunOptions, sweep: SweepOptions) -> Manifest:
+    """The manifest of a new sweep over ``cells``: every cell, and the jobs for the ones without an ok record."""
+    results_root = Path(options.results_root).resolve()
+    sweep_id = new_sweep_id([c.run_id for c in cells])
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, cell in enumerate(cells):
+        if options.force or not is_done(cell):
+            groups.setdefault((cell.spec.backbone, cell.spec.dataset), []).append(index)
+    features, tasks, task_of = [], [], {}
+    for (backbone, dataset), members in groups.items():
+        features.append(FeatureEntry(backbone, dataset))
+        size = sweep.resources.cells_per_task
+        for start in range(0, len(members), size):
+            chunk = tuple(members[start:start + size])
+            task_of.update({i: len(tasks) for i in chunk})
+            tasks.append(TaskEntry(cells=chunk, feature=len(features) - 1))
+    entries = tuple(CellEntry(c.spec.name, c.spec.backbone, str(c.path.resolve().relative_to(results_root)), task_of.get(i))
+                    for i, c in enumerate(cells))
+    return Manifest(sweep_id=sweep_id, created_at=utc_now(), executor=sweep.executor, force=options.force,
+                    results_root=str(results_root), log_folder=str(sweep_folder(results_root, sweep_id) / "logs" / "%j"),
+                    resources=dataclasses.asdict(sweep.resources), cells=entries, features=tuple(features),
+                    tasks=tuple(tasks))
+
+
+def _executor(manifest: Manifest, kind: str, resources: Resources, name: str,
+              dependency: str | None = None) -> submitit.AutoExecutor:
+    executor = submitit.AutoExecutor(folder=manifest.log_folder, cluster=_SUBMITIT_CLUSTER[kind])
+    executor.update_parameters(**executor_parameters(resources, kind, name=name, dependency=dependency))
+    return executor
+
+
+def _specs(cells: list[PlannedCell], indices: tuple[int, ...]) -> tuple:
+    return tuple(cells[i].spec for i in indices)
+
+
+def _feature_specs(manifest: Manifest, cells: list[PlannedCell], feature: int) -> tuple:
+    indices = [i for task in manifest.tasks if task.feature == feature for i in task.cells]
+    return _specs(cells, tuple(indices))
+
+
+def check_slurm_available() -> None:
+    for tool in ("sbatch", "sacct"):
+        if not shutil.which(tool):
+            raise BenchError(f"{tool} not found: no Slurm client on this machine", where="--executor slurm",
+                             fix="run on the cluster's login node, start a local one with `bash slurm/cluster.sh up`, "
+                                 "or use --executor processes")
+
+
+def submit_slurm(manifest: Manifest, cells: list[PlannedCell], options: RunOptions,
+                 resources: Resources) -> Manifest:
+    """Submit every feature job and array now; returns the manifest with job ids (also written)."""
+    check_slurm_available()
+    options = job_options(options)
+    submitted: list[submitit.Job] = []
+    feature_ids: dict[int, str] = {}
+    task_ids: dict[int, str] = {}
+    try:
+        for f, entry in enumerate(manifest.features):
+            job = _executor(manifest, "slurm", resources, f"bench-features-{entry.dataset}").submit(
+                prepare_features_job, _feature_specs(manifest, cells, f), options)
+            submitted.append(job)
+            feature_ids[f] = job.job_id
+            members = [t for t, task in enumerate(manifest.tasks) if task.feature == f]
+            array = _executor(manifest, "slurm", resources, f"bench-cells-{entry.dataset}", dependency=job.job_id)
+            jobs = array.map_array(CellTask(), [_specs(cells, manifest.tasks[t].cells) for t in members],
+                                   [options] * len(members))
+            submitted.extend(jobs)
+            task_ids.update({t: j.job_id for t, j in zip(members, jobs, strict=True)})
+    except Exception as exc:  # sbatch said no: take back what went in, report it as a user error
+        for job in submitted:
+            job.cancel(check=False)
+        shutil.rmtree(manifest.folder, ignore_errors=True)  # no manifest yet: only submitit's scripts
+        raise BenchError(f"sbatch refused the sweep's jobs: {str(exc).strip().splitlines()[-1]}",
+                         where="--slurm-profile / --partition / --account / --constraint",
+                         fix="check the names with `sinfo` and `sacctmgr show assoc user=$USER`") from exc
+    manifest = manifest.updated({f: {"job_id": i} for f, i in feature_ids.items()},
+                                {t: {"job_id": i} for t, i in task_ids.items()})
+    write_manifest(manifest)
+    return manifest
+
+
+class SlurmTracker:
+    """States of a Slurm sweep's jobs from ``sacct`` (one call per look), failures from the job logs."""
+
+    def __init__(self, manifest: Manifest):
+        check_slurm_available()
+        self.manifest = manifest
+        self._watcher = SlurmInfoWatcher(delay_s=0)
+        for job_id in [f.job_id for f in manifest.features] + [t.job_id for t in manifest.tasks]:
+            if job_id:
+                self._watcher.register_job(job_id)
+        self._details: dict[str, str] = {}
+
+    def step(self) -> None:
+        self._watcher.update()
+
+    def states(self) -> tuple[list[JobState], list[JobState]]:
+        return ([self._state(f.job_id) for f in self.manifest.features],
+                [self._state(t.job_id) for t in self.manifest.tasks])
+
+    def _state(self, job_id: str) -> JobState:
+        if not job_id:
+            return JobState("unknown")
+        raw = self._watcher.get_state(job_id, mode="cache")
+        phase = slurm_phase(raw)
+        if phase != "failed":
+            return JobState(phase)
+        if job_id not in self._details:
+            self._details[job_id] = f"{raw}\n{job_log_detail(self.manifest.log_folder, job_id)}".rstrip()
+        return JobState(phase, self._details[job_id])
+
+
+class LocalScheduler:
+    """Runs a sweep's jobs through submitit's local (subprocess) or debug (in-process) executor,
+    launching them in dependency order from :meth:`step`."""
+
+    def __init__(self, manifest: Manifest, cells: list[PlannedCell], options: RunOptions, resources: Resources):
+        self.manifest = manifest
+        self._cells, self._options, self._resources = cells, job_options(options), resources
+        self._features: dict[int, submitit.Job] = {}
+        self._tasks: dict[int, submitit.Job] = {}
+        self._ended: dict[str, JobState] = {}
+        write_manifest(manifest)
+
+    def step(self) -> None:
+        features, tasks = self.states()
+        slots = self._resources.array_parallelism - sum(s.phase in ("queued", "running") for s in features + tasks
+                                                       if s is not _NOT_LAUNCHED)
+        for f in range(len(self.manifest.features)):
+            if slots > 0 and f not in self._features:
+                self._features[f] = self._launch_features(f)
+                slots -= 1
+        for t, task in enumerate(self.manifest.tasks):
+            if slots > 0 and t not in self._tasks and features[task.feature].phase == "ended":
+                self._tasks[t] = self._launch_task(t)
+                slots -= 1
+        self._record(features, tasks)
+
+    def _record(self, features: list[JobState], tasks: list[JobState]) -> None:
+        """Keep job ids and outcomes in the manifest, so ``bench status`` can tell later what happened."""
+        manifest = self.manifest.updated({f: _entry_fields(job, features[f]) for f, job in self._features.items()},
+                                         {t: _entry_fields(job, tasks[t]) for t, job in self._tasks.items()})
+        if manifest != self.manifest:
+            self.manifest = manifest
+            write_manifest(manifest)
+
+    def _launch_features(self, f: int) -> submitit.Job:
+        name = f"bench-features-{self.manifest.features[f].dataset}"
+        executor = _executor(self.manifest, self.manifest.executor, self._resources, name)
+        return executor.submit(prepare_features_job, _feature_specs(self.manifest, self._cells, f), self._options)
+
+    def _launch_task(self, t: int) -> submitit.Job:
+        name = f"bench-cells-{self.manifest.features[self.manifest.tasks[t].feature].dataset}"
+        executor = _executor(self.manifest, self.manifest.executor, self._resources, name)
+        return executor.submit(CellTask(), _specs(self._cells, self.manifest.tasks[t].cells), self._options)
+
+    def states(self) -> tuple[list[JobState], list[JobState]]:
+        features = [self._state(self._features.get(f)) for f in range(len(self.manifest.features))]
+        tasks = [self._state(self._tasks.get(t)) for t in range(len(self.manifest.tasks))]
+        self._record(features, tasks)
+        return features, tasks
+
+    def _state(self, job: submitit.Job | None) -> JobState:
+        if job is None:
+            return _NOT_LAUNCHED
+        if job.job_id in self._ended:
+            return self._ended[job.job_id]
+        if isinstance(job, submitit.DebugJob):
+            state = _debug_state(job)
+        elif job.state == "RUNNING":
+            return JobState("running")
+        else:
+            detail = job_log_detail(self.manifest.log_folder, job.job_id)
+            state = JobState("ended") if _succeeded(job) else JobState("failed", f"{job.state}\n{detail}".rstrip())
+        self._ended[job.job_id] = state
+        return state
+
+
+_NOT_LAUNCHED = JobState("queued", "not launched yet")
+
+
+def _entry_fields(job: submitit.Job, state: JobState) -> dict[str, str]:
+    ended = state.phase in ("ended", "failed")
+    return {"job_id": job.job_id, "outcome": state.phase if ended else "", "detail": state.detail if ended else ""}
+
+
+def _succeeded(job: submitit.Job) -> bool:
+    paths = JobPaths(job.paths.folder, job_id=job.job_id, task_id=0)
+    if not paths.result_pickle.is_file():
+        return False
+    return pickle_load(paths.result_pickle)[0] == "success"
+
+
+def _debug_state(job: Any) -> JobState:
+    try:
+        job.done()  # the debug executor runs the job here, in this process (and opens pdb if it raises)
+    except Exception as error:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return JobState("failed", tail(text))
+    return JobState("ended")
+
+
+class FileTracker:
+    """A processes/debug sweep seen from another shell: only the jobs' result files are left to read."""
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    def step(self) -> None:
+        pass
+
+    def states(self) -> tuple[list[JobState], list[JobState]]:
+        return ([self._state(f) for f in self.manifest.features], [self._state(t) for t in self.manifest.tasks])
+
+    def _state(self, entry: FeatureEntry | TaskEntry) -> JobState:
+        if entry.outcome:
+            return JobState(entry.outcome, entry.detail)
+        job_id = entry.job_id
+        paths = JobPaths(self.manifest.log_folder, job_id=job_id or "none", task_id=0)
+        if not job_id or not paths.result_pickle.is_file():  # the submitting process went away meanwhile
+            return JobState("unknown")
+        detail = job_log_detail(self.manifest.log_folder, job_id)
+        return JobState("ended") if pickle_load(paths.result_pickle)[0] == "success" else JobState("failed", detail)
+
+
+def start(manifest: Manifest, cells: list[PlannedCell], options: RunOptions, sweep: SweepOptions):
+    """Submit (slurm) or start scheduling (processes, debug) the sweep; returns its tracker."""
+    if sweep.executor == "slurm":
+        return SlurmTracker(submit_slurm(manifest, cells, options, sweep.resources))
+    return LocalScheduler(manifest, cells, options, sweep.resources)
+
+
+def attach(manifest: Manifest):
+    """A tracker for a sweep submitted earlier (``bench status``)."""
+    return SlurmTracker(manifest) if manifest.executor == "slurm" else FileTracker(manifest)
