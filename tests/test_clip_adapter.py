@@ -1,17 +1,15 @@
 """CLIP-Adapter's branches and per-dataset ratios, and the hypernetwork variant."""
 
 import dataclasses
-import math
 
 import pytest
 import torch
 
-from bench.backbone import BackboneRef, load_backbone
 from bench.errors import BenchError
-from bench.methods.base import FeatureSet, FewShotData, FitContext
 from bench.methods.clip_adapter import ClipAdapter
 from bench.methods.clip_adapter_hyper import ClipAdapterHyper
 from bench.methods.zero_shot import ZeroShot
+from tests.toy import clip_scaled_backbone, clustered_data, toy_context
 
 NAMES = tuple(f"class {i}" for i in range(5))
 PROMPTS = {"coop": ("a photo of a {}.",), "ensemble": ("a photo of a {}.", "a drawing of a {}.")}
@@ -19,29 +17,17 @@ PROMPTS = {"coop": ("a photo of a {}.",), "ensemble": ("a photo of a {}.", "a dr
 
 @pytest.fixture(scope="module")
 def backbone():
-    model = load_backbone(BackboneRef.parse("bench-tiny/random"), torch.device("cpu"))
-    model.model.logit_scale.data.fill_(math.log(100.0))
-    return model
+    return clip_scaled_backbone()
 
 
 @pytest.fixture(scope="module")
 def ctx(backbone):
-    def text(templates, classnames):
-        prompts = [t.format(c) for t in templates for c in classnames]
-        return backbone.encode_text(backbone.tokenize(prompts)).view(len(templates), len(classnames), -1)
-
-    return FitContext(backbone=backbone, device=torch.device("cpu"), seed=3, text_features=text)
+    return toy_context(backbone, seed=3)
 
 
 @pytest.fixture(scope="module")
 def data():
-    generator = torch.Generator().manual_seed(0)
-    means = torch.nn.functional.normalize(torch.randn(5, 64, generator=generator), dim=-1) * 3
-    labels = torch.arange(5).repeat_interleave(16)
-    train = FeatureSet(means[labels][None] + 0.8 * torch.randn(10, len(labels), 64, generator=generator), labels)
-    val_labels = torch.arange(5).repeat_interleave(4)
-    val = FeatureSet(means[val_labels][None] + 0.8 * torch.randn(1, 20, 64, generator=generator), val_labels)
-    return FewShotData("toy", 16, NAMES, PROMPTS, train, val)
+    return clustered_data(NAMES, 16, 10, noise=0.8, prompts=PROMPTS)
 
 
 def test_residual_ratio_defaults_follow_the_paper_by_dataset():

@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 
-from bench.backbone import BackboneRef, load_backbone
 from bench.errors import BenchError
-from bench.methods.base import FeatureSet, FewShotData, FitContext
+from bench.methods.base import FeatureSet, FewShotData
 from bench.methods.coop import (
     Coop,
     CoopConfig,
@@ -18,6 +17,7 @@ from bench.methods.coop import (
     text_tower,
 )
 from bench.methods.zero_shot import ZeroShot
+from tests.toy import clip_scaled_backbone, toy_context
 
 NAMES = ("red stripes", "blue_dots", "class 0", "a much longer class name here")
 PHRASE_LAYOUTS = {"end": "a photo of a {}.", "front": "{} a photo of a.", "middle": "a photo {} of a."}
@@ -25,9 +25,7 @@ PHRASE_LAYOUTS = {"end": "a photo of a {}.", "front": "{} a photo of a.", "middl
 
 @pytest.fixture(scope="module")
 def backbone():
-    model = load_backbone(BackboneRef.parse("bench-tiny/random"), torch.device("cpu"))
-    model.model.logit_scale.data.fill_(math.log(100.0))
-    return model
+    return clip_scaled_backbone()
 
 
 def _learner(backbone, position="end", ctx_init="a photo of a", csc=False, names=NAMES, n_ctx=16):
@@ -36,12 +34,8 @@ def _learner(backbone, position="end", ctx_init="a photo of a", csc=False, names
     return build_prompt_learner(backbone, names, vectors, text, position)
 
 
-def _context(backbone, text_cache=None):
-    def text(templates, classnames):
-        prompts = [t.format(c) for t in templates for c in classnames]
-        return backbone.encode_text(backbone.tokenize(prompts)).view(len(templates), len(classnames), -1)
-
-    return FitContext(backbone=backbone, device=torch.device("cpu"), seed=1, text_features=text)
+def _context(backbone):
+    return toy_context(backbone)
 
 
 def _data(n_per_class, names=NAMES, views=2, dim=64):

@@ -1,41 +1,27 @@
 """LP++ and CLAP / ZS-LP: initialisations, step sizes, constraint weights, selection."""
 
 import dataclasses
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.backbone import BackboneRef, load_backbone
-from bench.methods.base import FeatureSet, FewShotData, FitContext, embed_classes
+from bench.methods.base import embed_classes
 from bench.methods.clap import Clap, ZeroShotLinearProbe, class_multipliers
 from bench.methods.lp_pp import LpPlusPlus, initial_alpha, step_sizes, train_lp_pp
 from bench.methods.zero_shot import ZeroShot
+from tests.toy import clip_scaled_backbone, clustered_data, toy_context
 
 NAMES = tuple(f"class {i}" for i in range(5))
 
 
 @pytest.fixture(scope="module")
 def ctx():
-    backbone = load_backbone(BackboneRef.parse("bench-tiny/random"), torch.device("cpu"))
-    backbone.model.logit_scale.data.fill_(math.log(100.0))
-
-    def text(templates, classnames):
-        prompts = [t.format(c) for t in templates for c in classnames]
-        return backbone.encode_text(backbone.tokenize(prompts)).view(len(templates), len(classnames), -1)
-
-    return FitContext(backbone=backbone, device=torch.device("cpu"), seed=1, text_features=text)
+    return toy_context(clip_scaled_backbone())
 
 
 def _data(views, per_class=8, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    means = F.normalize(torch.randn(5, 64, generator=generator), dim=-1) * 3
-    labels = torch.arange(5).repeat_interleave(per_class)
-    train = FeatureSet(means[labels][None] + torch.randn(views, len(labels), 64, generator=generator), labels)
-    val_labels = torch.arange(5).repeat_interleave(4)
-    val = FeatureSet(means[val_labels][None] + torch.randn(1, 20, 64, generator=generator), val_labels)
-    return FewShotData("toy", per_class, NAMES, {"coop": ("a photo of a {}.",)}, train, val)
+    return clustered_data(NAMES, per_class, views, seed=seed)
 
 
 def test_lp_pp_data_driven_start_and_step_sizes():

@@ -2,16 +2,15 @@
 
 import dataclasses
 import json
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.backbone import BackboneRef, load_backbone
 from bench.features import FeatureCache
 from bench.methods import method_registry
 from bench.methods.base import FeatureSet, FewShotData, FitContext, Method, Needs
+from tests.toy import clip_scaled_backbone
 
 N_CLASSES, SUPPORT_PER_CLASS, TEST_PER_CLASS = 5, 64, 40
 PROMPTS = {"coop": ("a photo of a {}.",), "ensemble": ("a photo of a {}.", "a drawing of a {}.")}
@@ -21,9 +20,7 @@ CLASSNAMES = tuple(f"class {i}" for i in range(N_CLASSES))
 @pytest.fixture(scope="module")
 def backbone():
     """The tiny random model with CLIP's trained temperature (logit scale 100), as real weights have."""
-    model = load_backbone(BackboneRef.parse("bench-tiny/random"), torch.device("cpu"))
-    model.model.logit_scale.data.fill_(math.log(100.0))
-    return model
+    return clip_scaled_backbone()
 
 
 @pytest.fixture(scope="module")

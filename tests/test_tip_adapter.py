@@ -1,15 +1,12 @@
 """Tip-Adapter(-F): the cache model, the (β, α) search, val-based epoch selection, paper defaults."""
 
 import dataclasses
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.backbone import BackboneRef, load_backbone
 from bench.methods._train import cpu_threads_for
-from bench.methods.base import FeatureSet, FewShotData, FitContext
 from bench.methods.tip_adapter import (
     TIP_AUGMENT_SCALE,
     TipAdapter,
@@ -18,31 +15,19 @@ from bench.methods.tip_adapter import (
     search_ratios,
 )
 from bench.methods.zero_shot import ZeroShot
+from tests.toy import clip_scaled_backbone, clustered_data, toy_context
 
 NAMES = tuple(f"class {i}" for i in range(5))
 
 
 @pytest.fixture(scope="module")
 def ctx():
-    backbone = load_backbone(BackboneRef.parse("bench-tiny/random"), torch.device("cpu"))
-    backbone.model.logit_scale.data.fill_(math.log(100.0))
-
-    def text(templates, classnames):
-        prompts = [t.format(c) for t in templates for c in classnames]
-        return backbone.encode_text(backbone.tokenize(prompts)).view(len(templates), len(classnames), -1)
-
-    return FitContext(backbone=backbone, device=torch.device("cpu"), seed=1, text_features=text)
+    return toy_context(clip_scaled_backbone())
 
 
 @pytest.fixture(scope="module")
 def data():
-    generator = torch.Generator().manual_seed(0)
-    means = F.normalize(torch.randn(5, 64, generator=generator), dim=-1) * 3
-    labels = torch.arange(5).repeat_interleave(8)
-    train = FeatureSet(means[labels][None] + torch.randn(10, len(labels), 64, generator=generator), labels)
-    val_labels = torch.arange(5).repeat_interleave(4)
-    val = FeatureSet(means[val_labels][None] + torch.randn(1, 20, 64, generator=generator), val_labels)
-    return FewShotData("toy", 8, NAMES, {"coop": ("a photo of a {}.",)}, train, val)
+    return clustered_data(NAMES, 8, 10)
 
 
 def test_defaults_are_the_official_per_dataset_configs():
