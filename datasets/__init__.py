@@ -14,6 +14,8 @@ from bench.registry import Registry
 BUILTIN: dict[str, str] = {
     "synthetic": "bench.datasets.catalog:SYNTHETIC",
     "synthetic_alt": "bench.datasets.catalog:SYNTHETIC_ALT",
+    "fashion_mnist_fewshot": "bench.datasets.catalog:FASHION_MNIST_FEWSHOT",
+    "digits_fewshot": "bench.datasets.catalog:DIGITS_FEWSHOT",
 }
 
 

@@ -6,6 +6,7 @@ from CoOp's ``CUSTOM_TEMPLATES`` (single template) and published ensembles.
 
 from __future__ import annotations
 
+from bench.datasets.demo_data import CAPTION_TEMPLATES, DIGITS_SPLIT_FILE, FASHION_MNIST_SPLIT_FILE
 from bench.datasets.spec import DatasetSpec
 
 SYNTHETIC = DatasetSpec(
@@ -34,4 +35,28 @@ SYNTHETIC_ALT = DatasetSpec(
     },
     generator="bench.datasets.synthetic:generate_alt",
     n_classes=6,
+)
+
+# bench demo's targets (bench.datasets.demo_data): five classes of a real source that the demo CLIP
+# was not pretrained on, generated from a Debian package or scikit-learn (no download).
+FASHION_MNIST_FEWSHOT = DatasetSpec(
+    name="fashion_mnist_fewshot",
+    version="1",
+    folder="fashion_mnist_fewshot",
+    image_dir="images",
+    split_file=FASHION_MNIST_SPLIT_FILE,
+    prompts={"coop": ("a photo of a {}.",), "ensemble": CAPTION_TEMPLATES},
+    generator="bench.datasets.demo_data:generate_fashion_mnist",
+    n_classes=5,
+)
+
+DIGITS_FEWSHOT = DatasetSpec(
+    name="digits_fewshot",
+    version="1",
+    folder="digits_fewshot",
+    image_dir="images",
+    split_file=DIGITS_SPLIT_FILE,
+    prompts={"coop": ("a photo of a {}.",), "ensemble": CAPTION_TEMPLATES},
+    generator="bench.datasets.demo_data:generate_digits",
+    n_classes=5,
 )
