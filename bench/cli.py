@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.errors import BenchError
 
 # Subcommands that live beside their feature: each module has ``add_parser(subparsers)``.
-FEATURE_COMMANDS: tuple[str, ...] = ()
+FEATURE_COMMANDS: tuple[str, ...] = ("bench.demo",)
 DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
 DEFAULT_DATASETS = "synthetic"
 
