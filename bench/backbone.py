@@ -112,6 +112,11 @@ def bundled_configs() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
 
 
+def bundled_config(arch: str) -> dict | None:
+    """The open_clip config of a bundled architecture (``bench/model_configs/<arch>.json``), or ``None``."""
+    return _bundled_config(arch)
+
+
 def _bundled_config(arch: str) -> dict | None:
     path = resources.files("bench") / "model_configs" / f"{arch}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -126,12 +131,15 @@ class Backbone:
         preprocessing: how images are prepared for it.
         weights_sha256: sha256 over the state dict (names, dtypes, shapes, bytes).
         device: where it runs. precision: ``"fp32"`` or ``"bf16"`` (autocast on CUDA).
+        checkpoint_meta: the ``"meta"`` dict of a checkpoint saved as ``{"state_dict", "meta"}`` (how
+            the weights were made, e.g. ``bench demo``'s pretraining recipe); goes into every record.
     """
 
     def __init__(self, ref: BackboneRef, model: torch.nn.Module, tokenizer, preprocessing: Preprocessing,
-                 device: torch.device, precision: str):
+                 device: torch.device, precision: str, checkpoint_meta: dict | None = None):
         self.ref, self.model, self.tokenizer = ref, model, tokenizer
         self.preprocessing, self.device, self.precision = preprocessing, device, precision
+        self.checkpoint_meta = checkpoint_meta or {}
 
     @cached_property
     def weights_sha256(self) -> str:
@@ -204,14 +212,15 @@ def load_backbone(ref: BackboneRef, device: torch.device, precision: str = "auto
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     config = _bundled_config(ref.arch)
+    meta: dict = {}
     if config is not None:
-        model, tokenizer, prep = _build_bundled(ref, config)
+        model, tokenizer, prep, meta = _build_bundled(ref, config)
     else:
         model, tokenizer, prep = _build_open_clip(ref)
     model = model.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return Backbone(ref, model, tokenizer, prep, device, precision)
+    return Backbone(ref, model, tokenizer, prep, device, precision, checkpoint_meta=meta)
 
 
 def _build_bundled(ref: BackboneRef, config: dict):
@@ -221,6 +230,7 @@ def _build_bundled(ref: BackboneRef, config: dict):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_RANDOM_INIT_SEED)
         model = CLIP(**config)
+    meta: dict = {}
     if ref.weights != "random":
         if not ref.is_file:
             raise BenchError(
@@ -228,19 +238,21 @@ def _build_bundled(ref: BackboneRef, config: dict):
                 where="--backbone",
                 fix=f"use {ref.arch}/random or {ref.arch}/PATH_TO_CHECKPOINT",
             )
-        _load_checkpoint_into(model, Path(ref.weights).expanduser())
+        meta = _load_checkpoint_into(model, Path(ref.weights).expanduser())
     tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"].get("context_length", 77))
     prep = Preprocessing(image_size=int(config["vision_cfg"]["image_size"]))
-    return model, tokenizer, prep
+    return model, tokenizer, prep, meta
 
 
-def _load_checkpoint_into(model: torch.nn.Module, path: Path) -> None:
+def _load_checkpoint_into(model: torch.nn.Module, path: Path) -> dict:
+    """Load a state-dict file into ``model``; returns the file's ``"meta"`` dict, if it has one."""
     if not path.is_file():
         raise BenchError("checkpoint file not found", where=str(path), fix="pass an existing file as ARCH/PATH")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise BenchError(f"cannot read checkpoint ({exc})", where=str(path), fix="pass a torch state-dict file") from exc
+    meta = state.get("meta") if isinstance(state, dict) and "state_dict" in state else None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
@@ -251,6 +263,7 @@ def _load_checkpoint_into(model: torch.nn.Module, path: Path) -> None:
             where=str(path),
             fix="pass the architecture the checkpoint was trained with",
         ) from exc
+    return meta if isinstance(meta, dict) else {}
 
 
 def _build_open_clip(ref: BackboneRef):

@@ -19,6 +19,7 @@ from bench.errors import BenchError
 
 # Subcommands that live beside their feature: each module has ``add_parser(subparsers)``.
 FEATURE_COMMANDS: tuple[str, ...] = (
+    "bench.demo",
     "bench.reports.command",
     "bench.datasets.cli",
     "bench.slurm.cli",

@@ -342,9 +342,12 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
 
 
 def _backbone_record(backbone: Backbone, identity: str) -> dict:
-    return {"id": backbone.ref.id, "arch": backbone.ref.arch, "weights": backbone.ref.weights, "identity": identity,
-            "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
-            "embed_dim": backbone.embed_dim, "logit_scale": round(backbone.logit_scale, 6)}
+    record = {"id": backbone.ref.id, "arch": backbone.ref.arch, "weights": backbone.ref.weights, "identity": identity,
+              "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
+              "embed_dim": backbone.embed_dim, "logit_scale": round(backbone.logit_scale, 6)}
+    if backbone.checkpoint_meta:  # how a checkpoint was made (the demo's pretraining recipe)
+        record["checkpoint_meta"] = backbone.checkpoint_meta
+    return record
 
 
 def _cell_classes(spec: RunSpec, splits: DatasetSplits,

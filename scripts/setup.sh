@@ -28,4 +28,10 @@ pip install -q --upgrade pip "setuptools>=77" wheel
 # shellcheck disable=SC2086
 [[ $BENCH_TORCH == skip ]] || pip install -q $BENCH_TORCH
 pip install -q -e ".[test,demo]"
+# bench demo's real images: Debian's Fashion-MNIST (30 MB), where apt and root are at hand; elsewhere the demo
+# falls back to scikit-learn's digits and says so.
+if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } >"$log" 2>&1 \
+    || echo "setup: could not install dataset-fashion-mnist; bench demo will use scikit-learn digits" >&2
+fi
 "$VENV/bin/python" -c "import bench, torch, open_clip; print(f'bench {bench.__version__} ready: torch {torch.__version__}, open_clip {open_clip.__version__}, CUDA {torch.cuda.is_available()}')"
