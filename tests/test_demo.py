@@ -1,6 +1,7 @@
 """bench demo: source choice, the method list, the pretrained demo CLIP, and the command end to end."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,31 @@ def test_reduced_demo_runs_end_to_end_then_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "; cached: " in out and f"0 cells run, {len(records)} already done" in out
 
+
+
+def _table(text: str) -> dict[str, list[float]]:
+    """method -> the five means of a demo table (``| method | 50.9 ± 0.0 | ...``)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and "±" in cells[1]:
+            rows[cells[0]] = [float(c.split("±")[0]) for c in cells[1:]]
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
+def test_the_readme_demo_table_is_what_bench_demo_prints(tmp_path, capsys):
+    """The README's main command, in full: its printed table matches the README's within 2 points per cell
+    (exactly on the machine the README was made on; other CPUs sum floats in another order)."""
+    from bench.cli import main
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    expected = _table(readme.split("## The demo")[1].split("```text")[1].split("```")[0])
+    assert set(expected) == {"zero_shot", "linear_probe", "coop", "clip_adapter"}
+    assert main(["demo", "--device", "cpu", "--no-progress", "--data-root", str(tmp_path / "data"),
+                 "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "results")]) == 0
+    printed = _table(capsys.readouterr().out)
+    assert printed.keys() == expected.keys()
+    for method, means in expected.items():
+        assert printed[method] == pytest.approx(means, abs=2.0), method
