@@ -130,7 +130,8 @@ class Backbone:
         model: the open_clip ``CLIP`` module, in eval mode, gradients off.
         preprocessing: how images are prepared for it.
         weights_sha256: sha256 over the state dict (names, dtypes, shapes, bytes).
-        device: where it runs. precision: ``"fp32"`` or ``"bf16"`` (autocast on CUDA).
+        device: where it runs. precision: ``"fp32"`` or ``"bf16"`` (autocast; the default on CUDA, and
+            possible on the CPU, where tests exercise the mixed-precision path).
         checkpoint_meta: the ``"meta"`` dict of a checkpoint saved as ``{"state_dict", "meta"}`` (how
             the weights were made, e.g. ``bench demo``'s pretraining recipe); goes into every record.
     """
@@ -161,8 +162,7 @@ class Backbone:
         return int(self.model.context_length)
 
     def autocast(self):
-        enabled = self.device.type == "cuda" and self.precision == "bf16"
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -202,6 +202,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> bf16 autocast on CUDA, fp32 elsewhere; ``"fp32"``/``"bf16"`` as given."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise BenchError(f"unknown precision {precision!r}", where="--precision", fix="use auto, fp32 or bf16")
+    return precision
+
+
 def load_backbone(ref: BackboneRef, device: torch.device, precision: str = "auto") -> Backbone:
     """Build the model, load its weights and freeze it.
 
@@ -209,8 +218,7 @@ def load_backbone(ref: BackboneRef, device: torch.device, precision: str = "auto
         BenchError: unknown architecture, unknown tag, missing or incompatible checkpoint file,
             or a download that failed (with the offline hint).
     """
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision(precision, device)
     config = _bundled_config(ref.arch)
     meta: dict = {}
     if config is not None:

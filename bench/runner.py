@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from bench import tuning
 from bench._io import ensure_writable_dir, sha256_json
-from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
+from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device, resolve_precision
 from bench.datasets import dataset_registry, read_dataset
 from bench.datasets.spec import DatasetSpec, DatasetSplits
 from bench.datasets.splits import (
@@ -89,6 +89,7 @@ class Session:
         self.datasets = datasets or dataset_registry()
         self.cache = FeatureCache(options.cache_root)
         self.device = resolve_device(options.device)
+        self.precision = resolve_precision(options.precision, self.device)
         self._backbones: dict[str, Backbone] = {}
         self._splits: dict[str, DatasetSplits] = {}
         self._identities: dict[str, str] = {}
@@ -117,7 +118,7 @@ class Session:
     def backbone(self, name: str) -> Backbone:
         if name not in self._backbones:
             self._backbones.clear()  # one backbone in memory at a time; cells are ordered by backbone
-            self._backbones[name] = load_backbone(BackboneRef.parse(name), self.device, self.options.precision)
+            self._backbones[name] = load_backbone(BackboneRef.parse(name), self.device, self.precision)
         return self._backbones[name]
 
 
@@ -130,7 +131,7 @@ def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
         config = apply_overrides(method.default_config(spec.dataset, spec.shots), spec.overrides, method=spec.method)
         tuning.check_tuning(spec, method)
         identity = {"method_version": method.version, "dataset_version": dataset.version,
-                    "backbone_identity": session.backbone_identity(spec.backbone),
+                    "backbone_identity": session.backbone_identity(spec.backbone), "precision": session.precision,
                     "split_protocol": split_protocol(dataset), "data_sha256": _data_sha256(spec, session),
                     "tuning_protocol": tuning.tuning_protocol(spec.tune)}
         run_id = spec.run_id(**identity)

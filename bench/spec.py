@@ -54,13 +54,15 @@ class RunSpec:
         return out
 
     def run_id(self, *, method_version: str, dataset_version: str, backbone_identity: str, split_protocol: str,
-               data_sha256: str | None = None, tuning_protocol: str | None = None) -> str:
+               data_sha256: str | None = None, tuning_protocol: str | None = None,
+               precision: str = "fp32") -> str:
         """sha256 of everything that defines this cell's number before it runs (16 hex chars).
 
         ``data_sha256`` identifies the data read (split files, listings), so a cell run on other
         data (another split file, a miniature) never resumes from this one's record.
         ``tuning_protocol`` (sampler, pruner, selection rule) counts only for tuned cells, so untuned
-        cells keep their ids.
+        cells keep their ids. ``precision`` is the encoders' compute precision (bf16 autocast moves
+        features in the last bits); fp32, the CPU default, adds nothing to the hash.
         """
         payload = {**self.to_json(), "method_version": method_version, "dataset_version": dataset_version,
                    "backbone": backbone_identity, "split_protocol": split_protocol}
@@ -68,6 +70,8 @@ class RunSpec:
             payload["data_sha256"] = data_sha256
         if tuning_protocol is not None:
             payload["tuning_protocol"] = tuning_protocol
+        if precision != "fp32":
+            payload["precision"] = precision
         return sha256_json(payload)[:16]
 
 
