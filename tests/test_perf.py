@@ -20,3 +20,17 @@ def test_perf_smoke_profile_writes_every_row(tmp_path, capsys):
         speedup = next(r for r in rows if r["what"].startswith(f"{method} speed-up"))
         assert speedup["unit"] == "x" and speedup["value"] > 0
     assert all(r["value"] > 0 for r in rows)
+
+
+def test_every_profile_names_real_models_and_methods():
+    import open_clip
+
+    from bench.backbone import bundled_configs
+    from bench.methods import method_registry
+    from bench.perf import PROFILES
+
+    for name, profile in PROFILES.items():
+        arch = profile.backbone.split("/")[0]
+        assert arch in open_clip.list_models() or arch in bundled_configs(), name
+        assert set(profile.methods) <= set(method_registry().names()), name
+        assert set(profile.overrides) <= set(profile.methods), name

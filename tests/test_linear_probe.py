@@ -1,0 +1,71 @@
+"""The linear probe is CoOp's lpclip: scikit-learn's logistic regression, C searched on the few-shot val split."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from bench.methods import linear_probe as lp
+from bench.methods.base import FitContext
+from bench.methods.linear_probe import LinearProbe, fit_logistic_regression
+from tests.toy import clustered_data
+
+
+def _blobs(seed: int, n_classes: int = 6, per_class: int = 12, dim: int = 16):
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.randn(n_classes, dim, generator=generator) * 1.5
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    return means[labels] + torch.randn(len(labels), dim, generator=generator), labels
+
+
+@pytest.mark.parametrize("c", [100.0, 1.0, 0.01])
+def test_fit_equals_scikit_learn(c):
+    x, y = _blobs(0)
+    x_test, _ = _blobs(1)
+    ours = fit_logistic_regression(x, y, 6, c)
+    reference = LogisticRegression(C=c, max_iter=1000, tol=1e-4).fit(x.numpy(), y.numpy())
+    np.testing.assert_allclose(ours.weight.numpy(), reference.coef_, rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(ours.bias.numpy(), reference.intercept_, rtol=2e-3, atol=2e-4)
+    assert np.array_equal(ours(x_test).argmax(1).numpy(), reference.predict(x_test.numpy()))
+
+
+def lpclip_search(val_accuracy, sweep=lp.C_SWEEP, steps=8):
+    """CoOp's lpclip/linear_probe.py C search, restated on a val-accuracy function of C."""
+    accs = [val_accuracy(c) for c in sweep]
+    c_peak = sweep[int(np.argmax(accs))]
+    c_left, c_right = 1e-1 * c_peak, 1e1 * c_peak
+    c_final = None
+    for _ in range(steps):
+        acc_left, acc_right = val_accuracy(c_left), val_accuracy(c_right)
+        if acc_left < acc_right:
+            c_final = c_right
+            c_left = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_right = np.log10(c_right)
+        else:
+            c_final = c_left
+            c_right = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_left = np.log10(c_left)
+        c_left, c_right = np.power(10, c_left), np.power(10, c_right)
+    return c_final
+
+
+def test_c_search_follows_lpclip(monkeypatch):
+    """With a known val-accuracy curve (peaked at C = 10^0.37, plateaus that force ties), the method
+    tries the same C values and keeps the same one as lpclip's loop."""
+    def curve(c):
+        return round(1.0 - abs(np.log10(c) - 0.37) / 20, 2)
+
+    class Scored:
+        def __init__(self, c):
+            self.c = c
+
+    monkeypatch.setattr(lp, "fit_logistic_regression", lambda *a, **k: Scored(a[3]))
+    monkeypatch.setattr(lp, "_val_accuracy", lambda model, x, y: curve(model.c))
+    data = clustered_data(("a", "b", "c"), 4, 1)
+    recorded = {}
+    ctx = FitContext(backbone=None, device=torch.device("cpu"), seed=1, text_features=None,
+                     record=recorded.__setitem__)
+    model = LinearProbe().fit(data, LinearProbe().default_config("toy", 4), ctx)
+    expected = lpclip_search(curve)
+    assert model.c == pytest.approx(expected) and recorded["chosen_c"] == pytest.approx(expected)
+    assert recorded["c_sweep_val_accuracy"] == [curve(c) for c in lp.C_SWEEP]
