@@ -25,7 +25,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "bench.slurm.cli",
     "bench.perf",
 )
-DEFAULT_METHODS = "zero_shot,linear_probe,clip_adapter"
+DEFAULT_METHODS = "zero_shot,linear_probe,coop,clip_adapter"  # the four methods of the CLIP-Adapter paper
 DEFAULT_DATASETS = "synthetic"
 
 
