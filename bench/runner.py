@@ -25,7 +25,6 @@ from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device,
 from bench.datasets import dataset_registry, read_dataset
 from bench.datasets.spec import DatasetSpec, DatasetSplits
 from bench.datasets.splits import (
-    VAL_SHOTS_CAP,
     FewShotIndices,
     load_or_create_fewshot,
     split_protocol,
@@ -36,9 +35,11 @@ from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
 from bench.images import CENTER, ViewSpec
 from bench.methods import method_registry
 from bench.methods.base import FeatureSet, FewShotData, FitContext
-from bench.provenance import cluster_ids, environment, peak_host_rss_bytes, utc_now
+from bench.provenance import cluster_ids, environment, utc_now
+from bench.records import backbone_record, data_record, jsonable, peak_memory, prompts_record, relative
 from bench.registry import Registry, import_target
 from bench.results import SCHEMA_VERSION, RunResult, read_result, result_path, write_result
+from bench.scoring import score, score_base_to_new
 from bench.seeding import derive_seed
 from bench.spec import RunSpec, apply_overrides
 
@@ -109,6 +110,10 @@ class Session:
                 import_target(spec.generator)(folder)
             self._splits[name] = read_dataset(spec, self.options.data_root)
         return self._splits[name]
+
+    def score(self, classifier, data: FeatureSet) -> dict[str, float | None]:
+        """:func:`bench.scoring.score` on this session's device."""
+        return score(classifier, data, self.device, self.options.eval_batch_size)
 
     def backbone_identity(self, name: str) -> str:
         if name not in self._identities:
@@ -261,7 +266,7 @@ def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
         error = {"type": type(exc).__name__, "message": str(exc),
                  "traceback_tail": "".join(traceback.format_exc().splitlines(True)[-15:])}
     record["timing_s"]["total"] = round(time.perf_counter() - t0, 4)
-    record["memory"] = _memory(session.device)
+    record["memory"] = peak_memory(session.device)
     record["provenance"] = {**environment(), **cluster_ids(), "started_at": started, "finished_at": utc_now()}
     result = RunResult(schema_version=SCHEMA_VERSION, run_id=cell.run_id, status=status, error=error, **record)
     write_result(cell.path, result)
@@ -322,33 +327,24 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     timing["test_features"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics = {**_score_test(classifier, ctx, spec, splits, test, session),
-               "val_top1": score(classifier, data.val, session)["top1"]}
+               "val_top1": session.score(classifier, data.val)["top1"]}
     if spec.shift:  # the shift sets' features are extracted here too
         metrics["transfer"] = _score_shift(classifier, spec, splits, backbone, session)
     timing["eval"] = time.perf_counter() - t
     return {
         "spec": _spec_record(cell, session),
-        "backbone": _backbone_record(backbone, session.backbone_identity(spec.backbone)),
-        "data": {**_data_record(splits, fewshot, data, backbone, train_view, session.options.data_root),
+        "backbone": backbone_record(backbone, session.backbone_identity(spec.backbone)),
+        "data": {**data_record(splits, fewshot, data, backbone, train_view, session.options.data_root),
                  **_protocol_record(spec, splits, session)},
-        "prompts": _prompts_record(config, dataset),
-        "config": _jsonable(asdict(config)),
-        "tuning": _jsonable(tuning_record),
+        "prompts": prompts_record(config, dataset),
+        "config": jsonable(asdict(config)),
+        "tuning": jsonable(tuning_record),
         "metrics": metrics,
-        "diagnostics": _jsonable(diagnostics),
+        "diagnostics": jsonable(diagnostics),
         "timing_s": {k: round(v, 4) for k, v in timing.items()},
         "memory": {},
         "provenance": {},
     }
-
-
-def _backbone_record(backbone: Backbone, identity: str) -> dict:
-    record = {"id": backbone.ref.id, "arch": backbone.ref.arch, "weights": backbone.ref.weights, "identity": identity,
-              "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
-              "embed_dim": backbone.embed_dim, "logit_scale": round(backbone.logit_scale, 6)}
-    if backbone.checkpoint_meta:  # how a checkpoint was made (the demo's pretraining recipe)
-        record["checkpoint_meta"] = backbone.checkpoint_meta
-    return record
 
 
 def _cell_classes(spec: RunSpec, splits: DatasetSplits,
@@ -364,28 +360,13 @@ def _cell_classes(spec: RunSpec, splits: DatasetSplits,
             indices_with_labels(splits.val, fewshot.val, 0, m))
 
 
-def _labels_subset(data: FeatureSet, low: int, high: int) -> FeatureSet:
-    """The images with labels in ``[low, high)``, relabelled to start at 0."""
-    keep = (data.labels >= low) & (data.labels < high)
-    return FeatureSet(data.features[:, keep], data.labels[keep] - low)
-
-
 def _score_test(classifier, ctx: FitContext, spec: RunSpec, splits: DatasetSplits, test: FeatureSet,
                 session: Session) -> dict[str, Any]:
-    """Test metrics; with base2new those of the base classes plus new-class top-1 and their harmonic mean.
-
-    New classes are scored with ``classifier.for_classes`` (the learned parameters on the new class
-    names); a classifier tied to its training labels has none, and ``new_top1`` is ``None``.
-    """
+    """Test metrics; with base2new, CoCoOp's base / new / harmonic-mean scores (:mod:`bench.scoring`)."""
     if spec.protocol == "fewshot":
-        return score(classifier, test, session)
-    n, m = len(splits.classnames), n_base_classes(len(splits.classnames))
-    metrics = score(classifier, _labels_subset(test, 0, m), session)
-    base, new = metrics["top1"], None
-    if hasattr(classifier, "for_classes"):
-        new = score(classifier.for_classes(splits.classnames[m:], ctx), _labels_subset(test, m, n), session)["top1"]
-    harmonic = None if new is None else (2 * base * new / (base + new) if base + new > 0 else 0.0)
-    return {**metrics, "base_top1": base, "new_top1": new, "harmonic_mean": harmonic}
+        return session.score(classifier, test)
+    n_base = n_base_classes(len(splits.classnames))
+    return score_base_to_new(classifier, test, splits.classnames, n_base, ctx, session.options.eval_batch_size)
 
 
 def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Backbone,
@@ -397,7 +378,7 @@ def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Bac
         columns = torch.tensor(class_columns(splits.class_ids, target_splits.class_ids, target), device=session.device)
         test = _features(session, backbone, session.dataset_spec(target), target_splits, "test",
                          tuple(range(len(target_splits.test))), CENTER)
-        restricted = score(lambda x, columns=columns: classifier(x).index_select(1, columns), test, session)
+        restricted = session.score(lambda x, columns=columns: classifier(x).index_select(1, columns), test)
         out[target] = {"top1": restricted["top1"], "n_test": len(target_splits.test)}
     return out
 
@@ -414,9 +395,9 @@ def _tuned(cell: PlannedCell, session: Session, method: Any, data: FewShotData, 
         return cell.config, {"mode": "none"}
     if spec.tune == "oracle":
         test = load_test()
-        objective = tuning.Objective("test", lambda classifier: score(classifier, test, session)["top1"])
+        objective = tuning.Objective("test", lambda classifier: session.score(classifier, test)["top1"])
     else:
-        objective = tuning.Objective("val", lambda classifier: score(classifier, data.val, session)["top1"])
+        objective = tuning.Objective("val", lambda classifier: session.score(classifier, data.val)["top1"])
     ref = tuning.study_ref(spec, cell.study, tuning.storage_url(session.options.storage, session.options.results_root))
     return tuning.tune(method, data, cell.config, ctx, ref, objective)
 
@@ -443,42 +424,6 @@ def _feature_key(backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits
     )
 
 
-@torch.no_grad()
-def score(classifier, data: FeatureSet, session: Session) -> dict[str, float | None]:
-    """top-1, top-5 (None with fewer than 5 classes) and mean per-class recall, as fractions."""
-    if isinstance(classifier, torch.nn.Module):
-        classifier.eval()
-    chunks = []
-    for start in range(0, data.features.shape[1], session.options.eval_batch_size):
-        batch = data.center[start:start + session.options.eval_batch_size].to(session.device)
-        chunks.append(classifier(batch).float().cpu())
-    logits, labels = torch.cat(chunks), data.labels
-    n_classes = logits.shape[1]
-    correct = logits.argmax(1) == labels
-    recall = torch.stack([correct[labels == c].double().mean() for c in labels.unique()])
-    top5 = None
-    if n_classes >= 5:
-        top5 = float((logits.topk(5, dim=1).indices == labels[:, None]).any(1).double().mean())
-    return {"top1": float(correct.double().mean()), "top5": top5, "mean_per_class_recall": float(recall.mean())}
-
-
-def _data_record(splits: DatasetSplits, fewshot: FewShotIndices, data: FewShotData, backbone: Backbone,
-                 train_view: ViewSpec, data_root: Path) -> dict:
-    return {
-        "split_file": _relative(splits.source, data_root), "split_file_sha256": splits.source_sha256,
-        "split_protocol": fewshot.protocol, "fewshot_index_sha256": fewshot.sha256,
-        "val_shots": min(fewshot.shots, VAL_SHOTS_CAP), "miniature": splits.miniature,
-        "n_classes": data.n_classes, "n_train": int(data.train.labels.numel()), "n_val": int(data.val.labels.numel()),
-        "n_test": len(splits.test),
-        "preprocessing": asdict(backbone.preprocessing), "train_view": asdict(train_view),
-    }
-
-
-def _relative(path: Path, root: Path) -> str:
-    path = Path(path)
-    return str(path.relative_to(root) if path.is_relative_to(root) else path)
-
-
 def _protocol_record(spec: RunSpec, splits: DatasetSplits, session: Session) -> dict:
     """The class split of base2new and the data of each shift set, for the record."""
     out: dict[str, Any] = {"protocol": spec.protocol}
@@ -487,33 +432,8 @@ def _protocol_record(spec: RunSpec, splits: DatasetSplits, session: Session) -> 
         out |= {"n_base_classes": m, "n_new_classes": n - m,
                 "n_test_base": sum(label < m for label in splits.test.labels)}
     if spec.shift:
-        out["transfer"] = {t: {"source": _relative(session.splits(t).source, session.options.data_root),
+        out["transfer"] = {t: {"source": relative(session.splits(t).source, session.options.data_root),
                                "source_sha256": session.splits(t).source_sha256,
                                "miniature": session.splits(t).miniature, "n_classes": len(session.splits(t).classnames)}
                            for t in spec.shift}
     return out
-
-
-def _prompts_record(config: Any, dataset: DatasetSpec) -> dict | None:
-    prompt_set = getattr(config, "prompts", None)
-    if prompt_set is None:
-        return None
-    templates = list(dataset.templates(prompt_set))
-    return {"set": prompt_set, "templates": templates, "sha256": sha256_json(templates)}
-
-
-def _memory(device: torch.device) -> dict:
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"peak_device_bytes": peak, "peak_host_rss_bytes": peak_host_rss_bytes()}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
-        return None
-    return obj

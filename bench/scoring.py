@@ -1,0 +1,56 @@
+"""Scoring a classifier on cached features: the metrics every result record carries.
+
+Only the runner calls these on test features, after ``fit`` has returned (and tuning calls
+them on the few-shot val split, or on test in the labelled ``oracle`` mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench.methods.base import FeatureSet, FitContext
+
+
+@torch.no_grad()
+def score(classifier, data: FeatureSet, device: torch.device, batch_size: int = 8192) -> dict[str, float | None]:
+    """top-1, top-5 (None with fewer than 5 classes) and mean per-class recall of the centre view, as fractions.
+
+    Args:
+        classifier: (B, D) raw image features on ``device`` -> (B, C) logits.
+        data: features (V, N, D) (only view 0 is scored) and labels (N,).
+    """
+    if isinstance(classifier, torch.nn.Module):
+        classifier.eval()
+    chunks = []
+    for start in range(0, data.features.shape[1], batch_size):
+        chunks.append(classifier(data.center[start:start + batch_size].to(device)).float().cpu())
+    logits, labels = torch.cat(chunks), data.labels
+    correct = logits.argmax(1) == labels
+    recall = torch.stack([correct[labels == c].double().mean() for c in labels.unique()])
+    top5 = None
+    if logits.shape[1] >= 5:
+        top5 = float((logits.topk(5, dim=1).indices == labels[:, None]).any(1).double().mean())
+    return {"top1": float(correct.double().mean()), "top5": top5, "mean_per_class_recall": float(recall.mean())}
+
+
+def labels_subset(data: FeatureSet, low: int, high: int) -> FeatureSet:
+    """The images with labels in ``[low, high)``, relabelled to start at 0."""
+    keep = (data.labels >= low) & (data.labels < high)
+    return FeatureSet(data.features[:, keep], data.labels[keep] - low)
+
+
+def score_base_to_new(classifier, test: FeatureSet, classnames: tuple[str, ...], n_base: int, ctx: FitContext,
+                      batch_size: int = 8192) -> dict[str, Any]:
+    """CoCoOp's base-to-new scores: the base classes' metrics plus ``base_top1``, ``new_top1`` and their
+    harmonic mean. New classes are scored with ``classifier.for_classes`` (the learned parameters on the
+    new class names); a classifier tied to its training labels has none, and ``new_top1`` is ``None``.
+    """
+    metrics = score(classifier, labels_subset(test, 0, n_base), ctx.device, batch_size)
+    base, new = metrics["top1"], None
+    if hasattr(classifier, "for_classes"):
+        retargeted = classifier.for_classes(classnames[n_base:], ctx)
+        new = score(retargeted, labels_subset(test, n_base, len(classnames)), ctx.device, batch_size)["top1"]
+    harmonic = None if new is None else (2 * base * new / (base + new) if base + new > 0 else 0.0)
+    return {**metrics, "base_top1": base, "new_top1": new, "harmonic_mean": harmonic}
