@@ -185,7 +185,8 @@ class TipAdapter:
         return Needs(train_views=cfg.train_views, augment_scale=TIP_AUGMENT_SCALE)
 
     def search_space(self, trial: Any, dataset: str, shots: int, cfg: TipAdapterConfig) -> dict[str, Any]:
-        """α and β over Tip's per-dataset search ranges; the internal val grid is switched off."""
+        """α and β over Tip's per-dataset search ranges (Tip-F: used for fine-tuning and at test); the
+        internal val grid is switched off."""
         return _ratio_space(trial, dataset)
 
     def fit(self, data: FewShotData, cfg: TipAdapterConfig, ctx: FitContext) -> TipClassifier:
@@ -253,8 +254,10 @@ def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tens
     return best_keys
 
 
-class TipAdapterF:
-    """Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned, the epoch chosen on the few-shot val split."""
+class TipAdapterF(TipAdapter):
+    """Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned, the epoch chosen on the few-shot val split.
+
+    It shares Tip-Adapter's cached views (``needs``) and search space."""
 
     name = "tip_adapter_f"
     version = "1"
@@ -264,13 +267,6 @@ class TipAdapterF:
     def default_config(self, dataset: str, shots: int) -> TipAdapterFConfig:
         epochs = TIP_DEFAULTS.get(dataset, OTHER_DATASETS).epochs
         return TipAdapterFConfig(**_dataset_fields(dataset), epochs=epochs)
-
-    def needs(self, cfg: TipAdapterFConfig) -> Needs:
-        return Needs(train_views=cfg.train_views, augment_scale=TIP_AUGMENT_SCALE)
-
-    def search_space(self, trial: Any, dataset: str, shots: int, cfg: TipAdapterFConfig) -> dict[str, Any]:
-        """α and β (used for fine-tuning and at test) over Tip's ranges; the final val grid is switched off."""
-        return _ratio_space(trial, dataset)
 
     def fit(self, data: FewShotData, cfg: TipAdapterFConfig, ctx: FitContext) -> TipClassifier:
         weights = embed_classes(ctx, data.classnames, prompt_templates(data, cfg.prompts))
