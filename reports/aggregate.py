@@ -4,8 +4,9 @@ Cells are grouped into *tables* by everything that must not be averaged together
 backbone id and weights hash, tuning mode, preprocessing and protocol (few-shot or
 base-to-new). Inside a table a *row* is a ``label``: the method with its explicit config
 overrides (``clip_adapter[alpha=0.5]``) and, when one method ran with several prompt sets,
-the prompt set (``zero_shot (prompts: ensemble)``), so a row never averages over differing
-prompts. A *column* is a dataset. :func:`mix_settings` lifts these walls only when asked
+the prompt set (``zero_shot (prompts: ensemble)``), and likewise, when one tuned method ran
+with several trial budgets, the budget (``clip_adapter (50 trials)``), so a row never averages
+over differing prompts or budgets. A *column* is a dataset. :func:`mix_settings` lifts these walls only when asked
 (``--allow-mixed``), and says so in the column it merged.
 
 Accuracies are in percent here; records store fractions.
@@ -27,7 +28,7 @@ from bench.results import RunResult
 
 TABLE_KEYS = ["backbone", "weights_sha256", "tune", "preprocessing", "protocol"]
 CELL_KEYS = [*TABLE_KEYS, "label", "dataset", "shots"]
-_DEDUP_KEYS = [*TABLE_KEYS, "method", "prompts", "dataset", "shots", "seed"]
+_DEDUP_KEYS = [*TABLE_KEYS, "method", "prompts", "trials", "dataset", "shots", "seed"]
 METRICS = ("top1", "top5", "mean_per_class_recall", "val_top1")
 BASE2NEW_METRICS = ("base_top1", "new_top1", "harmonic_mean")
 TRANSFER_PREFIX = "transfer/"
@@ -81,6 +82,7 @@ def _row(r: RunResult) -> dict:
         "method": method_label(r.spec),
         "method_name": r.spec["method"],
         "prompts": (r.prompts or {}).get("set") or NO_PROMPTS,
+        "trials": int(r.spec.get("trials") or 0),
         # a miniature of a real layout must never average with the real dataset's numbers
         "dataset": r.spec["dataset"] + (" (miniature)" if (r.data or {}).get("miniature") else ""),
         "shots": int(r.spec["shots"]),
@@ -131,11 +133,14 @@ def _adopt_orphans(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
-    """Set ``label``: the method label, plus the prompt set where the method has several in its table."""
+    """Set ``label``: the method label, plus the prompt set where the method has several in its table,
+    plus the trial budget where it was tuned with several (the latest budget must not hide the others)."""
     frame = frame.copy()
     n_prompts = frame.groupby([*TABLE_KEYS, "method"])["prompts"].transform("nunique")
-    frame["label"] = [m if n <= 1 else f"{m} (prompts: {p})"
-                      for m, p, n in zip(frame["method"], frame["prompts"], n_prompts, strict=True)]
+    n_budgets = frame.groupby([*TABLE_KEYS, "method", "prompts"])["trials"].transform("nunique")
+    frame["label"] = [m + ("" if n <= 1 else f" (prompts: {p})") + ("" if b <= 1 else f" ({t} trials)")
+                      for m, p, n, t, b in zip(frame["method"], frame["prompts"], n_prompts, frame["trials"],
+                                               n_budgets, strict=True)]
     return frame
 
 

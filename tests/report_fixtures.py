@@ -34,18 +34,18 @@ BASE2NEW = {  # RN50, dtd, 16 shots: (method, seed) -> (base, new)
 
 def record(method, dataset, shots, seed, top1, *, tune="none", status="ok", backbone="RN50/openai",
            weights="a" * 64, preprocessing=None, prompts="default", protocol=None, extra_metrics=None,
-           finished=None, overrides=None):
+           finished=None, overrides=None, trials=0):
     """One RunResult; ``prompts="default"`` uses the method's usual prompt set (None for the linear probe)."""
     prompt_set = PROMPTS.get(method, "coop") if prompts == "default" else prompts
     spec = {"method": method, "dataset": dataset, "shots": shots, "seed": seed, "backbone": backbone, "tune": tune,
-            "trials": 0, "overrides": overrides or {}, "method_version": "1", "dataset_version": "1"}
+            "trials": trials, "overrides": overrides or {}, "method_version": "1", "dataset_version": "1"}
     if protocol:
         spec["protocol"] = protocol
     metrics = {"top1": top1, **(extra_metrics or {})} if status == "ok" else {}
     return RunResult(
         schema_version=SCHEMA_VERSION, status=status, spec=spec,
         run_id=sha256_json([method, dataset, shots, seed, tune, backbone, prompt_set, protocol, preprocessing,
-                            overrides])[:16],
+                            overrides, *([trials] if trials else [])])[:16],
         backbone={"id": backbone, "arch": backbone.split("/")[0], "weights_sha256": weights, "precision": "bf16"},
         data={"preprocessing": preprocessing or SHORTEST}, config={}, tuning={"mode": tune}, metrics=metrics,
         timing_s={}, memory={}, provenance={"finished_at": finished or f"2026-11-23T10:{shots:02d}:{seed:02d}+00:00"},

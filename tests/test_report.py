@@ -249,3 +249,16 @@ def test_report_of_a_real_run_renders_everywhere(tmp_path, data_root, capsys):
                  "linear_probe,zero_shot"]) == 0
     table = pd.read_csv(StringIO(capsys.readouterr().out))
     assert list(table["shots"]) == [1, 2] and set(table["n_pairs"]) == {2} and (table["a"] == "linear_probe").all()
+
+
+def test_tuned_cells_with_different_trial_budgets_get_their_own_rows(tmp_path):
+    for seed, (short, long) in enumerate(((0.60, 0.64), (0.62, 0.66)), start=1):
+        save(tmp_path, record("clip_adapter", "dtd", 1, seed, short, tune="val", trials=20))
+        save(tmp_path, record("clip_adapter", "dtd", 1, seed, long, tune="val", trials=50,
+                              finished=f"2026-11-23T09:00:0{seed}+00:00"))  # older: must not vanish
+    rows = _rows(render(results_frame(load_results(tmp_path)), "markdown"), "## RN50/openai")
+    assert ["clip_adapter (20 trials)", "1", "61.00 ± 1.00", "61.00"] in rows
+    assert ["clip_adapter (50 trials)", "1", "65.00 ± 1.00", "65.00"] in rows
+    save(tmp_path / "one", record("clip_adapter", "dtd", 2, 1, 0.70, tune="val", trials=20))
+    one_budget = _rows(render(results_frame(load_results(tmp_path / "one")), "markdown"), "## RN50/openai")
+    assert one_budget[1][0] == "clip_adapter"  # a single budget adds nothing to the label
