@@ -1,7 +1,7 @@
 """Accuracy-vs-shots curves, one figure per dataset and one for the average, in the style of
 CoOp's few-shot figure (``draw_curves.py``): grey panel, white vertical grid, one line with
-round markers per method (the linear probe dotted), and a method that does not depend on
-the shot count (zero-shot CLIP) drawn as a star at 0 shots. A band of ± the report's
+round markers per method (the linear probe dotted), and the methods that do not use the
+support set (zero-shot CLIP, whatever its prompts) drawn as a star at 0 shots. A band of ± the report's
 spread over seeds surrounds each line that has more than one seed.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (Agg canvas, no pyplot
@@ -31,12 +31,22 @@ from bench.reports.aggregate import (
 from bench.reports.blocks import METRIC_TITLES, dataset_sort_key, dataset_title, method_sort_key
 
 PANEL = "#EBEBEB"
+SHOT_FREE_METHODS = ("zero_shot",)  # never see the support set: one number per dataset, a star at 0 shots
 X_LABEL = "Number of labeled training examples per class"
 
 
 def _half_width(values: dict, ci: str | None) -> float:
     half = {None: values["std"], "coop": values["ci95"], "t": values["ci95_t"]}[ci]
     return 0.0 if half is None or np.isnan(half) else float(half)
+
+
+def is_shot_free(label: str) -> bool:
+    """Whether a row label (``method[overrides] (prompts: …)``) names a method that ignores the support set.
+
+    Decided by the method, not by the numbers: a trained method whose accuracy happens to stay flat
+    across shots is still a line with its seed band.
+    """
+    return re.split(r"[\[ ]", label, maxsplit=1)[0] in SHOT_FREE_METHODS
 
 
 def curve_figure(series: dict[str, pd.DataFrame], title: str, metric: str = "top1", *, bold: bool = False) -> Figure:
@@ -50,8 +60,8 @@ def curve_figure(series: dict[str, pd.DataFrame], title: str, metric: str = "top
     for index, (label, rows) in enumerate(series.items()):
         rows = rows.sort_values("shots")
         color = f"C{index % 10}"
-        if len(rows) >= 2 and np.ptp(rows["mean"].to_numpy()) < 1e-9:
-            ax.plot([0], [rows["mean"].iloc[0]], marker="*", markersize=9, color=color, linestyle="none", label=label)
+        if is_shot_free(label):
+            ax.plot([0], [rows["mean"].mean()], marker="*", markersize=9, color=color, linestyle="none", label=label)
             star = True
             continue
         style = ":" if label.startswith("linear_probe") else "-"
@@ -87,7 +97,7 @@ def table_figures(frame: pd.DataFrame, metric: str = "top1", ci: str | None = No
         figures = {d: curve_figure(_dataset_series(table_cells, d, ci), dataset_title(d) + suffix, metric)
                    for d in datasets}
         figures["average"] = curve_figure(_average_series(in_table(averages, key), ci),
-                                          f"Average over {len(datasets)} datasets{suffix}", metric, bold=True)
+                                          f"Average over {len(datasets)} dataset{'s' if len(datasets) != 1 else ''}{suffix}", metric, bold=True)
         out[folder] = figures
     return out
 

@@ -49,3 +49,21 @@ def test_plot_files_open(frame, tmp_path):
                 assert image.format == "PNG" and image.size[0] > 300
         else:
             assert ET.parse(path).getroot().tag.endswith("svg")
+
+
+def test_the_star_is_decided_by_the_method_not_by_flat_numbers():
+    import pandas as pd
+
+    from bench.reports.plots import curve_figure
+
+    def rows(shots, means, half=1.0):
+        return pd.DataFrame({"shots": shots, "mean": means, "half": [half] * len(shots), "n_seeds": [3] * len(shots)})
+
+    series = {"zero_shot (prompts: ensemble)": rows([16], [40.0], half=0.0),  # run at one shot count only
+              "clip_adapter": rows([1, 16], [50.0, 50.0])}                  # trained, flat by chance
+    ax = curve_figure(series, "t").axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert lines["zero_shot (prompts: ensemble)"].get_marker() == "*"
+    assert list(lines["zero_shot (prompts: ensemble)"].get_xdata()) == [0]
+    assert lines["clip_adapter"].get_marker() == "o" and list(lines["clip_adapter"].get_xdata()) == [1, 16]
+    assert len(ax.collections) == 1  # the flat trained method keeps its seed band
