@@ -58,10 +58,17 @@ def preprocessing_label(prep: dict | None) -> str:
     return label
 
 
+NO_GENERATION = "none"
+
+
 def generation(prep: dict | None) -> str:
-    """The published-number generation this preprocessing reproduces (see reports/data/paper_numbers.json)."""
-    resize = (prep or {}).get("resize")
-    return {"shortest": "coop_v2", "squash": "coop_v1"}.get(resize, "?")
+    """The published-number generation this preprocessing reproduces (see reports/data/paper_numbers.json):
+    ``coop_v2`` (short side + centre crop) or ``coop_v1`` (squash), both bicubic with CLIP's normalisation;
+    anything else reproduces none (:data:`NO_GENERATION`) and is compared with no published number."""
+    prep = prep or {}
+    if prep.get("interpolation") != "bicubic" or " mean=" in preprocessing_label(prep):
+        return NO_GENERATION
+    return {"shortest": "coop_v2", "squash": "coop_v1"}.get(prep.get("resize"), NO_GENERATION)
 
 
 def _percent(value) -> float | None:

@@ -137,7 +137,8 @@ def compare(cells: pd.DataFrame, paper: PaperNumbers, *, tolerance: float) -> pd
         extra = {"paper": None, "delta": None, "within": None, "paper_source": None, "paper_marker": None,
                  "paper_prompts": None, "paper_note": None, "note": ""}
         if match is not None:
-            delta = cell.mean - match.value
+            # both sides as printed (2 decimals), so the flag agrees with the numbers a reader sees
+            delta = round(cell.mean - match.value, 2)
             mismatch = match.prompts is not None and match.prompts != ours_prompts
             extra.update(paper=match.value, delta=delta, within=abs(delta) <= tolerance + 1e-9,
                          paper_source=match.source, paper_marker=match.marker, paper_prompts=match.prompts,

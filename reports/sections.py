@@ -159,7 +159,8 @@ def _paper_row(table, r: dict, tolerance: float) -> dict:
     dataset = dataset_title(r["eval_set"])
     if r["eval_set"] != r["dataset"]:
         dataset = f"{dataset} (trained on {dataset_title(r['dataset'])})"
-    return {"Method": table.display(r["label"]), "Shots": str(r["shots"]), "Dataset": dataset, "Ours": number(r["mean"]),
+    ours = number(r["mean"]) + ("" if r["complete"] else f" ({r['n_seeds']}/{r['n_expected']} seeds)")
+    return {"Method": table.display(r["label"]), "Shots": str(r["shots"]), "Dataset": dataset, "Ours": ours,
             "Paper": number(r["paper"]), "Δ": signed(r["delta"]), f"Within ±{tolerance:g} pt": "yes" if r["within"] else "no",
             "Source": f"{r['paper_source']} [{r['paper_marker']}]", "Note": r["note"]}
 
@@ -175,7 +176,8 @@ def _paper_average_rows(table, compared: pd.DataFrame, tolerance: float) -> list
             continue
         ours, theirs = group["mean"].mean(), group["paper"].mean()
         delta = ours - theirs
-        rows.append({"Method": table.display(label), "Shots": str(shots), "Dataset": "Average", "Ours": number(ours),
+        mark = "" if group["complete"].all() else " (incomplete)"
+        rows.append({"Method": table.display(label), "Shots": str(shots), "Dataset": "Average", "Ours": number(ours) + mark,
                      "Paper": number(theirs), "Δ": signed(delta), f"Within ±{tolerance:g} pt": "yes" if abs(delta) <= tolerance + 1e-9 else "no",
                      "Source": ", ".join(sorted(set(group["paper_source"]))), "Note": ""})
     return rows

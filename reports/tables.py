@@ -17,6 +17,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.reports import sections
 from bench.reports.aggregate import (
+    NO_GENERATION,
     Filters,
     aggregate,
     dataset_average,
@@ -216,6 +217,12 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
     return blocks, payload, long
 
 
+def _generation_note(generations: str) -> str:
+    if generations == NO_GENERATION:
+        return "reproduces no published-number generation"
+    return f"published-number generation {generations}"
+
+
 def _settings(table: Table) -> tuple[tuple[str, str], ...]:
     s, frame = table.settings, table.frame
     prompts = "; ".join(f"{label}: {p}" for label, p in _prompt_sets(table).items())
@@ -224,7 +231,7 @@ def _settings(table: Table) -> tuple[tuple[str, str], ...]:
     protocol = {"fewshot": "few-shot, all classes", "base2new": "base-to-new (train on base classes, test base and new)"}
     rows = [("Backbone", f"{s['backbone']} (architecture {', '.join(sorted(frame['arch'].unique()))})"),
             ("Weights sha256", s["weights_sha256"]),
-            ("Preprocessing", f"{s['preprocessing']} (published-number generation {generations})"),
+            ("Preprocessing", f"{s['preprocessing']} ({_generation_note(generations)})"),
             ("Prompt sets", prompts), ("Tuning", TUNE_TITLES.get(s["tune"], s["tune"])),
             ("Protocol", protocol.get(s["protocol"], s["protocol"])),
             ("Seeds", ", ".join(map(str, table.seeds))),
