@@ -236,11 +236,13 @@ IMAGENET_SKETCH = _shift_spec(
 IMAGENET_A = _shift_spec(
     "imagenet_a", "imagenet-adversarial", "imagenet-a", WNID_FOLDERS_READER, 200, 7500, "imagenet_a_synsets.txt",
     downloads=(Download("imagenet-a.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
+                        "md5:c3e55429088dc681f30d81f4726b6595",  # as torchvision-style dataset classes publish it
                         members=(("imagenet-a", "imagenet-a"),)),),
 )
 IMAGENET_R = _shift_spec(
     "imagenet_r", "imagenet-rendition", "imagenet-r", WNID_FOLDERS_READER, 200, 30000, "imagenet_r_synsets.txt",
     downloads=(Download("imagenet-r.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
+                        "md5:a61312130a589d0ca1a8fca1f2bd3337",
                         members=(("imagenet-r", "imagenet-r"),)),),
 )
 

@@ -4,6 +4,7 @@
     bench data check NAME[,NAME|all]           every listed file present and decodable, counts, sha256
     bench data prepare NAME[,NAME|all]         download, verify, unpack; instructions for manual steps
     bench data export-splits NAME --shots all --seeds 1,2,3 --out DIR
+    bench data import-splits DIR               use exported index files (checked against your split files)
     bench data miniature [NAME,...|all]        generated miniatures of the real layouts (tests, smoke runs)
 """
 
@@ -36,6 +37,11 @@ def add_parser(subparsers) -> None:
     export.add_argument("--out", type=Path, required=True, help="folder to write <dataset>/<protocol>/shot_K-seed_S.json")
     export.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("BENCH_CACHE_DIR", "cache")),
                         help="the cache whose index files are exported (drawn there first if absent)")
+    imported = _add(sub, "import-splits", _cmd_import,
+                    "use exported few-shot index files, checked against the split files here")
+    imported.add_argument("folder", type=Path, help="a folder written by export-splits")
+    imported.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("BENCH_CACHE_DIR", "cache")),
+                          help="the cache bench run reads index files from (default: ./cache, or BENCH_CACHE_DIR)")
     mini = _add(sub, "miniature", _cmd_miniature, "write miniatures of the real layouts (few classes, tiny images)")
     mini.add_argument("names", nargs="?", default="all", help="dataset name(s), comma-separated, or 'all'")
 
@@ -167,7 +173,10 @@ def _cmd_export(args) -> int:
 
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
     seeds = parse_int_list(args.seeds, flag="--seeds")
-    for name in _names(args.names, args.data_root, present_only=True):
+    names = _names(args.names, args.data_root, present_only=True)
+    if args.names.strip() == "all":  # only datasets that have few-shot subsets of their own
+        names = [n for n in names if not _registry().get(n).test_only]
+    for name in names:
         spec = _registry().get(name)
         if spec.test_only:
             raise BenchError(f"{name!r} is test-only: it has no few-shot subsets", where="bench data export-splits",
@@ -178,6 +187,26 @@ def _cmd_export(args) -> int:
                 index = load_or_create_fewshot(splits, spec, k, seed, args.cache_dir)
                 atomic_write_bytes(args.out / name / index.protocol / index.path.name, index.path.read_bytes())
         print(f"{name}: {len(shots) * len(seeds)} index files in {args.out / name}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from bench.datasets import read_dataset
+    from bench.datasets.splits import import_index
+
+    registry = _registry()
+    folders = sorted(p for p in Path(args.folder).iterdir() if p.is_dir()) if Path(args.folder).is_dir() else []
+    if not folders:
+        raise BenchError("no <dataset>/ folders here", where=str(args.folder),
+                         fix="pass the --out folder of `bench data export-splits`")
+    for folder in folders:
+        spec = registry.get(folder.name)
+        files = sorted(folder.glob("*/shot_*-seed_*.json"))
+        splits = read_dataset(spec, args.data_root)
+        for file in files:
+            import_index(file, splits, spec, args.cache_dir)
+        print(f"{spec.name}: {len(files)} index files checked against {splits.source} and placed under "
+              f"{args.cache_dir / 'splits' / spec.name}")
     return 0
 
 

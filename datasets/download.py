@@ -90,6 +90,10 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
             return  # the part file already holds everything; verification decides
         raise BenchError(f"HTTP {exc.code} {exc.reason}", where=url,
                          fix="check the address or your network; a dead link is a manual download (see the instructions)") from exc
+    except urllib.error.URLError as exc:  # no connection at all: nothing to resume
+        raise BenchError(f"cannot connect ({exc.reason})", where=url,
+                         fix="check the network (or proxy settings), or download the file by hand "
+                             f"and save it as {part.with_suffix('')}") from exc
     except (OSError, http.client.HTTPException) as exc:
         raise _interrupted(url, part, exc) from exc
     if expected is not None and part.stat().st_size < expected:

@@ -46,8 +46,13 @@ def prepare(spec: DatasetSpec, data_root: Path, *, keep_archives: bool = False, 
     folder = Path(data_root) / spec.folder
     downloads = folder / DOWNLOADS
     report = PrepareReport()
-    for step in spec.downloads:
-        _run_step(step, folder, downloads, report, keep_archives=keep_archives, progress=progress)
+    failed = []
+    for step in spec.downloads:  # a failed step does not stop the others: each is independent
+        try:
+            _run_step(step, folder, downloads, report, keep_archives=keep_archives, progress=progress)
+        except BenchError as exc:
+            report.lines.append(f"failed   {step.filename}: {exc}")
+            failed.append(step.filename)
     if spec.reader.rpartition(":")[2] in CLASS_LIST_READERS:
         _write_class_list(spec, folder, report)
     try:
@@ -56,7 +61,8 @@ def prepare(spec: DatasetSpec, data_root: Path, *, keep_archives: bool = False, 
                             f"{len(splits.val) if spec.val_source == 'split' else 0}/{len(splits.test)} "
                             "train/val/test images listed and present (`bench data check` decodes them)")
     except BenchError as exc:
-        report.problem = str(exc)
+        report.problem = (f"{len(failed)} download step(s) failed ({', '.join(failed)}; see above); then: {exc}"
+                          if failed else str(exc))
         if spec.manual:
             report.manual.append(spec.manual.format(folder=folder, downloads=downloads))
     return report

@@ -3,10 +3,13 @@
 Split files (``split_zhou_<Name>.json``) hold ``{"train": [[relpath, label, classname], ...],
 "val": [...], "test": [...]}``. Few-shot subsets follow Dassl's
 ``DatasetBase.generate_fewshot_dataset``: after ``random.seed(seed)``, for each label in
-order of first appearance, ``random.sample(items, K)`` (all items if fewer than K); the
-train subset is drawn first, then the val subset with ``min(K, 4)`` per class, from the
-same generator. Drawing indices instead of items consumes the generator identically, so
-the subsets match CoOp's ``split_fewshot/shot_K-seed_S.pkl`` for the same split file.
+order of first appearance, ``random.sample(items, K)``, or ``random.choices(items, k=K)``
+(with replacement) for a class with fewer than K items (Dassl's default ``repeat=True``,
+which CoOp's calls keep); the train subset is drawn first, then the val subset with
+``min(K, 4)`` per class, from the same generator. Drawing indices instead of items consumes
+the generator identically, so the subsets match CoOp's ``split_fewshot/shot_K-seed_S.pkl``
+for the same split file. Index files are stored per split file (its sha256 in the path), so
+one cache serves several copies of a dataset (a miniature and the real one) side by side.
 ImageNet has no val split: its few-shot val is drawn from train, disjoint from the support
 set (protocol ``dassl+val_from_train``).
 """
@@ -19,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._io import atomic_write_json, sha256_bytes, sha256_file
+from bench._io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from bench.datasets.readers import check_counts, check_images_exist, clean_classnames, require_file
 from bench.datasets.spec import DatasetSpec, DatasetSplits, LabeledImages, expectations
 from bench.errors import BenchError
@@ -120,13 +123,17 @@ class FewShotIndices:
 
 
 def draw_fewshot(labels: tuple[int, ...], shots: int, rng: random.Random) -> tuple[int, ...]:
-    """Dassl's per-class ``random.sample``: indices of ``shots`` items per label, labels in first-seen order."""
+    """Dassl's per-class draw: indices of ``shots`` items per label, labels in first-seen order.
+
+    ``random.sample`` without replacement; a class with fewer than ``shots`` items is drawn with
+    replacement (``random.choices``, Dassl's ``repeat=True``), so its indices can repeat.
+    """
     by_label: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):
         by_label[label].append(index)
     chosen: list[int] = []
     for items in by_label.values():
-        chosen.extend(rng.sample(items, shots) if len(items) >= shots else items)
+        chosen.extend(rng.sample(items, shots) if len(items) >= shots else rng.choices(items, k=shots))
     return tuple(chosen)
 
 
@@ -157,8 +164,15 @@ def sample_fewshot(splits: DatasetSplits, dataset: str, shots: int, seed: int, *
     return train, tuple(rest[i] for i in picked)
 
 
-def fewshot_index_path(cache_root: Path, spec: DatasetSpec, shots: int, seed: int) -> Path:
-    return Path(cache_root) / "splits" / spec.name / split_protocol(spec) / f"shot_{shots}-seed_{seed}.json"
+def fewshot_index_path(cache_root: Path, spec: DatasetSpec, shots: int, seed: int, split_sha256: str) -> Path:
+    """``<cache>/splits/<dataset>/<protocol>/<split sha256[:12]>/shot_K-seed_S.json``."""
+    return (Path(cache_root) / "splits" / spec.name / split_protocol(spec) / split_sha256[:12]
+            / index_file_name(shots, seed))
+
+
+def index_file_name(shots: int, seed: int) -> str:
+    """Dassl's pickle name, as JSON: ``shot_K-seed_S.json``."""
+    return f"shot_{shots}-seed_{seed}.json"
 
 
 def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int, cache_root: Path) -> FewShotIndices:
@@ -168,7 +182,7 @@ def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int,
     be shared (``bench data export-splits``). A file drawn from a different split file is
     refused rather than silently reused.
     """
-    path = fewshot_index_path(cache_root, spec, shots, seed)
+    path = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256)
     if path.is_file():
         return _read_index(path, splits, spec, shots, seed)
     protocol = split_protocol(spec)
@@ -185,6 +199,33 @@ def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int,
     }
     atomic_write_json(path, record)
     return FewShotIndices(spec.name, shots, seed, protocol, train, val, sha256_file(path), path)
+
+
+def import_index(source: Path, splits: DatasetSplits, spec: DatasetSpec, cache_root: Path) -> Path:
+    """Place an exported index file (``bench data export-splits``) where the runner reads it -> its new path.
+
+    It is checked first: its dataset, protocol and split file must be ``spec``'s and ``splits``', and
+    every entry must be in the split file. An index file already in the cache for the same cell is
+    kept if identical and refused otherwise (it may have produced results).
+    """
+    try:
+        record = json.loads(source.read_bytes())
+        shots, seed = int(record["shots"]), int(record["seed"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"not a few-shot index file ({type(exc).__name__}: {exc})", where=str(source),
+                         fix="pass a folder written by `bench data export-splits`") from exc
+    for field_name, expected in (("dataset", spec.name), ("protocol", split_protocol(spec))):
+        if record.get(field_name) != expected:
+            raise BenchError(f"field {field_name!r} is {record.get(field_name)!r}, expected {expected!r}",
+                             where=str(source), fix=f"put it under <folder>/{spec.name}/{split_protocol(spec)}/")
+    _read_index(source, splits, spec, shots, seed)
+    target = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256)
+    if target.is_file() and target.read_bytes() != source.read_bytes():
+        raise BenchError("a different index file for this cell is already in the cache", where=str(target),
+                         fix=f"delete it (and the results drawn from it) to use {source}")
+    if not target.is_file():
+        atomic_write_bytes(target, source.read_bytes())
+    return target
 
 
 def _read_index(path: Path, splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int) -> FewShotIndices:

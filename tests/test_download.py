@@ -132,9 +132,11 @@ def test_prepare_downloads_verifies_unpacks_then_skips_what_is_present(tmp_path)
 def test_prepare_with_a_corrupt_archive_leaves_nothing_in_place(tmp_path):
     archive, split = _toy_data()
     with serve(Behaviour({"/toy.tar.gz": archive[:-100] + b"x" * 100, "/split.json": split})) as url:
-        with pytest.raises(BenchError, match="toy.tar.gz failed verification"):
-            prepare(_toy_spec(url, archive), tmp_path, progress=False)
+        report = prepare(_toy_spec(url, archive), tmp_path, progress=False)
+    assert not report.complete and "1 download step(s) failed (toy.tar.gz" in report.problem
+    assert any(line.startswith("failed   toy.tar.gz: ") and "failed verification" in line for line in report.lines)
     assert not (tmp_path / "toy/images").exists()
+    assert (tmp_path / "toy/split_zhou_Toy.json").is_file()  # the other step still ran
 
 
 def test_prepare_rolls_back_a_step_interrupted_while_placing(tmp_path):
@@ -173,5 +175,19 @@ def test_a_partly_present_destination_is_not_overwritten(tmp_path):
     downloads = (Download("toy.tar.gz", "http://127.0.0.1:9/unused", _md5(archive),
                           members=(("toy/images", "images"), ("toy/README", "README"))),)
     (tmp_path / "toy/images").mkdir(parents=True)
-    with pytest.raises(BenchError, match=r"images exist\(s\) but toy.tar.gz also provides README"):
-        prepare(_toy_spec("http://127.0.0.1:9", archive, downloads=downloads), tmp_path, progress=False)
+    report = prepare(_toy_spec("http://127.0.0.1:9", archive, downloads=downloads), tmp_path, progress=False)
+    assert any("images exist(s) but toy.tar.gz also provides README" in line for line in report.lines)
+    assert not (tmp_path / "toy/README").exists() and not report.complete
+
+
+def test_no_connection_is_not_an_interrupted_transfer_and_manual_steps_still_print(tmp_path):
+    """Offline, every step fails on its own, and the dataset's manual instructions are still given."""
+    archive, _ = _toy_data()
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    with pytest.raises(BenchError, match=r"cannot connect .*Fix: check the network") as caught:
+        fetch(f"{dead}/x.bin", tmp_path / "x.bin", None)
+    assert "interrupted" not in str(caught.value) and not (tmp_path / "x.bin.part").exists()
+    report = prepare(_toy_spec(dead, archive, manual="Fetch it from the mirror into {downloads}."), tmp_path,
+                     progress=False)
+    assert [line.split(":")[0] for line in report.lines] == ["failed   toy.tar.gz", "failed   split_zhou_Toy.json"]
+    assert report.manual == [f"Fetch it from the mirror into {tmp_path / 'toy' / DOWNLOADS}."]

@@ -158,6 +158,17 @@ def test_cli_data_list_check_export_and_miniature(tmp_path, miniature_root, caps
     assert len(exported) == 8 and "imagenet/dassl+val_from_train/shot_2-seed_1.json" in exported
     index = json.loads((out_dir / "dtd/dassl/shot_1-seed_2.json").read_text())
     assert not index["train"][0][0].startswith("/") and index["protocol"] == "dassl"
+    # someone else's cache takes them in, checked against its own split files
+    assert main(["data", "import-splits", str(out_dir), "--data-root", str(miniature_root),
+                 "--cache-dir", str(tmp_path / "their-cache")]) == 0
+    assert "dtd: 4 index files checked" in capsys.readouterr().out
+    imported = sorted(p.name for p in (tmp_path / "their-cache/splits").rglob("*.json"))
+    assert imported == sorted(p.rsplit("/", 1)[1] for p in exported)
+    # 'all' exports every dataset with few-shot subsets and passes over the test-only shift sets
+    assert main(["data", "export-splits", "all", "--shots", "1", "--seeds", "1", "--out", str(tmp_path / "all"),
+                 "--data-root", str(miniature_root), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert {p.name for p in (tmp_path / "all").iterdir()} >= {"imagenet", "dtd", "eurosat"}
+    assert not {"imagenet_a", "imagenet_r", "imagenet_v2", "imagenet_sketch"} & {p.name for p in (tmp_path / "all").iterdir()}
     assert main(["data", "miniature", "dtd", "--data-root", str(tmp_path / "mini")]) == 0
     assert (tmp_path / "mini/dtd/bench-miniature.json").is_file()
     assert main(["data", "check", "oxford_pets", "--data-root", str(tmp_path / "nothing")]) == 2
@@ -170,6 +181,7 @@ def test_cli_check_reports_problems_and_exits_1(tmp_path, miniature_root, capsys
     assert main(["data", "check", "fgvc_aircraft", "--data-root", str(tmp_path), "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "FAIL " in out and "1000003.jpg" in out and "problems in: fgvc_aircraft" in out
+    assert "variants.txt and the lists read with it, together" in out  # the digest is not variants.txt's own
 
 
 def test_cli_prepare_imagenet_writes_the_class_list_and_prints_the_manual_steps(tmp_path, capsys):

@@ -10,14 +10,18 @@ from bench.datasets.splits import load_or_create_fewshot, read_split_file, sampl
 from bench.errors import BenchError
 
 
-def dassl_reference(items, num_shots):
-    """Dassl.pytorch's generate_fewshot_dataset, restated on (path, label) tuples; uses the global random."""
+def dassl_reference(items, num_shots, repeat=True):
+    """Dassl.pytorch's generate_fewshot_dataset (dassl/data/datasets/base_dataset.py, default repeat=True,
+    which CoOp's datasets keep), restated on (path, label) tuples; uses the global random."""
     tracker = defaultdict(list)
     for item in items:
         tracker[item[1]].append(item)
     dataset = []
     for _, group in tracker.items():
-        dataset.extend(random.sample(group, num_shots) if len(group) >= num_shots else group)
+        if len(group) >= num_shots:
+            dataset.extend(random.sample(group, num_shots))
+        else:
+            dataset.extend(random.choices(group, k=num_shots) if repeat else group)
     return dataset
 
 
@@ -47,6 +51,28 @@ def test_sampling_matches_dassl_exactly(data_root, shots, seed):
     assert set(counts.values()) == {shots}
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_class_smaller_than_k_is_drawn_with_replacement_as_dassl_does(seed):
+    """Class 1 has 3 train and 1 val images: Dassl's random.choices path, which also moves the
+    generator for every later class."""
+    from bench.datasets.spec import DatasetSplits, LabeledImages
+
+    def images(counts, prefix):
+        labels = [label for label, n in enumerate(counts) for _ in range(n)]
+        return LabeledImages(tuple(f"{prefix}{i}.png" for i in range(len(labels))), tuple(labels))
+
+    train, val = images([20, 3, 20], "t"), images([6, 1, 6], "v")
+    splits = DatasetSplits(image_root=None, classnames=("a", "b", "c"), train=train, val=val, test=val,
+                           source=None, source_sha256="0" * 64)
+    train_idx, val_idx = sample_fewshot(splits, "toy", 8, seed)
+    random.seed(seed)
+    items = list(zip(train.paths, train.labels, strict=True))
+    assert [items[i] for i in train_idx] == dassl_reference(items, 8)
+    val_items = list(zip(val.paths, val.labels, strict=True))
+    assert [val_items[i] for i in val_idx] == dassl_reference(val_items, 4)
+    assert len(train_idx) == 3 * 8 and len({i for i in train_idx if train.labels[i] == 1}) <= 3
+
+
 def test_seeds_differ_and_are_deterministic(data_root):
     splits = read_split_file(SYNTHETIC, data_root)
     assert sample_fewshot(splits, "synthetic", 4, 1) == sample_fewshot(splits, "synthetic", 4, 1)
@@ -71,6 +97,42 @@ def test_index_from_another_split_file_is_refused(data_root, tmp_path):
     first.path.write_text(json.dumps(record))
     with pytest.raises(BenchError, match="different split file"):
         load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path)
+
+
+def test_index_files_of_two_copies_of_a_dataset_live_side_by_side(data_root, tmp_path):
+    """A miniature and the real data (here: two split files) share one cache without refusing each other."""
+    root = _copy_dataset(data_root, tmp_path / "copy")
+    split_file = root / "synthetic" / SYNTHETIC.split_file
+    content = json.loads(split_file.read_text())
+    content["train"] = content["train"][1:]  # another split file: one train image fewer
+    split_file.write_text(json.dumps(content))
+    original = read_split_file(SYNTHETIC, data_root)
+    other = read_split_file(SYNTHETIC, root, strict=False)
+    first = load_or_create_fewshot(original, SYNTHETIC, 2, 1, tmp_path / "cache")
+    second = load_or_create_fewshot(other, SYNTHETIC, 2, 1, tmp_path / "cache")
+    assert first.path != second.path and first.path.is_file() and second.path.is_file()
+    assert load_or_create_fewshot(original, SYNTHETIC, 2, 1, tmp_path / "cache").sha256 == first.sha256
+
+
+def test_exported_index_files_import_into_another_cache(data_root, tmp_path):
+    from bench.datasets.splits import import_index
+
+    splits = read_split_file(SYNTHETIC, data_root)
+    exported = load_or_create_fewshot(splits, SYNTHETIC, 4, 2, tmp_path / "theirs")
+    placed = import_index(exported.path, splits, SYNTHETIC, tmp_path / "ours")
+    assert placed.read_bytes() == exported.path.read_bytes()
+    assert load_or_create_fewshot(splits, SYNTHETIC, 4, 2, tmp_path / "ours").train == exported.train
+    record = json.loads(exported.path.read_text())
+    record["train"][0] = ["red_stripes/not_there.png", 0]
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(record))
+    with pytest.raises(BenchError, match="not in the split file"):
+        import_index(tampered, splits, SYNTHETIC, tmp_path / "fresh")
+    record = json.loads(exported.path.read_text())
+    record["train"] = record["train"][::-1]  # other subsets for a cell the cache already has
+    tampered.write_text(json.dumps(record))
+    with pytest.raises(BenchError, match="already in the cache"):
+        import_index(tampered, splits, SYNTHETIC, tmp_path / "ours")
 
 
 def _copy_dataset(data_root, tmp_path):
