@@ -274,7 +274,9 @@ def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
 
 
 def _bare_record(cell: PlannedCell, session: Session) -> dict:
-    return {"spec": _spec_record(cell, session), "backbone": {"id": cell.spec.backbone}, "data": {},
+    # what defines the cell is known before it fails: a failed record says which subsets it would have used
+    data = {"split_protocol": split_protocol(session.dataset_spec(cell.spec.dataset)), "protocol": cell.spec.protocol}
+    return {"spec": _spec_record(cell, session), "backbone": {"id": cell.spec.backbone}, "data": data,
             "config": asdict(cell.config), "tuning": {"mode": cell.spec.tune}, "metrics": {}, "timing_s": {},
             "memory": {}, "provenance": {}, "prompts": None, "diagnostics": {}}
 

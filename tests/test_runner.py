@@ -69,6 +69,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(run_options):
     assert summary.ran == ["zero_shot/synthetic/k1/s1"]
     failed = [r for r in load_results(run_options.results_root) if not r.ok]
     assert failed[0].error["type"] == "RuntimeError" and "boom" in failed[0].error["traceback_tail"]
+    assert failed[0].data["split_protocol"] == "dassl"
     # failed cells are retried on the next run
     retry = run_cells(_grid(methods=("exploding", "zero_shot"), shots=(1,)), run_options, session)
     assert retry.skipped == ["zero_shot/synthetic/k1/s1"] and len(retry.failed) == 1
