@@ -135,14 +135,17 @@ def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
         dataset = session.dataset_spec(spec.dataset)
         config = apply_overrides(method.default_config(spec.dataset, spec.shots), spec.overrides, method=spec.method)
         tuning.check_tuning(spec, method)
+        searched = spec.tune != "none" and tuning.searchable(method)
+        if spec.tune != "none" and not searched:
+            spec = replace(spec, trials=0)  # nothing to search: one record serves every trial budget
         identity = {"method_version": method.version, "dataset_version": dataset.version,
                     "backbone_identity": session.backbone_identity(spec.backbone), "precision": session.precision,
                     "split_protocol": split_protocol(dataset), "data_sha256": _data_sha256(spec, session),
-                    "tuning_protocol": tuning.tuning_protocol(spec.tune)}
+                    "tuning_protocol": tuning.tuning_protocol(spec.tune) if searched else None}
         run_id = spec.run_id(**identity)
         path = result_path(session.options.results_root, BackboneRef.parse(spec.backbone).slug, spec.dataset,
                            spec.method, spec.shots, spec.seed, run_id)
-        study = tuning.study_name(spec, identity) if spec.tune != "none" else None
+        study = tuning.study_name(spec, identity) if searched else None
         planned.append(PlannedCell(spec, config, run_id, path, study))
     ensure_writable_dir(Path(session.options.results_root), purpose="results")
     if any(cell.study for cell in planned):  # a bad storage URL fails before any work
@@ -315,8 +318,9 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     )
     load_test = functools.partial(_features, session, backbone, dataset, splits, "test",
                                   tuple(range(len(splits.test))), CENTER)
+    score_test = functools.partial(_score_test, ctx=ctx, spec=spec, splits=splits, session=session)
     t = time.perf_counter()
-    config, tuning_record = _tuned(cell, session, method, data, ctx, load_test)
+    config, tuning_record = _tuned(cell, session, method, data, ctx, load_test, score_test)
     if spec.tune != "none":
         timing["tune"] = time.perf_counter() - t
 
@@ -328,8 +332,7 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     test = load_test()
     timing["test_features"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = {**_score_test(classifier, ctx, spec, splits, test, session),
-               "val_top1": session.score(classifier, data.val)["top1"]}
+    metrics = {**score_test(classifier, test=test), "val_top1": session.score(classifier, data.val)["top1"]}
     if spec.shift:  # the shift sets' features are extracted here too
         metrics["transfer"] = _score_shift(classifier, spec, splits, backbone, session)
     timing["eval"] = time.perf_counter() - t
@@ -362,7 +365,7 @@ def _cell_classes(spec: RunSpec, splits: DatasetSplits,
             indices_with_labels(splits.val, fewshot.val, 0, m))
 
 
-def _score_test(classifier, ctx: FitContext, spec: RunSpec, splits: DatasetSplits, test: FeatureSet,
+def _score_test(classifier, *, ctx: FitContext, spec: RunSpec, splits: DatasetSplits, test: FeatureSet,
                 session: Session) -> dict[str, Any]:
     """Test metrics; with base2new, CoCoOp's base / new / harmonic-mean scores (:mod:`bench.scoring`)."""
     if spec.protocol == "fewshot":
@@ -386,18 +389,21 @@ def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Bac
 
 
 def _tuned(cell: PlannedCell, session: Session, method: Any, data: FewShotData, ctx: FitContext,
-           load_test: Callable[[], FeatureSet]) -> tuple[Any, dict]:
+           load_test: Callable[[], FeatureSet], score_test: Callable[..., dict]) -> tuple[Any, dict]:
     """The config to fit and the tuning record: the cell's config untuned, else its study's best.
 
     ``val`` scores trials on the few-shot val split. ``oracle`` is the one place where test
-    features reach model selection: loaded here, handed to the objective, labelled ``scored_on: test``.
+    features reach model selection: loaded here, handed to the objective, labelled ``scored_on: test``;
+    a trial is scored by the same ``score_test`` as the final record (base2new: its base-class top-1).
     """
     spec = cell.spec
     if spec.tune == "none":
         return cell.config, {"mode": "none"}
+    if cell.study is None:
+        return cell.config, tuning.untuned_record(spec.tune, spec.method)
     if spec.tune == "oracle":
         test = load_test()
-        objective = tuning.Objective("test", lambda classifier: session.score(classifier, test)["top1"])
+        objective = tuning.Objective("test", lambda classifier: score_test(classifier, test=test)["top1"])
     else:
         objective = tuning.Objective("val", lambda classifier: session.score(classifier, data.val)["top1"])
     ref = tuning.study_ref(spec, cell.study, tuning.storage_url(session.options.storage, session.options.results_root))

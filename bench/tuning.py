@@ -14,7 +14,7 @@ the worker that finished the study's last trial does the final fit (the others g
 :class:`FinalFitElsewhere`).
 
 Determinism: trials run one at a time in a worker; trial *n* samples with
-``derive_seed(cell seed, dataset, shots, method, "tpe", n)``, every trial fits with the
+``derive_seed(cell seed, dataset, shots, method, backbone, mode, "tpe", n)``, every trial fits with the
 cell's own seed (same init and batches: trials differ only in their parameters), the paper
 default is trial 0, the choice is made among the first ``trials`` finished trials, and ties
 go to the paper default, then to the earlier trial.
@@ -48,7 +48,9 @@ from bench.seeding import derive_seed
 log = logging.getLogger(__name__)
 
 # Part of the run id of every tuned cell: a change of sampler, pruner or selection rule bumps it.
-TUNING_PROTOCOL = "tpe-seed-per-trial+median-pruner-2nd-half+default-first+ties-to-default/1"
+# /2: the sampler's seed covers the backbone and the mode too (val and oracle, or two backbones, no longer
+# draw the same start-up trials).
+TUNING_PROTOCOL = "tpe-seed-per-trial+median-pruner-2nd-half+default-first+ties-to-default/2"
 STUDIES_FILE = "studies.sqlite3"
 TPE_STARTUP_TRIALS = 10  # random trials before TPE models the results (Optuna's default)
 PRUNER_STARTUP_TRIALS = 5  # no pruning until this many trials are complete
@@ -117,10 +119,20 @@ def check_tuning(spec: Any, method: Any) -> None:
         return
     if spec.trials < 1:
         raise BenchError(f"--tune {spec.tune} needs a trial budget", where="--trials", fix="pass e.g. --trials 20")
-    if not callable(getattr(method, "search_space", None)):
-        raise BenchError(f"method {spec.method!r} declares no search space, so --tune {spec.tune} cannot tune it",
-                         where="--tune", fix=f"run {spec.method} in a separate `bench run` with --tune none, or give "
-                                             "it search_space(trial, dataset, shots, cfg) (see docs/tuning.md)")
+
+
+def searchable(method: Any) -> bool:
+    """Whether ``method`` declares a search space. One that does not (zero-shot, the linear probe with its
+    own C search on val, validation-free CLAP) runs at its defaults in a tuned grid: it chooses nothing on
+    the split being tuned on, so it belongs in that table as it is (:func:`untuned_record`)."""
+    return callable(getattr(method, "search_space", None))
+
+
+def untuned_record(mode: str, method_name: str) -> dict:
+    """The tuning record of a cell in a ``val``/``oracle`` grid whose method has nothing to search."""
+    return {"mode": mode, "searched": False, "scored_on": None, "trials": 0,
+            "note": f"{method_name} declares no search space: fitted at its defaults, nothing chosen on "
+                    f"{SCORED_ON[mode]}"}
 
 
 def study_name(spec: Any, identity: dict[str, str]) -> str:
@@ -138,7 +150,7 @@ def study_name(spec: Any, identity: dict[str, str]) -> str:
 def study_ref(spec: Any, name: str, storage: str) -> StudyRef:
     """The :class:`StudyRef` of a tuned cell (``spec`` a :class:`bench.spec.RunSpec`)."""
     return StudyRef(name=name, storage=storage, mode=spec.tune, trials=spec.trials,
-                    seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method, "tpe"))
+                    seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method, spec.backbone, spec.tune, "tpe"))
 
 
 def storage_url(storage: str | None, results_root: Path) -> str:
@@ -354,12 +366,18 @@ def _apply(method: Any, config: Any, overrides: dict[str, Any]) -> Any:
     return tuned
 
 
+def search_distributions(method: Any, config: Any, dataset: str, shots: int) -> dict[str, Any]:
+    """The Optuna distributions ``method`` searches for this cell: parameter name -> distribution."""
+    with _quiet_optuna():
+        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    method.search_space(probe, dataset, shots, config)
+    return dict(probe.distributions)
+
+
 def _default_params(method: Any, config: Any, dataset: str, shots: int) -> dict[str, Any]:
     """The search-space parameters that are config fields, at their default (paper) values when in range."""
-    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    method.search_space(probe, dataset, shots, config)
     params = {}
-    for name, distribution in probe.distributions.items():
+    for name, distribution in search_distributions(method, config, dataset, shots).items():
         value = getattr(config, name, None)
         if value is None:
             continue

@@ -285,10 +285,31 @@ def test_oracle_is_scored_on_test_and_labelled_in_every_report(spy_session, run_
     assert "ORACLE" not in honest_part and "| clip_adapter[epochs=4] | alpha   | 2 " in honest_part
 
 
+def test_a_method_with_nothing_to_search_runs_at_its_defaults_in_a_tuned_grid(spy_session, run_options):
+    session = spy_session[0]
+    summary = run_cells(_grid("val", 3, method="zero_shot"), run_options, session)
+    assert len(summary.ran) == 1 and not summary.failed
+    (record,) = load_results(run_options.results_root)
+    assert record.spec["tune"] == "val" and record.spec["trials"] == 0
+    assert record.tuning == {"mode": "val", "searched": False, "scored_on": None, "trials": 0,
+                             "note": "zero_shot declares no search space: fitted at its defaults, nothing chosen on val"}
+    assert not (run_options.results_root / "studies.sqlite3").exists()  # no study for it
+    # another trial budget finds the same record: nothing was searched
+    assert run_cells(_grid("val", 7, method="zero_shot"), run_options, session).skipped == ["zero_shot/synthetic/k2/s1"]
+
+
+def test_oracle_base_to_new_trials_are_scored_as_the_record_scores(spy_session, run_options):
+    """base2new: an oracle trial's score is the record's metrics.top1 (base classes), not a top-1 over
+    every test image with the new classes counted wrong."""
+    session = spy_session[0]
+    run_cells(_grid("oracle", 2, protocol="base2new"), run_options, session)
+    (record,) = load_results(run_options.results_root)
+    assert record.metrics["top1"] == record.metrics["base_top1"]
+    assert record.tuning["best_test_top1"] == pytest.approx(record.metrics["top1"])  # the refit is the best trial
+
+
 def test_bad_tuning_requests_fail_before_any_work(spy_session, run_options):
     session = spy_session[0]
-    with pytest.raises(BenchError, match="--tune: method 'zero_shot' declares no search space.*--tune none"):
-        run_cells(_grid("val", 3, method="zero_shot"), run_options, session)
     with pytest.raises(BenchError, match="--trials: --tune val needs a trial budget"):
         run_cells(_grid("val", 0), run_options, session)
     with pytest.raises(BenchError, match="--trials: --trials 5 has no effect without --tune"):
