@@ -164,5 +164,10 @@ class ZeroShotLinearProbe:
     def needs(self, cfg: ZsLinearProbeConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
 
+    def search_space(self, trial: Any, dataset: str, shots: int, cfg: ZsLinearProbeConfig) -> dict[str, Any]:
+        """``--tune``: the learning rate, log scale around CLAP's 0.1. CLAP itself is validation-free by
+        design and declares no search space."""
+        return {"lr": trial.suggest_float("lr", 1e-3, 1.0, log=True)}
+
     def fit(self, data: FewShotData, cfg: ZsLinearProbeConfig, ctx: FitContext) -> PrototypeClassifier:
         return fit_clap(data, cfg, "none", ctx)

@@ -26,7 +26,8 @@ Defaults and where they come from:
   hard-codes RN50's 1024).
 - Optimiser: the official code trains with CoOp's config (README: "follow CoOp's command"): SGD
   lr 0.002, batch 32, cosine, 1 warm-up epoch at 1e-5, epochs by shots
-  (:func:`bench.methods._train.coop_epochs`).
+  (:func:`bench.methods._train.coop_epochs`; ImageNet 50 as CoOp's ImageNet configs, whereas
+  Tip-Adapter's Table 1 times CLIP-Adapter at 200 ImageNet epochs: ``--set clip_adapter.epochs=200``).
 - Augmentation: CoOp's random-resized-crop + flip, taken from ``train_views`` = 10 cached views per
   image (a fresh one per epoch) instead of re-encoding every epoch.
 - Prompts: CoOp's single per-dataset template (``CUSTOM_TEMPLATES`` in the official file).

@@ -253,6 +253,14 @@ class Coop:
     def needs(self, cfg: CoopConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
 
+    def search_space(self, trial: Any, dataset: str, shots: int, cfg: CoopConfig) -> dict[str, Any]:
+        """``--tune``: the learning rate around CoOp's 0.002 (a decade either way, log scale) and, with
+        random init, the context length M ∈ {4, 8, 16} the paper compares (a phrase fixes M)."""
+        space: dict[str, Any] = {"lr": trial.suggest_float("lr", 2e-4, 2e-2, log=True)}
+        if not cfg.ctx_init:
+            space["n_ctx"] = trial.suggest_categorical("n_ctx", [4, 8, 16])
+        return space
+
     def fit(self, data: FewShotData, cfg: CoopConfig, ctx: FitContext) -> PromptClassifier:
         generator = torch_generator(derive_seed(ctx.seed, "init"))
         vectors, ctx_text = init_context(ctx.backbone, cfg, data.n_classes, generator)
