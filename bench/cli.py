@@ -144,25 +144,53 @@ def _cmd_run(args) -> int:
 
 
 def _add_methods(sub) -> None:
-    p = sub.add_parser("methods", help="list methods with their config fields and defaults")
+    p = sub.add_parser("methods", help="list methods with their config fields and defaults",
+                       description="Methods with their config fields and defaults; with --dataset, the defaults "
+                                   "of that cell (per-dataset ratios, epochs by shots) and what --tune searches.")
+    p.add_argument("names", nargs="?", default="all", help="method name(s), comma-separated, or 'all'")
+    p.add_argument("--dataset", help="show the defaults default_config gives this dataset's cells")
+    p.add_argument("--shots", type=int, default=16, help="with --dataset: the shot count (default: 16)")
     p.set_defaults(func=_cmd_methods)
 
 
 def _cmd_methods(args) -> int:
     from bench.methods import method_registry
+    from bench.tuning import search_distributions, searchable
 
     registry = method_registry()
-    for name in registry.names():
+    if args.dataset:
+        from bench.datasets import dataset_registry
+
+        dataset_registry().get(args.dataset)  # an unknown name fails with did-you-mean
+    for name in registry.expand(args.names):
         method = registry.get(name)()
         doc = (type(method).__doc__ or sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
         print(f"{name} (v{method.version}, {registry.origin(name)}): {doc[0] if doc else ''}")
+        cell = method.default_config(args.dataset, args.shots) if args.dataset else None
         for f in dataclasses.fields(method.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"    {f.name} = {default!r}")
+            if cell is not None and getattr(cell, f.name) != default:
+                print(f"    {f.name} = {getattr(cell, f.name)!r}  ({args.dataset}, {args.shots} shots; "
+                      f"class default {default!r})")
+            else:
+                print(f"    {f.name} = {default!r}")
         varying = _per_cell_defaults(method)
-        if varying:
-            print(f"    (per dataset/shots, default_config sets: {', '.join(varying)})")
+        if varying and cell is None:
+            print(f"    (per dataset/shots, default_config sets: {', '.join(varying)}; see --dataset)")
+        if searchable(method):
+            space = search_distributions(method, cell or method.default_config("synthetic", args.shots),
+                                         args.dataset or "synthetic", args.shots)
+            print(f"    --tune searches: {', '.join(f'{k} {_distribution(v)}' for k, v in space.items())}")
+        else:
+            print("    --tune searches: nothing (runs at its defaults in a tuned grid)")
     return 0
+
+
+def _distribution(distribution) -> str:
+    """An Optuna distribution as ``[low, high]`` (``log``) or ``{a, b}``."""
+    if hasattr(distribution, "choices"):
+        return "{" + ", ".join(map(repr, distribution.choices)) + "}"
+    return f"[{distribution.low:g}, {distribution.high:g}]" + (" log" if getattr(distribution, "log", False) else "")
 
 
 def _per_cell_defaults(method) -> list[str]:
@@ -197,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; finished cells are saved and will be skipped next time", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bench report | head`: the reader left; say nothing more (Python's recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

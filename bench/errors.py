@@ -21,7 +21,9 @@ class BenchError(Exception):
 
     def __str__(self) -> str:
         text = f"{self.where}: {self.what}" if self.where else self.what
-        return f"{text}. Fix: {self.fix}" if self.fix else text
+        if not self.fix:
+            return text
+        return f"{text}{'' if text.endswith(('.', '?', '!')) else '.'} Fix: {self.fix}"
 
     def __reduce__(self):
         # Keep the keyword-only fields through pickling (submitit ships errors back from workers).

@@ -51,4 +51,14 @@ def test_methods_lists_config_fields_and_defaults(capsys):
     for name in ("coop", "clip_adapter_hyper", "tip_adapter", "tip_adapter_f", "lp_pp", "clap", "linear_probe_zs"):
         assert headers[name].startswith(f"{name} (v1, built-in): ")
     assert "    class_token_position = 'end'" in out and "    constraint = 'l2'" in out
-    assert "    (per dataset/shots, default_config sets: alpha, epochs)" in out  # clip_adapter's α by dataset
+    assert "    (per dataset/shots, default_config sets: alpha, epochs; see --dataset)" in out  # α by dataset
+    assert "    --tune searches: alpha [0, 1]" in out and "    --tune searches: nothing" in out
+
+
+def test_methods_for_a_cell_show_its_defaults_and_search_space(capsys):
+    assert main(["methods", "clip_adapter,coop", "--dataset", "dtd", "--shots", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "    alpha = 0.6  (dtd, 2 shots; class default 0.2)" in out  # the paper's DTD ratio
+    assert "    epochs = 100  (dtd, 2 shots; class default 200)" in out  # CoOp's epochs at 2 shots
+    assert "    --tune searches: lr [0.0002, 0.02] log, n_ctx {4, 8, 16}" in out
+    assert "zero_shot" not in out
