@@ -85,6 +85,11 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
         workers = min(8, config.resources.cpus_per_task) if config.resources.gpus_per_task else 0
         options = dataclasses.replace(options, extract=dataclasses.replace(options.extract, num_workers=workers))
     cells = plan_cells(specs, Session(options))
+    if config.executor == "slurm" and options.storage is None and any(cell.study for cell in cells):
+        print(f"warning: tuned cells keep their studies in SQLite ({Path(options.results_root) / 'studies.sqlite3'}); "
+              "SQLite locking is unreliable on network filesystems, so on a cluster pass "
+              f"--storage journal:{Path(options.results_root) / 'studies.journal'} (or a postgresql:// URL)",
+              file=sys.stderr)
     manifest = sweep.plan_sweep(cells, options, config)
     pending = sum(entry.task is not None for entry in manifest.cells)
     print(f"{len(cells)} cells, {len(cells) - pending} already done; {pending} to run as "
