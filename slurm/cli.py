@@ -90,6 +90,8 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
               "SQLite locking is unreliable on network filesystems, so on a cluster pass "
               f"--storage journal:{Path(options.results_root) / 'studies.journal'} (or a postgresql:// URL)",
               file=sys.stderr)
+    if config.executor == "slurm":
+        cells = _without_cells_in_flight(cells, Path(options.results_root))
     manifest = sweep.plan_sweep(cells, options, config)
     pending = sum(entry.task is not None for entry in manifest.cells)
     print(f"{len(cells)} cells, {len(cells) - pending} already done; {pending} to run as "
@@ -118,6 +120,22 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
         print(f"stopped following; the jobs go on. Reattach with: bench status --results {args.results} --watch")
         return 130
     return _summary(statuses, args.results)
+
+
+def _without_cells_in_flight(cells: list, results_root: Path) -> list:
+    """``cells`` less those an earlier Slurm sweep into this results folder still has queued or running
+    (a cell with an ok record stays: its task may still be winding up, but the cell is done)."""
+    from bench.runner import is_done
+    from bench.slurm import sweep
+
+    busy = sweep.in_flight(results_root)
+    root = results_root.resolve()
+    keep = [c for c in cells if is_done(c) or str(c.path.resolve().relative_to(root)) not in busy]
+    if len(keep) < len(cells):
+        sweeps = sorted({busy.get(str(c.path.resolve().relative_to(root))) for c in cells} - {None})
+        print(f"{len(cells) - len(keep)} cells are still queued or running in sweep(s) {', '.join(sweeps)}: not "
+              f"submitted again (follow them with `bench status --results {results_root} --sweep ID`)")
+    return keep
 
 
 def _summary(statuses: list, results: Path) -> int:

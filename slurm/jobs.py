@@ -1,7 +1,9 @@
 """What cluster jobs run: module-level callables of picklable frozen specs (RunSpec, RunOptions).
 
-- :func:`prepare_features_job`: one per (backbone, dataset); fills the feature cache for the
-  sweep's cells of that pair, so array tasks only read it.
+- :class:`FeatureTask`: one per (backbone, dataset); fills the feature cache for the sweep's
+  cells of that pair, so array tasks only read it. Checkpointable too: a timed-out or preempted
+  feature job requeues and goes on from the shards already written, instead of failing and taking
+  its dependent array down with it (``afterok``).
 - :class:`CellTask`: one array task; runs a group of cells in order, each writing its record
   atomically. It is :class:`submitit.helpers.Checkpointable`: preempted or close to its time
   limit, submitit calls :meth:`CellTask.checkpoint`, which resubmits the task with the list of
@@ -21,10 +23,16 @@ from bench.spec import RunSpec
 log = logging.getLogger(__name__)
 
 
-def prepare_features_job(specs: tuple[RunSpec, ...], options: RunOptions) -> dict[str, int]:
-    """Encode every image ``specs`` will read (see :func:`bench.runner.prepare_features`)."""
-    session = Session(options)
-    return {"cells": len(specs), "images_encoded": prepare_features(plan_cells(list(specs), session), session)}
+class FeatureTask(submitit.helpers.Checkpointable):
+    """Encodes every image the cells of ``specs`` will read (:func:`bench.runner.prepare_features`).
+
+    Its checkpoint is the default one (resubmit with the same arguments): the feature cache is
+    written in atomic shards, so the requeued job skips what is already encoded.
+    """
+
+    def __call__(self, specs: tuple[RunSpec, ...], options: RunOptions) -> dict[str, int]:
+        session = Session(options)
+        return {"cells": len(specs), "images_encoded": prepare_features(plan_cells(list(specs), session), session)}
 
 
 class CellTask(submitit.helpers.Checkpointable):

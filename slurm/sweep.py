@@ -1,7 +1,7 @@
 """Cluster sweeps: plan the jobs of a grid, submit them through submitit, track them.
 
 The plan shares caches: the pending cells are grouped by (backbone, dataset); each group gets
-one feature job (:func:`bench.slurm.jobs.prepare_features_job`) and an array of
+one feature job (:class:`bench.slurm.jobs.FeatureTask`) and an array of
 :class:`~bench.slurm.jobs.CellTask` tasks of ``cells_per_task`` cells each that starts after it.
 Cells with an ok record are not submitted, so re-submitting a sweep only runs what is missing.
 
@@ -31,13 +31,15 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 from bench.errors import BenchError
 from bench.provenance import utc_now
 from bench.runner import PlannedCell, RunOptions, is_done
-from bench.slurm.jobs import CellTask, prepare_features_job
+from bench.slurm.jobs import CellTask, FeatureTask
 from bench.slurm.manifest import (
     CellEntry,
     FeatureEntry,
     Manifest,
     TaskEntry,
+    list_sweeps,
     new_sweep_id,
+    read_manifest,
     sweep_folder,
     write_manifest,
 )
@@ -90,9 +92,36 @@ def plan_sweep(cells: list[PlannedCell], options: RunOptions, sweep: SweepOption
                     tasks=tuple(tasks))
 
 
+def in_flight(results_root: Path) -> dict[str, str]:
+    """Cells that earlier Slurm sweeps into ``results_root`` still have queued or running: record path
+    (relative to the results folder) -> sweep id. Submitting them again would run them twice.
+
+    Local sweeps (``processes``, ``debug``) end with the process that submitted them, so only Slurm
+    sweeps can be in flight; a task whose feature job failed is cancelled by Slurm and does not count.
+    """
+    busy: dict[str, str] = {}
+    for sweep_id in list_sweeps(results_root):
+        try:
+            manifest = read_manifest(sweep_folder(Path(results_root), sweep_id) / "manifest.json")
+        except BenchError:
+            continue  # an unreadable manifest: `bench status` reports it; nothing to deduplicate against
+        if manifest.executor != "slurm" or not any(t.job_id for t in manifest.tasks):
+            continue
+        tracker = SlurmTracker(manifest)
+        tracker.step()
+        features, tasks = tracker.states()
+        for task, state in zip(manifest.tasks, tasks, strict=True):
+            if state.phase in ("queued", "running") and features[task.feature].phase != "failed":
+                busy.update({manifest.cells[i].record: sweep_id for i in task.cells})
+    return busy
+
+
 def _executor(manifest: Manifest, kind: str, resources: Resources, name: str,
-              dependency: str | None = None) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=manifest.log_folder, cluster=_SUBMITIT_CLUSTER[kind])
+              dependency: str | None = None, timeouts: int | None = None) -> submitit.AutoExecutor:
+    """``timeouts``: how often a Slurm job may hit its time limit and requeue (submitit's default, 3, when
+    None); a task of many cells that finishes some of them per allocation needs about one per cell."""
+    limits = {"slurm_max_num_timeout": timeouts} if kind == "slurm" and timeouts is not None else {}
+    executor = submitit.AutoExecutor(folder=manifest.log_folder, cluster=_SUBMITIT_CLUSTER[kind], **limits)
     executor.update_parameters(**executor_parameters(resources, kind, name=name, dependency=dependency))
     return executor
 
@@ -125,11 +154,12 @@ def submit_slurm(manifest: Manifest, cells: list[PlannedCell], options: RunOptio
     try:
         for f, entry in enumerate(manifest.features):
             job = _executor(manifest, "slurm", resources, f"bench-features-{entry.dataset}").submit(
-                prepare_features_job, _feature_specs(manifest, cells, f), options)
+                FeatureTask(), _feature_specs(manifest, cells, f), options)
             submitted.append(job)
             feature_ids[f] = job.job_id
             members = [t for t, task in enumerate(manifest.tasks) if task.feature == f]
-            array = _executor(manifest, "slurm", resources, f"bench-cells-{entry.dataset}", dependency=job.job_id)
+            array = _executor(manifest, "slurm", resources, f"bench-cells-{entry.dataset}", dependency=job.job_id,
+                              timeouts=resources.cells_per_task + 2)
             jobs = array.map_array(CellTask(), [_specs(cells, manifest.tasks[t].cells) for t in members],
                                    [options] * len(members))
             submitted.extend(jobs)
@@ -215,7 +245,7 @@ class LocalScheduler:
     def _launch_features(self, f: int) -> submitit.Job:
         name = f"bench-features-{self.manifest.features[f].dataset}"
         executor = _executor(self.manifest, self.manifest.executor, self._resources, name)
-        return executor.submit(prepare_features_job, _feature_specs(self.manifest, self._cells, f), self._options)
+        return executor.submit(FeatureTask(), _feature_specs(self.manifest, self._cells, f), self._options)
 
     def _launch_task(self, t: int) -> submitit.Job:
         name = f"bench-cells-{self.manifest.features[self.manifest.tasks[t].feature].dataset}"

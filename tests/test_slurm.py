@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pdb
+from types import SimpleNamespace
 
 import pytest
 import submitit
@@ -90,6 +91,18 @@ def test_sbatch_script_carries_resources_and_the_feature_dependency(tmp_path):
     cpu = executor_parameters(load_profile("cpu_debug"), "slurm", name="f")
     assert "slurm_gpus_per_task" not in cpu and "slurm_dependency" not in cpu and "slurm_partition" not in cpu
     assert executor_parameters(resources, "processes", name="f") == {"timeout_min": 60, "name": "f"}
+
+
+def test_cell_arrays_may_time_out_once_per_cell_and_feature_jobs_requeue(tmp_path):
+    from bench.slurm.jobs import FeatureTask
+    from bench.slurm.sweep import _executor
+
+    manifest = SimpleNamespace(log_folder=str(tmp_path / "%j"))
+    resources = load_profile("gpu_short")
+    array = _executor(manifest, "slurm", resources, "bench-cells-x", dependency="42", timeouts=10)
+    assert array._executor.max_num_timeout == 10  # submitit's default of 3 would end a long task early
+    assert _executor(manifest, "slurm", resources, "bench-features-x")._executor.max_num_timeout == 3
+    assert isinstance(FeatureTask(), submitit.helpers.Checkpointable)  # a timed-out feature job requeues
 
 
 def test_plan_groups_pending_cells_by_backbone_and_dataset(run_options):

@@ -72,9 +72,17 @@ def _by_cell(results: Path) -> dict:
 def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm_cluster, tmp_path, capsys):
     assert main(_args(tmp_path, "local")) == 0
     results = tmp_path / "slurm"
-    assert main(_args(tmp_path, "slurm", "--executor", "slurm", "--slurm-profile", "cpu_debug", "--detach")) == 0
+    # --time 60: with a limit of 10 minutes or less submitit counts every signal as a time-out
+    sweep_args = ("--executor", "slurm", "--slurm-profile", "cpu_debug", "--time", "60")
+    assert main(_args(tmp_path, "slurm", *sweep_args, "--detach")) == 0
     manifest = find_manifest(results)
     assert (len(manifest.features), len(manifest.tasks), len(manifest.cells)) == (2, 4, 16)
+    capsys.readouterr()
+    # the same command while the sweep is queued: nothing is submitted twice
+    assert main(_args(tmp_path, "slurm", *sweep_args, "--detach")) == 0
+    out = capsys.readouterr().out
+    assert f"cells are still queued or running in sweep(s) {manifest.sweep_id}: not submitted again" in out
+    assert "nothing to submit" in out and len(list_sweeps(results)) == 1
     # task 0: zero_shot on synthetic -> cancelled; task 3: linear_probe on synthetic_alt -> preempted
     assert {manifest.cells[i].name.split("/")[0] for i in manifest.tasks[0].cells} == {"zero_shot"}
     assert {manifest.cells[i].name.split("/")[:2] == ["linear_probe", "synthetic_alt"]
@@ -106,7 +114,7 @@ def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm
     assert all(restarts[p] is None for p in before)
     assert {restarts[p] for p in after if p not in before} == {"1"}  # the rest ran after the requeue
 
-    assert main(_args(tmp_path, "slurm", "--executor", "slurm", "--slurm-profile", "cpu_debug", "--poll", "1")) == 0
+    assert main(_args(tmp_path, "slurm", *sweep_args, "--poll", "1")) == 0
     out = capsys.readouterr().out
     assert f"16 cells, {16 - len(lost)} already done; {len(lost)} to run as 1 feature job(s) + 1 array task(s)" in out
     assert len(list_sweeps(results)) == 2 and all(p.is_file() for p in lost)
