@@ -306,10 +306,12 @@ def dataset_average(frame: pd.DataFrame, cells: pd.DataFrame, value: str = "top1
 
     ``mean`` is the mean of the cells' means and needs every dataset of the table (else NaN
     and ``complete_datasets`` False). ``per_seed`` lists the per-seed averages over the seeds
-    every dataset has (the spread of the CLIP-Adapter paper's average panel comes from them);
+    every dataset has (the spread of the CLIP-Adapter paper's average panel comes from them), ``seeds``
+    those seeds;
     ``min_seeds`` is the fewest seeds any of the cells has.
     """
-    columns = [*TABLE_KEYS, "label", "shots", "mean", "per_seed", "min_seeds", "n_datasets", "complete_datasets"]
+    columns = [*TABLE_KEYS, "label", "shots", "mean", "per_seed", "seeds", "min_seeds", "n_datasets",
+               "complete_datasets"]
     ok = frame[(frame["status"] == "ok") & frame[value].notna()] if value in frame else frame.iloc[0:0]
     rows = []
     for key, group in frame.groupby(TABLE_KEYS, sort=True):
@@ -322,6 +324,7 @@ def dataset_average(frame: pd.DataFrame, cells: pd.DataFrame, value: str = "top1
             averages = per_seed.mean(axis=1).tolist() if complete else []
             rows.append({**dict(zip(TABLE_KEYS, key, strict=True)), "label": label, "shots": shots,
                          "mean": float(row_cells["mean"].mean()) if complete else float("nan"),
-                         "per_seed": averages, "min_seeds": int(row_cells["n_seeds"].min()),
+                         "per_seed": averages, "seeds": [int(x) for x in per_seed.index] if complete else [],
+                         "min_seeds": int(row_cells["n_seeds"].min()),
                          "n_datasets": len(datasets), "complete_datasets": complete})
     return pd.DataFrame(rows, columns=columns)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.reports.aggregate import TABLE_KEYS, TRANSFER_PREFIX, aggregate
+from bench.reports.aggregate import TABLE_KEYS, TRANSFER_PREFIX, aggregate, spread
 from bench.reports.blocks import Block, dataset_sort_key, dataset_title, method_sort_key, number, signed
 from bench.reports.paper import PaperNumbers, compare
 from bench.reports.stats import format_p, paired_differences, summarize
@@ -35,6 +35,24 @@ def _long(table, cells: pd.DataFrame, metric: str, kind: str, eval_set: str | No
         out[column] = out[column].astype(float).round(2)
     out["seeds"] = out["seeds"].apply(lambda s: " ".join(map(str, s)))
     return out[_LONG_COLUMNS]
+
+
+def long_averages(table, average: pd.DataFrame) -> pd.DataFrame:
+    """The average over the table's datasets per (label, shots), as rows with ``dataset = "average"``;
+    its spread is over the per-seed averages (the seeds every dataset has), as in the average panel."""
+    complete = average[average["complete_datasets"].astype(bool)] if len(average) else average
+    if complete.empty:
+        return empty_long()
+    info = table.cells.drop_duplicates("label").set_index("label")
+    rows = []
+    for r in complete.to_dict("records"):
+        values = spread(np.asarray(r["per_seed"], dtype=float)) if r["per_seed"] else \
+            {"std": np.nan, "ci95": np.nan, "ci95_t": np.nan, "n_seeds": 0}
+        rows.append({**{k: r[k] for k in TABLE_KEYS}, **{k: info.loc[r["label"], k] for k in
+                                                         ("arch", "generation", "method_name", "prompts")},
+                     "label": r["label"], "dataset": "average", "shots": r["shots"], "mean": r["mean"],
+                     **{k: values[k] for k in ("std", "ci95", "ci95_t", "n_seeds")}, "seeds": r["seeds"]})
+    return _long(table, pd.DataFrame(rows), table.options.metric, "average", "average")
 
 
 def long_cells(table) -> pd.DataFrame:

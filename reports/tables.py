@@ -198,6 +198,7 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
         average = dataset_average(table.frame, table.cells, table.options.metric)
         blocks = [Block(table.title, 2, settings, (), accuracy_table(table, average)), average_block(table, average)]
         payload["averages"] = _average_payload(average)
+        long = pd.concat([long, sections.long_averages(table, average)], ignore_index=True)
     shift = sections.transfer_block(table)
     if shift is not None:
         blocks.append(shift)
