@@ -81,7 +81,9 @@ class _Store:
     def refresh(self) -> None:
         for shard_file in sorted(self.folder.glob("shard-*.pt")):
             if shard_file.name not in self.loaded:
-                self.add(shard_file.name, torch.load(shard_file, map_location="cpu", weights_only=True))
+                shard = _load_cached(shard_file, _is_shard)
+                if shard is not None:
+                    self.add(shard_file.name, shard)
 
     def add(self, name: str, shard: dict) -> None:
         index = len(self.shards)
@@ -159,7 +161,12 @@ class FeatureCache:
         folder = self.image_folder(key, slug)
         key_file = folder / "key.json"
         if key_file.is_file():
-            if json.loads(key_file.read_text()) != key.to_json():
+            try:
+                stored = json.loads(key_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise BenchError(f"unreadable feature cache key file ({exc})", where=str(key_file),
+                                 fix=f"delete {folder}; it will be recomputed") from exc
+            if stored != key.to_json():
                 raise BenchError("feature cache key file does not match its folder", where=str(key_file),
                                  fix=f"delete {folder}; it will be recomputed")
         else:
@@ -201,13 +208,36 @@ class FeatureCache:
         if digest in self._text:
             return self._text[digest]
         path = self.root / "text" / backbone.ref.slug / f"{digest[:32]}.pt"
-        if path.is_file():
-            features = torch.load(path, map_location="cpu", weights_only=True)
-        else:
+        expected = (len(templates), len(classnames))
+        features = _load_cached(path, lambda t: isinstance(t, torch.Tensor) and tuple(t.shape[:2]) == expected)
+        if features is None:
             features = encode_prompts(backbone, classnames, templates)
             atomic_torch_save(path, features)
         self._text[digest] = features
         return features
+
+
+def _is_shard(shard) -> bool:
+    return (isinstance(shard, dict) and isinstance(shard.get("paths"), list)
+            and isinstance(shard.get("features"), torch.Tensor) and shard["features"].dim() == 3
+            and shard["features"].shape[1] == len(shard["paths"]))
+
+
+def _load_cached(path: Path, valid) -> object | None:
+    """A cache file's content, or None when it is absent or damaged (a damaged file is removed with a
+    warning, so it is recomputed: everything in the cache can be derived again)."""
+    if not path.is_file():
+        return None
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+        if valid(content):
+            return content
+        problem = "unexpected content"
+    except Exception as exc:  # torch.load raises many types on a truncated or foreign file
+        problem = f"{type(exc).__name__}: {exc}"
+    log.warning("removing damaged cache file %s (%s); it will be recomputed", path, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def encode_prompts(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],

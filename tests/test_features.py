@@ -100,3 +100,31 @@ def test_text_features_are_cached(tmp_path, tiny_backbone):
     torch.testing.assert_close(again, first)
     direct = tiny_backbone.encode_text(tiny_backbone.tokenize(["a {}.".format("dog")]))
     torch.testing.assert_close(first[1, 1], direct[0])
+
+
+def test_damaged_cache_files_are_recomputed_not_fatal(tmp_path, data_root, tiny_backbone, caplog):
+    """A truncated shard or text file (a full disk, a killed copy) is removed and encoded again."""
+    import pytest
+
+    from bench.errors import BenchError
+
+    splits = read_split_file(SYNTHETIC, data_root)
+    paths = splits.test.paths[:8]
+    key = _key(tiny_backbone, splits)
+    first = FeatureCache(tmp_path).image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS)
+    text = FeatureCache(tmp_path).text_features(tiny_backbone, ["cat", "dog"], ["a {}."])
+    (shard,) = FeatureCache(tmp_path).image_folder(key, tiny_backbone.ref.slug).glob("shard-*.pt")
+    shard.write_bytes(shard.read_bytes()[:100])
+    (text_file,) = (tmp_path / "text").rglob("*.pt")
+    text_file.write_bytes(b"junk")
+    cache = FeatureCache(tmp_path)
+    torch.testing.assert_close(cache.image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS), first)
+    torch.testing.assert_close(cache.text_features(tiny_backbone, ["cat", "dog"], ["a {}."]), text)
+    assert cache.images_encoded == len(paths)  # re-encoded once, and stored again
+    assert "removing damaged cache file" in caplog.text
+    assert FeatureCache(tmp_path).image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS).shape[1] == 8
+    # an unreadable key file cannot vouch for its shards: a one-line error naming it
+    key_file = shard.parent / "key.json"
+    key_file.write_text("{not json")
+    with pytest.raises(BenchError, match=r"key\.json: unreadable feature cache key file .*Fix: delete"):
+        FeatureCache(tmp_path).image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS)
