@@ -27,6 +27,7 @@ from bench._io import atomic_write_json
 from bench.errors import BenchError
 
 SCHEMA_VERSION = 1
+SPEC_KEYS = ("method", "dataset", "shots", "seed", "backbone")  # what places a record in a report
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class RunResult:
 
     @classmethod
     def from_json(cls, record: dict, *, source: str = "record") -> RunResult:
+        if not isinstance(record, dict):
+            raise BenchError(f"a result record is a JSON object, not {type(record).__name__}", where=source,
+                             fix="delete it and re-run the cell")
         version = record.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BenchError(f"result schema version {version!r} is not supported (this bench reads {SCHEMA_VERSION})",
@@ -65,9 +69,29 @@ class RunResult:
         if unknown:
             raise BenchError(f"unknown result fields {unknown}", where=source, fix="this file was not written by bench v1")
         try:
-            return cls(**record)
+            result = cls(**record)
         except TypeError as exc:
             raise BenchError(f"incomplete result record ({exc})", where=source, fix="delete it and re-run the cell") from exc
+        result.check(source)
+        return result
+
+    def check(self, source: str) -> None:
+        """The structure reports rely on: object sections, the spec's cell keys, an ok record's top-1."""
+        def bad(what: str) -> BenchError:
+            return BenchError(what, where=source, fix="delete it and re-run the cell (bench run rewrites it)")
+
+        for name in ("spec", "backbone", "data", "config", "tuning", "metrics", "timing_s", "memory", "provenance",
+                     "diagnostics"):
+            if not isinstance(getattr(self, name), dict):
+                raise bad(f"field {name!r} must be a JSON object")
+        if self.status not in ("ok", "failed"):
+            raise bad(f"field 'status' is {self.status!r}, expected 'ok' or 'failed'")
+        missing = [k for k in SPEC_KEYS if k not in self.spec]
+        if missing:
+            raise bad(f"spec lacks {', '.join(missing)}")
+        top1 = self.metrics.get("top1")
+        if self.ok and not (isinstance(top1, (int, float)) and not isinstance(top1, bool) and 0 <= top1 <= 1):
+            raise bad(f"an ok record needs metrics.top1 as a fraction in [0, 1], found {top1!r}")
 
 
 def result_path(results_root: Path, backbone_slug: str, dataset: str, method: str, shots: int, seed: int,

@@ -262,3 +262,19 @@ def test_tuned_cells_with_different_trial_budgets_get_their_own_rows(tmp_path):
     save(tmp_path / "one", record("clip_adapter", "dtd", 2, 1, 0.70, tune="val", trials=20))
     one_budget = _rows(render(results_frame(load_results(tmp_path / "one")), "markdown"), "## RN50/openai")
     assert one_budget[1][0] == "clip_adapter"  # a single budget adds nothing to the label
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda r: [1, 2], "a result record is a JSON object, not list"),
+    (lambda r: {**r, "metrics": "x"}, "field 'metrics' must be a JSON object"),
+    (lambda r: {**r, "spec": {k: v for k, v in r["spec"].items() if k != "shots"}}, "spec lacks shots"),
+    (lambda r: {**r, "metrics": {"top5": 0.9}}, "an ok record needs metrics.top1 as a fraction in"),
+    (lambda r: {**r, "status": "maybe"}, "field 'status' is 'maybe'"),
+])
+def test_a_damaged_record_is_one_error_naming_the_file(tmp_path, capsys, damage, message):
+    root = write_fixture_results(tmp_path / "results")
+    victim = sorted(root.rglob("k*.json"))[3]
+    victim.write_text(json.dumps(damage(json.loads(victim.read_text()))))
+    assert main(["report", "--results", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(victim) in err and message in err and "Fix: delete it and re-run" in err

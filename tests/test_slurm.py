@@ -157,8 +157,10 @@ def test_cell_task_checkpoint_resumes_without_redoing_finished_cells(run_options
 
 
 def _record(path, ok, finished_at):
-    write_result(path, RunResult(schema_version=1, run_id="r", status="ok" if ok else "failed", spec={}, backbone={},
-                                 data={}, config={}, tuning={}, metrics={}, timing_s={}, memory={},
+    spec = {"method": "zero_shot", "dataset": "synthetic", "shots": 1, "seed": 1, "backbone": TINY}
+    write_result(path, RunResult(schema_version=1, run_id="r", status="ok" if ok else "failed", spec=spec, backbone={},
+                                 data={}, config={}, tuning={}, metrics={"top1": 0.5} if ok else {}, timing_s={},
+                                 memory={},
                                  provenance={"finished_at": finished_at},
                                  error=None if ok else {"type": "ValueError", "message": "bad",
                                                         "traceback_tail": "Traceback\nValueError: bad"}))
