@@ -196,7 +196,10 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 def resolve_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as exc:
+        raise BenchError(f"unknown device {requested!r}", where="--device", fix="use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA is not available on this machine", where="--device", fix="use --device cpu")
     return device
@@ -295,9 +298,15 @@ def _build_open_clip(ref: BackboneRef):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_RANDOM_INIT_SEED)
             model = open_clip.create_model(ref.arch, pretrained=pretrained)
-    except RuntimeError as exc:
+    except Exception as exc:  # open_clip's loaders raise many types for a corrupt or foreign file
+        first = (str(exc).splitlines() or [""])[0]
+        if ref.is_file:
+            raise BenchError(f"cannot load this checkpoint into {ref.arch} ({type(exc).__name__}: {first})",
+                             where=pretrained, fix=f"pass an open_clip or OpenAI checkpoint of {ref.arch}") from exc
+        if not isinstance(exc, RuntimeError):
+            raise
         raise BenchError(
-            f"cannot load weights {ref.id} ({str(exc).splitlines()[0]})",
+            f"cannot load weights {ref.id} ({first})",
             where="--backbone",
             fix="check the network or HF_HUB_OFFLINE, or download the checkpoint and pass ARCH/PATH",
         ) from exc

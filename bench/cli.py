@@ -74,7 +74,7 @@ def _add_run(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="encoder precision (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: min(8, CPUs) on CUDA, 0 on CPU)")
+    p.add_argument("--workers", type=_non_negative_int, default=None, help="image-decoding processes (default: min(8, CPUs) on CUDA, 0 on CPU)")
     p.add_argument("--batch-size", type=int, default=128, help="images per encoder forward during feature extraction")
     p.add_argument("--force", action="store_true", help="redo cells that already have a record")
     p.add_argument("--dry-run", action="store_true", help="print the cells and how many are done, then exit")
@@ -95,7 +95,9 @@ def _specs_from_args(args):
     shift = shift_targets(args.shift, datasets, dataset_registry(), args.data_root)
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
     seeds = parse_int_list(args.seeds, flag="--seeds") if args.seeds else DEFAULT_SEEDS
-    backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
+    backbones = list(dict.fromkeys(b.strip() for b in args.backbone.split(",") if b.strip()))
+    if not backbones:
+        raise BenchError("no backbone named", where="--backbone", fix="e.g. --backbone RN50/openai")
     return expand_grid(methods, datasets, shots, seeds, backbones, tune=args.tune, trials=args.trials,
                        overrides=parse_overrides(args.overrides), protocol=args.protocol, shift=shift)
 
@@ -141,6 +143,13 @@ def _cmd_run(args) -> int:
     for name, error in summary.failed:
         print(f"FAILED {name}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; pass 0 (decode in this process) or more")
+    return value
 
 
 def _add_methods(sub) -> None:

@@ -86,6 +86,10 @@ def parse_int_list(text: str, *, flag: str, all_value: Sequence[int] | None = No
                          fix="write e.g. 1,2,4" + (" or all" if all_value else "")) from None
     if not values or any(v < 1 for v in values):
         raise BenchError(f"{text!r} must list positive integers", where=flag, fix="write e.g. 1,2,4")
+    if len(set(values)) < len(values):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        raise BenchError(f"{text!r} lists {', '.join(map(str, repeated))} more than once", where=flag,
+                         fix="list each value once")
     return values
 
 
@@ -127,7 +131,12 @@ def apply_overrides(config: Any, overrides: Iterable[tuple[str, Any]], *, method
             raise BenchError(f"{value!r} is not a {type(current).__name__}", where=f"--set {method}.{name}",
                              fix=f"the default is {current!r}")
         changes[name] = value
-    return dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **changes)
+    if changes:
+        from bench.methods.base import check_config
+
+        check_config(config, method)
+    return config
 
 
 def expand_grid(methods: Sequence[str], datasets: Sequence[str], shots: Sequence[int], seeds: Sequence[int],

@@ -136,6 +136,34 @@ class Method(Protocol):
     # returns config-field overrides sampled from the Optuna trial; cfg is the cell's resolved config.
 
 
+# Bounds (low, high; None = open) of config fields, checked whenever a user sets a value (--set):
+# these hold for any method with a field of that name; a Config adds its own as ``BOUNDS: ClassVar``.
+COMMON_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "epochs": (0, None), "train_views": (0, None), "batch_size": (1, None), "weight_decay": (0, None),
+    "reduction": (1, None),
+}
+POSITIVE_FIELDS = ("lr",)  # strictly above zero
+
+
+def check_config(cfg: Any, method: str) -> None:
+    """Raise a :class:`BenchError` naming the field when a value of ``cfg`` is out of its bounds."""
+    from bench.errors import BenchError
+
+    bounds = {**COMMON_BOUNDS, **getattr(type(cfg), "BOUNDS", {})}
+    for name, (low, high) in bounds.items():
+        value = getattr(cfg, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (low is not None and value < low) or (high is not None and value > high):
+                span = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise BenchError(f"{name} = {value!r} is outside {span}", where=f"config field {method}.{name}",
+                                 fix=f"pass a value in {span} (see `bench methods {method}`)")
+    for name in POSITIVE_FIELDS:
+        value = getattr(cfg, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise BenchError(f"{name} = {value!r} must be positive", where=f"config field {method}.{name}",
+                             fix="pass a value above 0")
+
+
 def prompt_templates(data: FewShotData, prompt_set: str) -> tuple[str, ...]:
     """The templates of ``prompt_set`` for ``data``'s dataset, or a clear error."""
     from bench.errors import BenchError

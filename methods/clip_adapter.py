@@ -36,7 +36,7 @@ Defaults and where they come from:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ DEFAULT_ALPHA = 0.2  # official clip_adapter.py
 
 @dataclass(frozen=True)
 class ClipAdapterConfig:
+    BOUNDS: ClassVar[dict] = {"alpha": (0, 1), "beta": (0, 1)}  # residual ratios
     branch: str = "visual"       # "visual" (official code), "text" or "both" (paper §3.3)
     alpha: float = DEFAULT_ALPHA  # visual ratio α; default_config sets the paper's per-dataset value
     beta: float = 0.2            # text ratio β (no published value)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from bench.seeding import derive_seed
 
 @dataclass(frozen=True)
 class ClipAdapterHyperConfig:
+    BOUNDS: ClassVar[dict] = {"alpha_init": (0, 1), "beta_init": (0, 1), "q_reduction": (1, None)}
     branch: str = "both"              # which ratios are learned: "visual" (α), "text" (β) or "both"
     alpha_init: float = DEFAULT_ALPHA  # α₀; default_config sets clip_adapter's per-dataset α
     beta_init: float = 0.2            # β₀ (clip_adapter's β)

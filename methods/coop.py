@@ -35,7 +35,7 @@ Deviations from the official code, none of which changes what is computed:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ CTX_INIT_STD = 0.02  # CoOp trainers/coop.py: nn.init.normal_(ctx_vectors, std=0
 
 @dataclass(frozen=True)
 class CoopConfig:
+    BOUNDS: ClassVar[dict] = {"n_ctx": (1, None)}
     n_ctx: int = 16                    # M context vectors (train.py default; the paper also runs 4 and 8)
     ctx_init: str = ""                 # "" = random N(0, 0.02²); a phrase ("a photo of a") = its embeddings, M = its length
     class_token_position: str = "end"  # "end", "middle" or "front"

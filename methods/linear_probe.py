@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.optimize
@@ -30,6 +31,7 @@ SMALL_PROBLEM = 50_000_000  # N x D x C below which one CPU thread beats several
 
 @dataclass(frozen=True)
 class LinearProbeConfig:
+    BOUNDS: ClassVar[dict] = {"search_steps": (0, None), "max_iter": (1, None)}
     c_sweep: tuple[float, ...] = C_SWEEP  # lpclip's initial search list
     search_steps: int = 8                 # lpclip --num_step
     max_iter: int = 1000                  # sklearn LogisticRegression(max_iter=1000)

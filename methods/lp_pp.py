@@ -30,6 +30,7 @@ initialised one); the val split is min(K, 4) per class (CoOp's), the code draws 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from bench.methods.tip_adapter import TIP_AUGMENT_SCALE, default_prompts
 
 @dataclass(frozen=True)
 class LpPlusPlusConfig:
+    BOUNDS: ClassVar[dict] = {"alpha_every": (1, None), "momentum": (0, 1)}
     epochs: int = 300                 # configs/base.yaml train_epoch
     alpha_every: int = 10             # an α step every 10 epochs
     alpha_init_scale: float = 250.0   # α₀ = 250 · mean own-class text similarity

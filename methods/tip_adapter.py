@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,8 @@ def default_prompts(dataset: str) -> str:
 
 @dataclass(frozen=True)
 class TipAdapterConfig:
+    BOUNDS: ClassVar[dict] = {"alpha": (0, None), "beta": (0, None), "search_steps_alpha": (1, None),
+                              "search_steps_beta": (1, None)}
     alpha: float = 1.0              # residual ratio α (initial value when search_hp); per dataset
     beta: float = 1.0               # sharpness β (initial value when search_hp); per dataset
     search_hp: bool = True          # grid-search (β, α) on the few-shot val split

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from bench.cli import main
 
 
@@ -62,3 +64,18 @@ def test_methods_for_a_cell_show_its_defaults_and_search_space(capsys):
     assert "    epochs = 100  (dtd, 2 shots; class default 200)" in out  # CoOp's epochs at 2 shots
     assert "    --tune searches: lr [0.0002, 0.02] log, n_ctx {4, 8, 16}" in out
     assert "zero_shot" not in out
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("clip_adapter.alpha=7", "config field clip_adapter.alpha: alpha = 7.0 is outside [0, 1]"),
+    ("clip_adapter.reduction=0", "config field clip_adapter.reduction: reduction = 0 is outside [1, inf]"),
+    ("clip_adapter.epochs=-5", "config field clip_adapter.epochs: epochs = -5 is outside [0, inf]"),
+    ("clip_adapter.lr=0", "config field clip_adapter.lr: lr = 0.0 must be positive"),
+])
+def test_out_of_range_config_values_are_refused_before_any_work(tmp_path, capsys, setting, message):
+    results = tmp_path / "results"
+    assert main(["run", "--methods", "clip_adapter", "--shots", "1", "--seeds", "1", "--set", setting,
+                 "--results", str(results), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not list(results.rglob("*.json"))
