@@ -105,6 +105,8 @@ class Registry:
                 self._entry(item)
                 matches = [item]
             out.extend(m for m in matches if m not in out)
+        if not out:
+            raise BenchError(f"no {self.kind} named", fix=f"name at least one, or 'all'; {self._known()}")
         return out
 
     def _entry(self, name: str) -> _Entry:

@@ -55,9 +55,21 @@ def split_sizes(spec: DatasetSpec, splits: DatasetSplits) -> tuple[int, int, int
 
 
 def count_problems(spec: DatasetSpec, expected: Expectations, splits: DatasetSplits) -> list[BenchError]:
-    """Class count and (train, val, test) sizes that differ from the official data's."""
+    """Empty splits, classes without training images, and a class count or (train, val, test) sizes that
+    differ from the official data's."""
     problems = []
     n = len(splits.classnames)
+    needed = ("test",) if spec.test_only else ("train", "test") if spec.val_source != "split" else ("train", "val", "test")
+    for name in needed:
+        if not len(splits.split(name)):
+            problems.append(BenchError(f"the {name} split is empty", where=str(splits.source),
+                                       fix=f"list the {name} images in the split file"))
+    if not spec.test_only and len(splits.train):
+        absent = sorted(set(range(n)) - set(splits.train.labels))
+        if absent:
+            problems.append(BenchError(
+                f"{len(absent)} class(es) have no training image, first: {splits.classnames[absent[0]]!r} "
+                f"(label {absent[0]})", where=str(splits.source), fix="every class needs training images for few-shot"))
     if expected.n_classes is not None and n != expected.n_classes:
         problems.append(BenchError(f"{n} classes, expected {expected.n_classes} for {spec.name!r}",
                                    where=str(splits.source), fix="use the official split file and images of this dataset"))

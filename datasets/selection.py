@@ -29,6 +29,9 @@ def fewshot_datasets(requested: str, registry: Registry) -> list[str]:
             if spec.test_only or (item == "all" and spec.generator) or name in out:
                 continue
             out.append(name)
+    if not out:
+        raise BenchError(f"{requested!r} names no few-shot dataset", where="--datasets",
+                         fix="name at least one (see `bench data list`), or 'all'")
     return out
 
 

@@ -84,16 +84,20 @@ def _parse_entries(entries: list) -> tuple[LabeledImages, dict[int, str]]:
     for relpath, label, classname in entries:
         paths.append(str(relpath))
         labels.append(int(label))
-        names.setdefault(int(label), str(classname))
+        if names.setdefault(int(label), str(classname)) != str(classname):
+            raise ValueError(f"label {int(label)} is named both {names[int(label)]!r} and {str(classname)!r} "
+                             f"({relpath})")
     return LabeledImages(tuple(paths), tuple(labels)), names
 
 
 def _classnames(lists: dict, path: Path) -> list[str]:
-    """Raw class names by label (0..C-1), from the first entry of each label."""
+    """Raw class names by label (0..C-1), one name per label across the three splits."""
     names: dict[int, str] = {}
-    for _, by_label in lists.values():
+    for split, (_, by_label) in lists.items():
         for label, name in by_label.items():
-            names.setdefault(label, name)
+            if names.setdefault(label, name) != name:
+                raise BenchError(f"label {label} is named {names[label]!r} in one split and {name!r} in {split}",
+                                 where=str(path), fix="one class name per label")
     n = len(names)
     if sorted(names) != list(range(n)):
         raise BenchError(

@@ -45,6 +45,19 @@ def test_expand_all_patterns_and_lists_keep_order_without_duplicates():
     assert registry.expand("zero_shot,clip_adapter*") == ["zero_shot", "clip_adapter", "clip_adapter_hyper"]
     with pytest.raises(BenchError, match="no method matches"):
         registry.expand("lin*")
+    with pytest.raises(BenchError, match="no method named"):
+        registry.expand(" , ")
+
+
+def test_grid_lists_with_repeats_or_nothing_in_them_are_refused(capsys):
+    from bench.cli import main
+
+    for flags, message in ((["--shots", "1,1"], "--shots: '1,1' lists 1 more than once"),
+                           (["--seeds", "2,2,3"], "--seeds: '2,2,3' lists 2 more than once"),
+                           (["--datasets", ","], "--datasets: ',' names no few-shot dataset"),
+                           (["--backbone", ","], "--backbone: no backbone named")):
+        assert main(["run", "--dry-run", *flags]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_installed_registries_hold_the_core_methods_and_synthetic():

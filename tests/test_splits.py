@@ -1,5 +1,6 @@
 import json
 import random
+import re
 import shutil
 from collections import defaultdict
 
@@ -164,4 +165,18 @@ def test_malformed_split_file(data_root, tmp_path):
     root = _copy_dataset(data_root, tmp_path)
     (root / "synthetic" / SYNTHETIC.split_file).write_text('{"train": []}')
     with pytest.raises(BenchError, match="not a CoOp split file"):
+        read_split_file(SYNTHETIC, root)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: {**c, "test": []}, "the test split is empty"),
+    (lambda c: {**c, "train": [e for e in c["train"] if e[1] != 3]}, "1 class(es) have no training image, first: 'yellow stripes'"),
+    (lambda c: {**c, "val": [[c["val"][0][0], c["val"][0][1], "renamed"], *c["val"][1:]]}, "is named both"),
+    (lambda c: {**c, "test": [[p, y, "other" if y == 2 else n] for p, y, n in c["test"]]}, "label 2 is named"),
+])
+def test_split_files_that_cannot_make_a_few_shot_task_are_refused(data_root, tmp_path, edit, message):
+    root = _copy_dataset(data_root, tmp_path)
+    path = root / "synthetic" / SYNTHETIC.split_file
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(BenchError, match=re.escape(message)):
         read_split_file(SYNTHETIC, root)
