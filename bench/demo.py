@@ -7,7 +7,7 @@
 3. Backbone: a small CLIP pretrained here on all ten classes' captions, five of them rare
    (:mod:`bench.demo_clip`), cached under ``<cache>/demo_clip`` by its recipe digest:
    ``bench-demo/<checkpoint path>``.
-4. The grid: zero-shot, linear probe, CoOp (once registered) and CLIP-Adapter, 1–16 shots, three
+4. The grid: zero-shot, linear probe, CoOp and CLIP-Adapter, 1–16 shots, three
    seeds, through the ordinary runner (records under ``--results``, finished cells resumed).
 5. The report of exactly these cells, plus the method × shots curve table.
 """
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 
+from bench._io import ensure_writable_dir
 from bench.datasets.demo_data import SOURCES, fashion_mnist_available, fashion_mnist_dir
+from bench.errors import BenchError
 
 DEMO_METHODS = ("zero_shot", "linear_probe", "coop", "clip_adapter")
 TARGET_DATASET = {"fashion_mnist": "fashion_mnist_fewshot", "digits": "digits_fewshot"}
@@ -36,7 +39,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--source", default="auto", choices=("auto", *SOURCES),
                    help="image source (auto: Fashion-MNIST if installed, else digits)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS),
-                   help="comma list; names not registered in this install are skipped with a notice")
+                   help="comma list of methods (default: the four paper methods)")
     p.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
     p.add_argument("--steps", type=int, default=None,
@@ -59,12 +62,6 @@ def choose_source(requested: str) -> tuple[str, str | None]:
                       "digits_fewshot and the numbers differ from the README's Fashion-MNIST table")
 
 
-def demo_methods(requested: str, registry) -> tuple[list[str], list[str]]:
-    """(methods to run, requested ones this install does not register), in the requested order."""
-    names = [m.strip() for m in requested.split(",") if m.strip()]
-    return [m for m in names if m in registry], [m for m in names if m not in registry]
-
-
 def run(args: argparse.Namespace) -> int:
     from bench.backbone import resolve_device
     from bench.demo_clip import DEMO_ARCH, ensure_demo_clip, recipe_for
@@ -74,12 +71,15 @@ def run(args: argparse.Namespace) -> int:
     from bench.spec import ALL_SHOTS, expand_grid, parse_int_list
 
     t0 = time.perf_counter()
+    if args.steps is not None and args.steps < 1:
+        raise BenchError(f"--steps {args.steps}: pretraining needs at least one step", where="--steps",
+                         fix="leave it out for the source's recipe, or pass a positive number")
+    for folder, purpose in ((args.results, "results"), (args.cache_dir, "cache")):
+        ensure_writable_dir(Path(folder), purpose=purpose)  # before minutes of pretraining, not after
     source, notice = choose_source(args.source)
     if notice:
         print(notice)
-    methods, absent = demo_methods(args.methods, method_registry())
-    if absent:
-        print(f"notice: {', '.join(absent)} not registered in this install; running {', '.join(methods)}")
+    methods = method_registry().expand(args.methods)  # a misspelt name: one line with did-you-mean
     dataset = TARGET_DATASET[source]
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
     seeds = parse_int_list(args.seeds, flag="--seeds")

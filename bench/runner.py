@@ -148,6 +148,7 @@ def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
         study = tuning.study_name(spec, identity) if searched else None
         planned.append(PlannedCell(spec, config, run_id, path, study))
     ensure_writable_dir(Path(session.options.results_root), purpose="results")
+    ensure_writable_dir(Path(session.options.cache_root), purpose="cache")
     if any(cell.study for cell in planned):  # a bad storage URL fails before any work
         tuning.open_storage(tuning.storage_url(session.options.storage, session.options.results_root))
     return planned
@@ -270,7 +271,8 @@ def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
                  "traceback_tail": "".join(traceback.format_exc().splitlines(True)[-15:])}
     record["timing_s"]["total"] = round(time.perf_counter() - t0, 4)
     record["memory"] = peak_memory(session.device)
-    record["provenance"] = {**environment(), **cluster_ids(), "started_at": started, "finished_at": utc_now()}
+    record["provenance"] = {**environment(session.device), **cluster_ids(), "started_at": started,
+                            "finished_at": utc_now()}
     result = RunResult(schema_version=SCHEMA_VERSION, run_id=cell.run_id, status=status, error=error, **record)
     write_result(cell.path, result)
     return result

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bench.backbone import BackboneRef, Preprocessing, load_backbone
 from bench.datasets.demo_data import FASHION_MNIST_FILES, load_source
-from bench.demo import choose_source, demo_methods
+from bench.demo import choose_source
 from bench.demo_clip import (
     DEMO_ARCH,
     contrastive_loss,
@@ -23,7 +23,6 @@ from bench.demo_clip import (
 )
 from bench.errors import BenchError
 from bench.images import center_view
-from bench.registry import Registry
 from bench.seeding import torch_generator
 
 
@@ -40,10 +39,19 @@ def test_auto_source_falls_back_to_digits_with_a_notice(tmp_path, monkeypatch):
         load_source("fashion_mnist")
 
 
-def test_method_list_follows_the_registry():
-    registry = Registry("method", {"zero_shot": "x:y", "coop": "x:y", "clip_adapter": "x:y"}, plugins=[])
-    assert demo_methods("zero_shot,linear_probe,coop,clip_adapter", registry) == (
-        ["zero_shot", "coop", "clip_adapter"], ["linear_probe"])
+def test_bad_demo_arguments_fail_before_pretraining(tmp_path, capsys):
+    from bench.cli import main
+
+    base = ["demo", "--source", "digits", "--no-progress", "--data-root", str(tmp_path / "data"),
+            "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "results")]
+    assert main([*base, "--methods", "zero_shot,clip_adaptor"]) == 2
+    assert "unknown method 'clip_adaptor'. Did you mean: clip_adapter" in capsys.readouterr().err
+    assert main([*base, "--steps", "0"]) == 2
+    assert "--steps: --steps 0: pretraining needs at least one step" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main([*base[:-4], "--cache-dir", str(tmp_path / "afile"), "--results", str(tmp_path / "r")]) == 2
+    assert "cannot write the cache folder" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "demo_clip").exists()  # nothing was pretrained
 
 
 @pytest.mark.parametrize("side", [8, 28])
@@ -102,7 +110,6 @@ def test_demo_clip_is_cached_by_recipe_and_loads_as_a_backbone(tmp_path):
 def test_reduced_demo_runs_end_to_end_then_resumes(tmp_path, capsys):
     """`bench demo` on digits with a short pretraining and one seed: the path the README's command takes."""
     from bench.cli import main
-    from bench.methods import method_registry
     from bench.results import load_results
 
     args = ["demo", "--source", "digits", "--steps", "150", "--shots", "1,16", "--seeds", "1", "--device", "cpu",
@@ -114,7 +121,7 @@ def test_reduced_demo_runs_end_to_end_then_resumes(tmp_path, capsys):
     assert "on images pretraining never saw: five, six, seven, eight, nine" in out
     assert "## digits_fewshot: top-1 (%) on its 450 test images" in out
     records = load_results(tmp_path / "results")
-    expected, _ = demo_methods("zero_shot,linear_probe,coop,clip_adapter", method_registry())
+    expected = ("zero_shot", "linear_probe", "coop", "clip_adapter")
     assert {r.spec["method"] for r in records} == set(expected) and len(records) == 2 * len(expected)
     assert all(r.ok and r.spec["dataset"] == "digits_fewshot" for r in records)
     assert all(r.backbone["checkpoint_meta"]["recipe"]["steps"] == 150 for r in records)
