@@ -277,7 +277,7 @@ def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImage
 
 
 def render(rows: list[PerfRow], profile_name: str, device: torch.device) -> str:
-    env = environment()
+    env = environment(device)
     head = [f"# bench perf — profile `{profile_name}`", "",
             f"Device: {env['device_name']} ({device.type}), torch {env['torch']}, open_clip {env['open_clip']}, "
             f"bench {env['bench_version']} ({(env['git_sha'] or '?')[:10]}), {torch.get_num_threads()} CPU threads.", "",
@@ -309,7 +309,7 @@ def _cmd_perf(args) -> int:
     if args.out:
         atomic_write_bytes(args.out, text.encode())
     if args.json:
-        atomic_write_json(args.json, {"profile": name, "environment": environment(),
+        atomic_write_json(args.json, {"profile": name, "environment": environment(device),
                                       "rows": [dataclasses.asdict(r) for r in rows]})
     return 0
 

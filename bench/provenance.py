@@ -43,22 +43,31 @@ def _git_state() -> dict:
 
 
 @cache
-def environment() -> dict:
-    """Versions and machine facts; constant for a process."""
-    cuda = torch.cuda.is_available()
+def _versions() -> dict:
     return {
         "bench_version": bench.__version__,
         **_git_state(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
         "open_clip": _version("open_clip_torch"),
         "numpy": _version("numpy"),
         "optuna": _version("optuna"),
-        "cuda": torch.version.cuda if cuda else None,
-        "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         "hostname": socket.gethostname(),
         "platform": sys.platform,
     }
+
+
+def environment(device: torch.device | None = None) -> dict:
+    """Versions and machine facts, and the device the numbers were computed on (``None``: the default one):
+    its name (the GPU's, or the CPU's), CUDA version, and torch's CPU thread count (CPU float sums depend
+    on it)."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    return {**_versions(), "device": str(device), "cuda": torch.version.cuda if cuda else None,
+            "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def cluster_ids() -> dict:
