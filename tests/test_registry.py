@@ -66,3 +66,28 @@ def test_installed_registries_hold_the_core_methods_and_synthetic():
 
     assert {"zero_shot", "linear_probe", "clip_adapter"} <= set(method_registry().names())
     assert "synthetic" in dataset_registry().names()
+
+
+def test_an_installed_distribution_adds_a_method_through_its_entry_point(tmp_path, monkeypatch, capsys):
+    """The real discovery path (importlib.metadata over sys.path), as `pip install` of a plugin leaves it."""
+    from bench.cli import main
+
+    dist = tmp_path / "bench_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench.methods]\nmy_zero_shot = bench.methods.zero_shot:ZeroShot\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("method", BUILTINS, group="bench.methods")
+    assert "my_zero_shot" in registry.names()
+    assert registry.origin("my_zero_shot") == ("entry point 'bench.methods.zero_shot:ZeroShot' from "
+                                               "bench-plugin-demo")
+    assert registry.get("my_zero_shot").__name__ == "ZeroShot"
+    import bench.methods
+
+    bench.methods.method_registry.cache_clear()  # the CLI's registry is built once per process
+    try:
+        assert main(["methods", "my_zero_shot"]) == 0
+        assert "my_zero_shot (v1, entry point 'bench.methods.zero_shot:ZeroShot' from bench-plugin-demo)" in \
+            capsys.readouterr().out
+    finally:
+        bench.methods.method_registry.cache_clear()
