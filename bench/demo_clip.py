@@ -8,6 +8,12 @@ with a random template per image, and random resized crops + flips like the harn
 views. Inputs are otherwise preprocessed exactly as the harness later encodes the target's images
 (:func:`bench.images.center_view` of the backbone's preprocessing).
 
+The temperature is set to CLIP's trained value (logit scale 100, its cap) once pretraining ends:
+a web-scale CLIP reaches the cap, while 600 steps here stop near the initial 1/0.07 ≈ 14. It changes
+no feature and no zero-shot or linear-probe prediction (an argmax and a probe on features), but the
+methods that train through the logits (CoOp, CLIP-Adapter, Tip-Adapter-F) take their gradient scale
+from it, and their papers' learning rates and epochs assume CLIP's 100: at 14 they hardly move.
+
 The checkpoint is written atomically to ``<cache>/demo_clip/<source>-<digest>.pt`` as
 ``{"state_dict", "meta"}``; the digest hashes the recipe, the source's definition and files, and
 the architecture config, so a second run loads it and a changed recipe trains a new one. Its
@@ -43,7 +49,7 @@ from bench.datasets.demo_data import (
 from bench.seeding import derive_seed, torch_generator
 
 DEMO_ARCH = "bench-demo"
-RECIPE_VERSION = "1"  # bump when this module's training changes
+RECIPE_VERSION = "2"  # bump when this module's training changes (2: final logit scale set to CLIP's 100)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class PretrainRecipe:
     warmup_steps: int = 50
     augment: bool = True
     seed: int = 0
+    final_logit_scale: float = 100.0  # CLIP's trained temperature (its cap), set after pretraining
     version: str = RECIPE_VERSION
 
 
@@ -197,12 +204,15 @@ def pretrain(recipe: PretrainRecipe, images: SourceImages, device: torch.device,
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
         losses.append(loss.detach())
+    learned_scale = float(model.logit_scale.detach().exp())
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(recipe.final_logit_scale))
     model.eval()
     curve = torch.stack(losses).cpu().tolist() if losses else []
     log = {"device": str(device), "threads": torch.get_num_threads(), "train_s": round(time.perf_counter() - t0, 1),
            "n_images": int(len(labels)), "loss_every_50": [round(v, 4) for v in curve[::50]],
            "final_loss": round(float(np.mean(curve[-20:])), 4) if curve else None,
-           "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
+           "logit_scale_learned": round(learned_scale, 3), "logit_scale": recipe.final_logit_scale,
            "zero_shot_top1_common_classes": zero_shot_accuracy(model, tokenizer, prep, source, images, device)}
     return model, log
 

@@ -77,8 +77,11 @@ FASHION_MNIST = DemoSource(
     name="fashion_mnist",
     classnames=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                 "Ankle boot"),
-    target_classes=(2, 4, 6, 7, 9),
-    rare_images=30,
+    # one class from each visual group (tops, trousers, sandals, bags) plus the pullover: rare classes of
+    # one group (pullover, coat, shirt) end up with near-identical text embeddings (cosine 0.99), which no
+    # method built on the text classifier can pull apart.
+    target_classes=(0, 1, 5, 8, 2),
+    rare_images=10,
     per_class=(200, 50, 200),
     pretrain_steps=600,
 )

@@ -98,6 +98,8 @@ def test_demo_clip_is_cached_by_recipe_and_loads_as_a_backbone(tmp_path):
     assert backbone.checkpoint_meta["source"]["target_classes"] == [5, 6, 7, 8, 9]
     assert backbone.checkpoint_meta["source"]["rare_images"] == 3
     assert backbone.context_length >= 1 + 16 + 5 + 2  # room for CoOp's 16 context tokens and a long class name
+    assert backbone.logit_scale == pytest.approx(100.0) and log["logit_scale"] == 100.0  # CLIP's trained value
+    assert log["logit_scale_learned"] < 20  # what 2 steps learned, kept in the log
     random_init = load_backbone(BackboneRef.parse(f"{DEMO_ARCH}/random"), torch.device("cpu"))
     assert backbone.weights_sha256 != random_init.weights_sha256
     # the same recipe trains the same weights (on the same machine)
@@ -149,16 +151,23 @@ def _table(text: str) -> dict[str, list[float]]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
 def test_the_readme_demo_table_is_what_bench_demo_prints(tmp_path, capsys):
-    """The README's main command, in full: its printed table matches the README's within 2 points per cell
-    (exactly on the machine the README was made on; other CPUs sum floats in another order)."""
+    """The README's main command, in full: its printed table is the README's to the digit when the demo CLIP
+    came out bit-identical (the README's weights sha256: same CPU arithmetic), and within 2 points per cell
+    otherwise (another CPU type or thread count sums floats in another order)."""
+    import re
+
     from bench.cli import main
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    expected = _table(readme.split("## The demo")[1].split("```text")[1].split("```")[0])
+    block = readme.split("## The demo")[1].split("```text")[1].split("```")[0]
+    expected = _table(block)
     assert set(expected) == {"zero_shot", "linear_probe", "coop", "clip_adapter"}
     assert main(["demo", "--device", "cpu", "--no-progress", "--data-root", str(tmp_path / "data"),
                  "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "results")]) == 0
-    printed = _table(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    printed = _table(out)
     assert printed.keys() == expected.keys()
+    sha = re.compile(r"weights sha256 `([0-9a-f]{12})`")
+    same_weights = sha.search(out).group(1) == sha.search(block).group(1)
     for method, means in expected.items():
-        assert printed[method] == pytest.approx(means, abs=2.0), method
+        assert printed[method] == (means if same_weights else pytest.approx(means, abs=2.0)), method
