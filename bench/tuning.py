@@ -182,8 +182,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         return _rdb_storage(url)
     except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        fix = "pass an Optuna RDB URL (sqlite:///FILE, postgresql+psycopg://USER@HOST/DB) or journal:PATH"
+        if isinstance(exc, ImportError) and url.startswith("postgresql"):
+            fix = 'install the PostgreSQL driver: pip install "clip-fewshot-bench[postgres]" (psycopg 3)'
         raise BenchError(f"cannot open the study storage {describe_storage(url)!r}: {exc}", where="--storage",
-                         fix="pass an Optuna RDB URL (sqlite:///FILE, postgresql://USER@HOST/DB) or journal:PATH") from exc
+                         fix=fix) from exc
 
 
 def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
