@@ -19,6 +19,8 @@ on a 10-class 16-shot cell) and ``gpu`` (RN50 at 224 px, the paper's 16-shot Ima
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench._io import atomic_write_bytes
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
 from bench.datasets.spec import LabeledImages
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
@@ -51,6 +54,10 @@ class PerfProfile:
         methods: methods timed from cached features, configured as for ImageNet (CoOp: 50 epochs).
         overrides: per-method config overrides (CLIP-Adapter: the 200 epochs the target quotes).
         workers, batch_size: DataLoader processes and images per encoder forward.
+        timed_epochs: per method, the epochs actually trained; the cell's time is scaled to its
+            configured epochs (compute per epoch is constant), so a long schedule fits a short session.
+        grid: also predict the full paper grid (:mod:`bench.grid_cost`) from the measured per-step
+            costs, timing CoOp at a tenth of the classes too (its step cost grows with C).
     """
 
     backbone: str
@@ -63,38 +70,56 @@ class PerfProfile:
     workers: int
     batch_size: int
     overrides: dict = dataclasses.field(default_factory=dict)
+    timed_epochs: dict = dataclasses.field(default_factory=dict)
+    grid: bool = True
 
 
 PAPER_METHODS = ("zero_shot", "linear_probe", "coop", "clip_adapter")
 PROFILES = {
-    "smoke": PerfProfile("bench-tiny/random", n_classes=3, shots=2, test_images=20, train_views=2, baseline_epochs=1,
+    "smoke": PerfProfile("bench-tiny/random", n_classes=20, shots=2, test_images=20, train_views=2, baseline_epochs=1,
                          methods=PAPER_METHODS, workers=0, batch_size=32,
                          overrides={"clip_adapter": {"epochs": 4}, "coop": {"epochs": 2}}),
     "cpu": PerfProfile("bench-tiny/random", n_classes=10, shots=16, test_images=400, train_views=10, baseline_epochs=2,
                        methods=PAPER_METHODS, workers=0, batch_size=128, overrides={"clip_adapter": {"epochs": 200}}),
-    "gpu": PerfProfile("RN50/random", n_classes=1000, shots=16, test_images=20000, train_views=10, baseline_epochs=1,
-                       methods=PAPER_METHODS, workers=8, batch_size=512, overrides={"clip_adapter": {"epochs": 200}}),
+    # Sized for one device call of a few minutes: 10,000 test JPEGs, the 16-shot ImageNet cell, CoOp and
+    # CLIP-Adapter timed over 2 and 20 of their 50 and 200 epochs.
+    "gpu": PerfProfile("RN50/random", n_classes=1000, shots=16, test_images=10000, train_views=10, baseline_epochs=1,
+                       methods=PAPER_METHODS, workers=8, batch_size=512, overrides={"clip_adapter": {"epochs": 200}},
+                       timed_epochs={"coop": 2, "clip_adapter": 20}),
 }
 
 
 def make_jpegs(folder: Path, n_classes: int, per_class: int, seed: int = 0) -> LabeledImages:
-    """Write ``n_classes * per_class`` 500x375 JPEGs (smooth colour fields plus noise, ~30 kB each)."""
-    rng = np.random.default_rng(seed)
-    paths, labels = [], []
+    """Write ``n_classes * per_class`` 500x375 JPEGs (smooth colour fields plus noise, ~30 kB each), in
+    parallel over the machine's cores; an image already there is kept."""
+    import multiprocessing
+
+    jobs = [(folder, label, i, seed) for label in range(n_classes) for i in range(per_class)]
+    todo = [job for job in jobs if not (folder / _jpeg_name(job[1], job[2])).is_file()]
+    if len(todo) > 64 and (os.cpu_count() or 1) > 1:
+        with multiprocessing.get_context("spawn").Pool(min(16, os.cpu_count() or 1)) as pool:
+            pool.starmap(_write_jpeg, todo, chunksize=32)
+    else:
+        for job in todo:
+            _write_jpeg(*job)
+    return LabeledImages(tuple(_jpeg_name(label, i) for _, label, i, _ in jobs), tuple(label for _, label, _, _ in jobs))
+
+
+def _jpeg_name(label: int, index: int) -> str:
+    return f"c{label:04d}/{index:03d}.jpg"
+
+
+def _write_jpeg(folder: Path, label: int, index: int, seed: int) -> None:
+    rng = np.random.default_rng(derive_seed(seed, "perf-jpeg", label, index) & 0xFFFFFFFF)
     yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
-    for label in range(n_classes):
-        for i in range(per_class):
-            relpath = f"c{label:04d}/{i:03d}.jpg"
-            target = folder / relpath
-            if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                phase = rng.uniform(0, 6.28, size=3)
-                base = 127 + 100 * np.sin(xx[..., None] / rng.uniform(20, 80) + yy[..., None] / 57 + phase)
-                pixels = np.clip(base + rng.normal(0, 20, size=base.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(target, quality=90)
-            paths.append(relpath)
-            labels.append(label)
-    return LabeledImages(tuple(paths), tuple(labels))
+    phase = rng.uniform(0, 6.28, size=3)
+    base = 127 + 100 * np.sin(xx[..., None] / rng.uniform(20, 80) + yy[..., None] / 57 + phase)
+    pixels = np.clip(base + rng.normal(0, 20, size=base.shape), 0, 255).astype(np.uint8)
+    target = folder / _jpeg_name(label, index)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 def _key(backbone: Backbone, split: str, view: ViewSpec) -> ImageFeatureKey:
@@ -142,18 +167,39 @@ def _peak(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
-def time_method(name: str, data: FewShotData, ctx: FitContext, overrides: dict) -> tuple[float, int | None, int | None]:
-    """Seconds to ``fit`` one ImageNet-configured cell from cached features, peak device memory (bytes,
-    CUDA only) and the epochs it trained (None for methods without epochs)."""
+@dataclass(frozen=True)
+class MethodTiming:
+    """One timed cell. ``seconds``: the whole schedule (scaled from ``timed_epochs`` when fewer were run);
+    ``per_step``: measured seconds per optimiser step (None without epochs); ``peak``: device bytes (CUDA)."""
+
+    seconds: float
+    peak: int | None
+    epochs: int | None
+    timed_epochs: int | None
+    per_step: float | None
+
+
+def time_method(name: str, data: FewShotData, ctx: FitContext, overrides: dict,
+                timed_epochs: int | None = None) -> MethodTiming:
+    """Fit one ImageNet-configured cell from cached features, for ``timed_epochs`` of its epochs if given."""
+    from bench.grid_cost import steps
+
     method = method_registry().get(name)()
     cfg = dataclasses.replace(method.default_config("imagenet", data.shots),
                               **{k: v for k, v in overrides.items() if hasattr(method.Config, k)})
+    epochs = getattr(cfg, "epochs", None)
+    run = dataclasses.replace(cfg, epochs=min(timed_epochs, epochs)) if timed_epochs and epochs else cfg
     _peak_reset(ctx.device)
     _sync(ctx.device)
     start = time.perf_counter()
-    method.fit(data, cfg, ctx)
+    method.fit(data, run, ctx)
     _sync(ctx.device)
-    return time.perf_counter() - start, _peak(ctx.device), getattr(cfg, "epochs", None)
+    measured = time.perf_counter() - start
+    if not epochs:
+        return MethodTiming(measured, _peak(ctx.device), None, None, None)
+    n_steps = steps(len(data.train.labels), cfg.batch_size, run.epochs) if run.epochs else 0
+    return MethodTiming(measured * epochs / max(run.epochs, 1), _peak(ctx.device), epochs, run.epochs,
+                        measured / n_steps if n_steps else None)
 
 
 def time_reencoding(backbone: Backbone, root: Path, images: LabeledImages, params: list[torch.nn.Parameter],
@@ -232,8 +278,8 @@ def run_profile(profile: PerfProfile, device: torch.device, workdir: Path) -> li
     rows = [PerfRow("encoder only", time_encoder(backbone, profile.batch_size), "images/s",
                     f"{profile.backbone}, {backbone.preprocessing.image_size} px, {backbone.precision}")]
     test_images = make_jpegs(workdir / "test", max(1, profile.test_images // 20), 20, seed=1)
-    _, rate = time_extraction(backbone, workdir / "test", test_images, CENTER, options, workdir / "cache")
-    rows.append(PerfRow("extraction, centre view (decode + encode)", rate, "images/s",
+    _, centre_rate = time_extraction(backbone, workdir / "test", test_images, CENTER, options, workdir / "cache")
+    rows.append(PerfRow("extraction, centre view (decode + encode)", centre_rate, "images/s",
                         f"{len(test_images)} JPEG 500x375, {profile.workers} workers"))
     support = make_jpegs(workdir / "train", profile.n_classes, profile.shots)
     train_view = ViewSpec.augment(profile.train_views)
@@ -242,7 +288,10 @@ def run_profile(profile: PerfProfile, device: torch.device, workdir: Path) -> li
     extraction_s = time.perf_counter() - t0
     rows.append(PerfRow(f"extraction, {profile.train_views} augmented views", rate, "images/s",
                         f"{len(support)} support images x {profile.train_views} views in {extraction_s:.1f} s"))
-    rows += _method_rows(profile, backbone, support, views, workdir, options, extraction_s)
+    method_rows, data, ctx, timings = _method_rows(profile, backbone, support, views, workdir, options, extraction_s)
+    rows += method_rows
+    if profile.grid:
+        rows += grid_rows(profile, data, ctx, timings, centre_rate, rate)
     return rows
 
 
@@ -257,11 +306,14 @@ def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImage
                      text_features=lambda templates, names: cache.text_features(backbone, names, templates))
     baselines = {"clip_adapter": lambda: adapter_baseline(backbone, profile.n_classes, ctx.logit_scale),
                  "coop": lambda: coop_baseline(backbone, classnames, ctx.logit_scale)}
-    rows = []
+    rows, timings = [], {}
     for name in profile.methods:
         overrides = {"train_views": profile.train_views, **profile.overrides.get(name, {})}
-        seconds, peak, epochs = time_method(name, data, ctx, overrides)
+        timing = timings[name] = time_method(name, data, ctx, overrides, profile.timed_epochs.get(name))
+        seconds, peak, epochs = timing.seconds, timing.peak, timing.epochs
         note = f"{epochs} epochs" if epochs else ""
+        if epochs and timing.timed_epochs != epochs:
+            note += f" ({timing.timed_epochs} timed, x{epochs / timing.timed_epochs:.0f})"
         note += f", peak {peak / 2**20:.0f} MiB" if peak is not None else ""
         rows.append(PerfRow(f"{name}: one {profile.n_classes}-class {profile.shots}-shot cell", seconds, "s", note))
         if name in baselines and epochs:
@@ -273,6 +325,48 @@ def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImage
                                 f"{profile.baseline_epochs} epoch(s) timed, x{epochs / profile.baseline_epochs:.0f}"))
             rows.append(PerfRow(f"{name} speed-up: official / (ours + view extraction)", baseline / ours, "x",
                                 f"ours {ours:.1f} s incl. {extraction_s:.1f} s extraction"))
+    return rows, data, ctx, timings
+
+
+def _classes_subset(data: FewShotData, n_classes: int) -> FewShotData:
+    """``data`` restricted to its first ``n_classes`` classes (CoOp's step cost at another C)."""
+    def keep(features: FeatureSet) -> FeatureSet:
+        mask = features.labels < n_classes
+        return FeatureSet(features.features[:, mask], features.labels[mask])
+
+    return dataclasses.replace(data, classnames=data.classnames[:n_classes], train=keep(data.train), val=keep(data.val))
+
+
+def grid_rows(profile: PerfProfile, data: FewShotData, ctx: FitContext, timings: dict[str, MethodTiming],
+              centre_rate: float, augmented_rate: float) -> list[PerfRow]:
+    """The paper grid predicted from this run's per-step costs (:func:`bench.grid_cost.grid_seconds`)."""
+    from bench.grid_cost import GRID_METHODS, StepCosts, grid_seconds
+
+    if not set(GRID_METHODS) <= set(timings):
+        return []
+    big, small, k = profile.n_classes, max(2, profile.n_classes // 10), profile.shots
+    coop = {big: timings["coop"].per_step}
+    probe = {big * big * k: timings["linear_probe"].seconds}
+    if small < big:  # the second size of the affine fits
+        subset = _classes_subset(data, small)
+        for name, points, size in (("coop", coop, small), ("linear_probe", probe, small * small * k)):
+            overrides = {"train_views": profile.train_views, **profile.overrides.get(name, {})}
+            timing = time_method(name, subset, ctx, overrides, profile.timed_epochs.get(name))
+            points[size] = timing.per_step if name == "coop" else timing.seconds
+    costs = StepCosts(coop_per_step=coop, adapter_per_step=timings["clip_adapter"].per_step, linear_probe_cell=probe,
+                      zero_shot_cell=timings["zero_shot"].seconds, ref_classes=big, centre_rate=centre_rate,
+                      augmented_rate=augmented_rate)
+    parts = grid_seconds(costs)
+    step_note = ", ".join(f"C={c}: {1e3 * t:.2f} ms" for c, t in sorted(coop.items()))
+    probe_note = ", ".join(f"{t:.1f} s at C={round((x / k) ** 0.5)}" for x, t in sorted(probe.items()))
+    notes = {"extraction": "every test image once; support views and val images once per (shots, seed) draw",
+             "coop": f"steps x (a + b·C), per step {step_note}",
+             "clip_adapter": f"steps x {1e3 * costs.adapter_per_step:.3f} ms per step",
+             "linear_probe": f"a + b·C²K per cell, {probe_note} (K={k})",
+             "zero_shot": "one text encoding per class"}
+    rows = [PerfRow(f"paper grid, predicted: {part}", parts[part] / 60, "min", notes[part]) for part in notes]
+    rows.append(PerfRow("paper grid, predicted: total (660 cells)", parts["total"] / 60, "min",
+                        f"{profile.backbone}; 11 datasets x 5 shots x 3 seeds x 4 methods; target <= 60 GPU-min"))
     return rows
 
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench.cli import main
 
 
@@ -15,7 +17,12 @@ def test_perf_smoke_profile_writes_every_row(tmp_path, capsys):
     names = [r["what"] for r in rows]
     assert names[:3] == ["encoder only", "extraction, centre view (decode + encode)", "extraction, 2 augmented views"]
     for method in ("zero_shot", "linear_probe", "coop", "clip_adapter"):
-        assert f"{method}: one 3-class 2-shot cell" in names
+        assert f"{method}: one 20-class 2-shot cell" in names
+        assert f"paper grid, predicted: {method}" in names
+    total = next(r for r in rows if r["what"] == "paper grid, predicted: total (660 cells)")
+    parts = [r["value"] for r in rows if r["what"].startswith("paper grid, predicted: ") and r is not total]
+    assert total["unit"] == "min" and total["value"] == pytest.approx(sum(parts)) and total["value"] > 0
+    assert "C=2: " in next(r for r in rows if r["what"] == "paper grid, predicted: coop")["note"]  # two class counts
     for method in ("coop", "clip_adapter"):
         speedup = next(r for r in rows if r["what"].startswith(f"{method} speed-up"))
         assert speedup["unit"] == "x" and speedup["value"] > 0
