@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,8 +273,10 @@ class PerfRow:
     note: str = ""
 
 
-def run_profile(profile: PerfProfile, device: torch.device, workdir: Path) -> list[PerfRow]:
-    """Run every measurement of ``profile``; returns the table rows."""
+def run_profile(profile: PerfProfile, device: torch.device, workdir: Path,
+                emit: Callable[[PerfRow], None] = lambda row: None) -> list[PerfRow]:
+    """Run every measurement of ``profile``; returns the table rows. ``emit`` sees each row as soon as it is
+    measured (a time-limited session keeps what it finished)."""
     backbone = load_backbone(BackboneRef.parse(profile.backbone), device)
     options = ExtractOptions(batch_size=profile.batch_size, num_workers=profile.workers, progress=False)
     rows = [PerfRow("encoder only", time_encoder(backbone, profile.batch_size), "images/s",
@@ -288,15 +292,21 @@ def run_profile(profile: PerfProfile, device: torch.device, workdir: Path) -> li
     extraction_s = time.perf_counter() - t0
     rows.append(PerfRow(f"extraction, {profile.train_views} augmented views", rate, "images/s",
                         f"{len(support)} support images x {profile.train_views} views in {extraction_s:.1f} s"))
-    method_rows, data, ctx, timings = _method_rows(profile, backbone, support, views, workdir, options, extraction_s)
+    for row in rows:
+        emit(row)
+    method_rows, data, ctx, timings = _method_rows(profile, backbone, support, views, workdir, options, extraction_s,
+                                                   emit)
     rows += method_rows
     if profile.grid:
-        rows += grid_rows(profile, data, ctx, timings, centre_rate, rate)
+        predicted = grid_rows(profile, data, ctx, timings, centre_rate, rate)
+        for row in predicted:
+            emit(row)
+        rows += predicted
     return rows
 
 
 def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImages, views: torch.Tensor,
-                 workdir: Path, options: ExtractOptions, extraction_s: float) -> list[PerfRow]:
+                 workdir: Path, options: ExtractOptions, extraction_s: float, emit: Callable[[PerfRow], None]) -> list[PerfRow]:
     classnames = tuple(f"class {i}" for i in range(profile.n_classes))
     cache = FeatureCache(workdir / "cache")
     labels = torch.tensor(support.labels)
@@ -316,6 +326,7 @@ def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImage
             note += f" ({timing.timed_epochs} timed, x{epochs / timing.timed_epochs:.0f})"
         note += f", peak {peak / 2**20:.0f} MiB" if peak is not None else ""
         rows.append(PerfRow(f"{name}: one {profile.n_classes}-class {profile.shots}-shot cell", seconds, "s", note))
+        emit(rows[-1])
         if name in baselines and epochs:
             params, logits_fn = baselines[name]()
             per_epoch = time_reencoding(backbone, workdir / "train", support, params, logits_fn,
@@ -325,6 +336,8 @@ def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImage
                                 f"{profile.baseline_epochs} epoch(s) timed, x{epochs / profile.baseline_epochs:.0f}"))
             rows.append(PerfRow(f"{name} speed-up: official / (ours + view extraction)", baseline / ours, "x",
                                 f"ours {ours:.1f} s incl. {extraction_s:.1f} s extraction"))
+            emit(rows[-2])
+            emit(rows[-1])
     return rows, data, ctx, timings
 
 
@@ -370,13 +383,17 @@ def grid_rows(profile: PerfProfile, data: FewShotData, ctx: FitContext, timings:
     return rows
 
 
+def render_row(row: PerfRow) -> str:
+    return f"| {row.what} | {row.value:,.1f} | {row.unit} | {row.note} |"
+
+
 def render(rows: list[PerfRow], profile_name: str, device: torch.device) -> str:
     env = environment(device)
     head = [f"# bench perf — profile `{profile_name}`", "",
             f"Device: {env['device_name']} ({device.type}), torch {env['torch']}, open_clip {env['open_clip']}, "
             f"bench {env['bench_version']} ({(env['git_sha'] or '?')[:10]}), {torch.get_num_threads()} CPU threads.", "",
             "| measurement | value | unit | note |", "|---|---:|---|---|"]
-    body = [f"| {r.what} | {r.value:,.1f} | {r.unit} | {r.note} |" for r in rows]
+    body = [render_row(r) for r in rows]
     return "\n".join(head + body) + "\n"
 
 
@@ -397,7 +414,8 @@ def _cmd_perf(args) -> int:
     device = resolve_device(args.device)
     name = args.profile if args.profile != "auto" else ("gpu" if device.type == "cuda" else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run_profile(PROFILES[name], device, Path(args.workdir or tmp))
+        rows = run_profile(PROFILES[name], device, Path(args.workdir or tmp),
+                           emit=lambda row: print(f"measured: {render_row(row)}", file=sys.stderr, flush=True))
     text = render(rows, name, device)
     print(text, end="")
     if args.out:
