@@ -12,8 +12,8 @@ OUT=${OUT:-/tmp/bench-device-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1  # the carried setuptools builds bench
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site "$REPO" || exit 1
-export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 # From outside the checkout, so the installed bench (with bench.methods etc.) is the one imported.
 rm -rf /tmp/bench-tests && cp -r "$REPO/tests" /tmp/bench-tests && cd /tmp

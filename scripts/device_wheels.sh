@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${BENCH_VENV:-.venv}/bin/python
-pins=$("$PY" -m pip freeze | grep -i -E '^(open.clip.torch|ftfy|wcwidth|optuna|alembic|mako|sqlalchemy|colorlog|submitit)==')
+# setuptools and wheel too: bench builds with PEP 639 metadata, which needs setuptools >= 77.
+pins=$("$PY" -m pip freeze --all | grep -i -E '^(open.clip.torch|ftfy|wcwidth|optuna|alembic|mako|sqlalchemy|colorlog|submitit|setuptools|wheel)==')
 rm -rf .whl && mkdir .whl
 # shellcheck disable=SC2086
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
