@@ -88,7 +88,7 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
     if config.executor == "slurm" and options.storage is None and any(cell.study for cell in cells):
         print(f"warning: tuned cells keep their studies in SQLite ({Path(options.results_root) / 'studies.sqlite3'}); "
               "SQLite locking is unreliable on network filesystems, so on a cluster pass "
-              f"--storage journal:{Path(options.results_root) / 'studies.journal'} (or a postgresql:// URL)",
+              f"--storage journal:{Path(options.results_root) / 'studies.journal'} (or a postgresql+psycopg:// URL)",
               file=sys.stderr)
     if config.executor == "slurm":
         cells = _without_cells_in_flight(cells, Path(options.results_root))
@@ -130,9 +130,11 @@ def _without_cells_in_flight(cells: list, results_root: Path) -> list:
 
     busy = sweep.in_flight(results_root)
     root = results_root.resolve()
-    keep = [c for c in cells if is_done(c) or str(c.path.resolve().relative_to(root)) not in busy]
-    if len(keep) < len(cells):
-        sweeps = sorted({busy.get(str(c.path.resolve().relative_to(root))) for c in cells} - {None})
+    held = {c.path: busy[r] for c in cells if (r := str(c.path.resolve().relative_to(root))) in busy
+            and not is_done(c)}
+    keep = [c for c in cells if c.path not in held]
+    if held:
+        sweeps = sorted(set(held.values()))
         print(f"{len(cells) - len(keep)} cells are still queued or running in sweep(s) {', '.join(sweeps)}: not "
               f"submitted again (follow them with `bench status --results {results_root} --sweep ID`)")
     return keep

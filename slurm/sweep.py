@@ -18,7 +18,9 @@ Executors (one code path, three ways to run the same jobs):
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import shutil
+import subprocess
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,24 +98,35 @@ def in_flight(results_root: Path) -> dict[str, str]:
     """Cells that earlier Slurm sweeps into ``results_root`` still have queued or running: record path
     (relative to the results folder) -> sweep id. Submitting them again would run them twice.
 
-    Local sweeps (``processes``, ``debug``) end with the process that submitted them, so only Slurm
-    sweeps can be in flight; a task whose feature job failed is cancelled by Slurm and does not count.
+    Asks ``squeue`` (jobs pending, requeued or running, array tasks one by one), not ``sacct``: a job
+    accounting has forgotten must not look queued. Local sweeps (``processes``, ``debug``) end with the
+    process that submitted them, so only Slurm sweeps can be in flight; an array whose feature job
+    failed was cancelled by Slurm and is not in the queue.
     """
-    busy: dict[str, str] = {}
+    manifests = []
     for sweep_id in list_sweeps(results_root):
         try:
             manifest = read_manifest(sweep_folder(Path(results_root), sweep_id) / "manifest.json")
         except BenchError:
             continue  # an unreadable manifest: `bench status` reports it; nothing to deduplicate against
-        if manifest.executor != "slurm" or not any(t.job_id for t in manifest.tasks):
-            continue
-        tracker = SlurmTracker(manifest)
-        tracker.step()
-        features, tasks = tracker.states()
-        for task, state in zip(manifest.tasks, tasks, strict=True):
-            if state.phase in ("queued", "running") and features[task.feature].phase != "failed":
-                busy.update({manifest.cells[i].record: sweep_id for i in task.cells})
-    return busy
+        if manifest.executor == "slurm" and any(t.job_id for t in manifest.tasks):
+            manifests.append(manifest)
+    if not manifests:
+        return {}
+    queued = queued_job_ids()
+    return {manifest.cells[i].record: manifest.sweep_id for manifest in manifests for task in manifest.tasks
+            if task.job_id in queued for i in task.cells}
+
+
+def queued_job_ids() -> set[str]:
+    """Ids of this user's jobs in the Slurm queue, array tasks as ``<array>_<task>`` (submitit's ids)."""
+    check_slurm_available()
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        raise BenchError(f"squeue failed: {out.stderr.strip()}", where="--executor slurm",
+                         fix="check that the Slurm controller answers (`sinfo`)")
+    return set(out.stdout.split())
 
 
 def _executor(manifest: Manifest, kind: str, resources: Resources, name: str,
@@ -136,7 +149,7 @@ def _feature_specs(manifest: Manifest, cells: list[PlannedCell], feature: int) -
 
 
 def check_slurm_available() -> None:
-    for tool in ("sbatch", "sacct"):
+    for tool in ("sbatch", "sacct", "squeue"):
         if not shutil.which(tool):
             raise BenchError(f"{tool} not found: no Slurm client on this machine", where="--executor slurm",
                              fix="run on the cluster's login node, start a local one with `bash slurm/cluster.sh up`, "

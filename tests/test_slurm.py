@@ -299,3 +299,21 @@ def test_dry_run_shows_the_job_plan_and_submits_nothing(tmp_path, data_root, cap
 def test_status_without_a_sweep_is_a_user_error(tmp_path, capsys):
     assert main(["status", "--results", str(tmp_path)]) == 2
     assert "no sweep was submitted into this results folder" in capsys.readouterr().err
+
+
+def test_only_cells_of_queued_tasks_count_as_in_flight(tmp_path, monkeypatch):
+    """squeue decides: a task still queued holds its cells; one that ended, or that accounting forgot, does not."""
+    from bench.slurm import sweep
+    from bench.slurm.manifest import write_manifest
+
+    cells = tuple(CellEntry(f"c{i}", TINY, f"r{i}.json", i // 2) for i in range(4))
+    manifest = Manifest("20260101T000000Z-abcdef", "2026-01-01T00:00:00+00:00", "slurm", False, str(tmp_path),
+                        str(tmp_path / "logs" / "%j"), {}, cells, (FeatureEntry(TINY, "synthetic", "7"),),
+                        (TaskEntry((0, 1), 0, "8_0"), TaskEntry((2, 3), 0, "8_1")))
+    write_manifest(manifest)
+    local = dataclasses.replace(manifest, sweep_id="20260101T000001Z-fedcba", executor="processes")
+    write_manifest(local)  # a local sweep is never in flight: it ended with its submitting process
+    monkeypatch.setattr(sweep, "queued_job_ids", lambda: {"8_1", "99"})
+    assert sweep.in_flight(tmp_path) == {"r2.json": manifest.sweep_id, "r3.json": manifest.sweep_id}
+    monkeypatch.setattr(sweep, "queued_job_ids", lambda: set())
+    assert sweep.in_flight(tmp_path) == {}
