@@ -52,10 +52,20 @@ def preprocessing_label(prep: dict | None) -> str:
     if not prep:
         return "?"
     label = f"{prep.get('resize')} {prep.get('image_size')}px {prep.get('interpolation')}"
-    norm = (tuple(prep.get("mean") or OPENAI_NORM[0]), tuple(prep.get("std") or OPENAI_NORM[1]))
-    if not all(math.isclose(a, b, rel_tol=1e-6) for got, ref in zip(norm, OPENAI_NORM, strict=True) for a, b in zip(got, ref, strict=True)):
-        label += f" mean={list(norm[0])} std={list(norm[1])}"
+    if not _openai_normalisation(prep):
+        mean, std = _normalisation(prep)
+        label += f" mean={list(mean)} std={list(std)}"
     return label
+
+
+def _normalisation(prep: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of ``prep``; an absent one is CLIP's."""
+    return tuple(prep.get("mean") or OPENAI_NORM[0]), tuple(prep.get("std") or OPENAI_NORM[1])
+
+
+def _openai_normalisation(prep: dict) -> bool:
+    return all(math.isclose(a, b, rel_tol=1e-6) for got, ref in zip(_normalisation(prep), OPENAI_NORM, strict=True)
+               for a, b in zip(got, ref, strict=True))
 
 
 NO_GENERATION = "none"
@@ -66,7 +76,7 @@ def generation(prep: dict | None) -> str:
     ``coop_v2`` (short side + centre crop) or ``coop_v1`` (squash), both bicubic with CLIP's normalisation;
     anything else reproduces none (:data:`NO_GENERATION`) and is compared with no published number."""
     prep = prep or {}
-    if prep.get("interpolation") != "bicubic" or " mean=" in preprocessing_label(prep):
+    if prep.get("interpolation") != "bicubic" or not _openai_normalisation(prep):
         return NO_GENERATION
     return {"shortest": "coop_v2", "squash": "coop_v1"}.get(prep.get("resize"), NO_GENERATION)
 
