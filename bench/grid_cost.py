@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.datasets.splits import VAL_SHOTS_CAP
+from bench.spec import ALL_SHOTS, DEFAULT_SEEDS
+
 GRID_METHODS = ("zero_shot", "linear_probe", "coop", "clip_adapter")
-GRID_SHOTS = (1, 2, 4, 8, 16)
-GRID_SEEDS = 3
-VAL_SHOTS_CAP = 4
+GRID_SHOTS = ALL_SHOTS
+GRID_SEEDS = len(DEFAULT_SEEDS)
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ class StepCosts:
 
 
 def steps(n_images: int, batch_size: int, epochs: int) -> int:
-    """Optimiser steps of one cell (:func:`bench.methods._train.batches`: a partial batch only when N < batch)."""
-    return epochs * max(1, n_images // batch_size) if n_images >= batch_size else epochs
+    """Optimiser steps of one cell: its epochs times the batches the training loader makes of N images."""
+    from bench.methods._train import batches_per_epoch
+
+    return epochs * batches_per_epoch(n_images, batch_size)
 
 
 def paper_datasets() -> list[DatasetSize]:

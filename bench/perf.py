@@ -36,6 +36,7 @@ from bench._io import atomic_write_bytes
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
 from bench.datasets.spec import LabeledImages
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
+from bench.grid_cost import GRID_METHODS
 from bench.images import CENTER, ImageViews, ViewSpec
 from bench.methods import method_registry
 from bench.methods.base import FeatureSet, FewShotData, FitContext
@@ -76,7 +77,7 @@ class PerfProfile:
     grid: bool = True
 
 
-PAPER_METHODS = ("zero_shot", "linear_probe", "coop", "clip_adapter")
+PAPER_METHODS = GRID_METHODS
 PROFILES = {
     "smoke": PerfProfile("bench-tiny/random", n_classes=20, shots=2, test_images=20, train_views=2, baseline_epochs=1,
                          methods=PAPER_METHODS, workers=0, batch_size=32,
@@ -353,7 +354,7 @@ def _classes_subset(data: FewShotData, n_classes: int) -> FewShotData:
 def grid_rows(profile: PerfProfile, data: FewShotData, ctx: FitContext, timings: dict[str, MethodTiming],
               centre_rate: float, augmented_rate: float) -> list[PerfRow]:
     """The paper grid predicted from this run's per-step costs (:func:`bench.grid_cost.grid_seconds`)."""
-    from bench.grid_cost import GRID_METHODS, StepCosts, grid_seconds
+    from bench.grid_cost import StepCosts, grid_seconds
 
     if not set(GRID_METHODS) <= set(timings):
         return []

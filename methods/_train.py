@@ -58,12 +58,16 @@ def dassl_lr(epoch: int, epochs: int, recipe: SGDRecipe) -> float:
     return recipe.lr * 0.5 * (1 + math.cos(math.pi * (epoch - recipe.warmup_epochs) / epochs))
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches :func:`batches` makes of ``n`` items: full ones only, or one partial batch when
+    ``n < batch_size`` (CoOp's old EuroSAT bug: ``drop_last`` left such a loader empty)."""
+    return n // batch_size if n >= batch_size else min(n, 1)
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch's shuffled index batches; the last partial batch is dropped only if a full one exists."""
     order = torch.randperm(n, generator=generator)
-    drop_last = n >= batch_size
-    stop = (n // batch_size) * batch_size if drop_last else n
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(batches_per_epoch(n, batch_size))]
 
 
 def view_batches(n_views: int, n: int, batch_size: int, generator: torch.Generator) -> Batches:
