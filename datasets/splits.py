@@ -79,25 +79,27 @@ def read_split_file(spec: DatasetSpec, data_root: Path, *, check_files: bool = T
     return splits
 
 
-def _parse_entries(entries: list) -> tuple[LabeledImages, dict[int, str]]:
-    paths, labels, names = [], [], {}
+def _parse_entries(entries: list) -> tuple[LabeledImages, dict[int, set[str]]]:
+    """(images, every class name each label is given)."""
+    paths, labels, names = [], [], defaultdict(set)
     for relpath, label, classname in entries:
         paths.append(str(relpath))
         labels.append(int(label))
-        if names.setdefault(int(label), str(classname)) != str(classname):
-            raise ValueError(f"label {int(label)} is named both {names[int(label)]!r} and {str(classname)!r} "
-                             f"({relpath})")
+        names[int(label)].add(str(classname))
     return LabeledImages(tuple(paths), tuple(labels)), names
 
 
 def _classnames(lists: dict, path: Path) -> list[str]:
-    """Raw class names by label (0..C-1), one name per label across the three splits."""
-    names: dict[int, str] = {}
-    for split, (_, by_label) in lists.items():
-        for label, name in by_label.items():
-            if names.setdefault(label, name) != name:
-                raise BenchError(f"label {label} is named {names[label]!r} in one split and {name!r} in {split}",
-                                 where=str(path), fix="one class name per label")
+    """Raw class names by label (0..C-1): one name per label across the three splits."""
+    given: dict[int, set[str]] = defaultdict(set)
+    for _, by_label in lists.values():
+        for label, label_names in by_label.items():
+            given[label] |= label_names
+    for label, label_names in sorted(given.items()):
+        if len(label_names) > 1:
+            raise BenchError(f"label {label} is named both {' and '.join(map(repr, sorted(label_names)))}",
+                             where=str(path), fix="one class name per label")
+    names = {label: next(iter(label_names)) for label, label_names in given.items()}
     n = len(names)
     if sorted(names) != list(range(n)):
         raise BenchError(
