@@ -1,8 +1,11 @@
 """Zero-shot CLIP: classify by cosine similarity to prompt embeddings.
 
 Defaults: CoOp's single per-dataset template (``trainers/zsclip.py: CUSTOM_TEMPLATES``,
-``prompts="coop"``); ``prompts="ensemble"`` averages the normalised features of the
-dataset's template ensemble (CLIP's prompt ensembling, CoOp's ``ZeroshotCLIP2``).
+``prompts="coop"``). Any other prompt set of the dataset averages the normalised features of its
+templates and normalises again (CLIP's prompt ensembling): ``"ensemble"`` is CLIP's published
+ensemble (80 templates on ImageNet); ``"coop_ensemble"`` is CoOp's ``ZeroshotCLIP2``, the 7
+``IMAGENET_TEMPLATES_SELECT`` (plus the CoOp template outside ImageNet), the set behind the
+published 60.32/60.33 on ImageNet (Tip-Adapter's ``exp.log`` and paper).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from bench.methods.base import (
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
-    prompts: str = "coop"  # prompt set: "coop" (one template, CoOp) or "ensemble"
+    prompts: str = "coop"  # prompt set: "coop" (one template), "coop_ensemble" (CoOp's 7) or "ensemble" (CLIP's)
 
 
 class ZeroShot:

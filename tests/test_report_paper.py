@@ -30,7 +30,7 @@ def test_match_respects_generation_prompts_and_markers():
     paper = load_paper_numbers()
     kw = {"method": "zero_shot", "arch": "RN50", "dataset": "imagenet", "shots": 16}
     assert best_match(paper, **kw, generation="coop_v2", prompts="coop").value == 58.18
-    ensemble = best_match(paper, **kw, generation="coop_v2", prompts="ensemble")
+    ensemble = best_match(paper, **kw, generation="coop_v2", prompts="coop_ensemble")
     assert ensemble.value == 60.32 and ensemble.source == "tip_adapter_exp_log"
     old = best_match(paper, **kw, generation="coop_v1", prompts="coop")
     assert old.value == 55.4 and old.marker == "~"
