@@ -111,18 +111,39 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def find_manifest(results_root: Path, sweep_id: str | None = None) -> Manifest:
-    """The manifest of ``sweep_id``, or of the latest sweep submitted into ``results_root``."""
+    """The manifest of ``sweep_id``, or of the latest sweep submitted into ``results_root``, confined to
+    that folder (see :func:`confined`)."""
     root = Path(results_root) / SWEEPS_FOLDER
     if sweep_id:
         path = root / sweep_id / "manifest.json"
-        if not path.is_file():
+        if sweep_id not in list_sweeps(results_root):
             raise BenchError(f"no sweep {sweep_id!r}", where=str(root), fix=f"sweeps there: {', '.join(list_sweeps(results_root)) or 'none'}")
-        return read_manifest(path)
+        return confined(read_manifest(path), results_root, path)
     sweeps = list_sweeps(results_root)
     if not sweeps:
         raise BenchError("no sweep was submitted into this results folder", where=str(results_root),
                          fix="run `bench run --executor slurm ...` first, or pass the --results it used")
-    return read_manifest(root / sweeps[-1] / "manifest.json")
+    path = root / sweeps[-1] / "manifest.json"
+    return confined(read_manifest(path), results_root, path)
+
+
+def confined(manifest: Manifest, results_root: Path, path: Path) -> Manifest:
+    """``manifest``, read from ``path`` in ``results_root``, with its folders taken from where it was found.
+
+    The results folder and log folder it names are ignored (a moved or crafted manifest must not send
+    ``bench status`` to read anything elsewhere), and every record path it lists must resolve inside
+    the results folder.
+    """
+    root = Path(results_root).resolve()
+    fix = "this manifest was not written by `bench run`: delete its sweep folder (records are kept)"
+    if manifest.sweep_id != path.parent.name:
+        raise BenchError(f"sweep id {manifest.sweep_id!r} is not its folder's name", where=str(path), fix=fix)
+    for cell in manifest.cells:
+        if not isinstance(cell.record, str) or not (root / cell.record).resolve().is_relative_to(root):
+            raise BenchError(f"cell {cell.name!r} has its record outside the results folder ({cell.record!r})",
+                             where=str(path), fix=fix)
+    return replace(manifest, results_root=str(root),
+                   log_folder=str(sweep_folder(root, manifest.sweep_id) / "logs" / "%j"))
 
 
 def list_sweeps(results_root: Path) -> list[str]:

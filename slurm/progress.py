@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from submitit.core.utils import JobPaths, pickle_load
+from submitit.core.utils import JobPaths
 
 from bench.errors import BenchError
 from bench.results import read_result
@@ -71,17 +71,14 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
 
 
 def job_log_detail(log_folder: str, job_id: str) -> str:
-    """The error a submitit job left: the traceback from its result file, else its stderr tail."""
+    """The error a submitit job left: the tail of its stderr log (submitit prints the traceback there).
+
+    Text only: a job's result pickle is never loaded here, since unpickling a file from a results
+    folder someone sent you would run whatever code it holds.
+    """
     if not job_id:
         return ""
     paths = JobPaths(log_folder, job_id=job_id, task_id=0)
-    if paths.result_pickle.is_file():
-        try:
-            outcome, value = pickle_load(paths.result_pickle)
-        except Exception:  # a half-written or foreign pickle: fall back to the log
-            outcome, value = "unreadable", None
-        if outcome == "error":
-            return tail(str(value))
     if paths.stderr.is_file():
         return tail(paths.stderr.read_text(errors="replace")) + f"\n(log: {paths.stderr})"
     return ""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import JobPaths, pickle_load
+from submitit.core.utils import pickle_load
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 from bench.errors import BenchError
@@ -281,8 +281,7 @@ class LocalScheduler:
         elif job.state == "RUNNING":
             return JobState("running")
         else:
-            detail = job_log_detail(self.manifest.log_folder, job.job_id)
-            state = JobState("ended") if _succeeded(job) else JobState("failed", f"{job.state}\n{detail}".rstrip())
+            state = _ended_state(job, self.manifest.log_folder)
         self._ended[job.job_id] = state
         return state
 
@@ -295,11 +294,18 @@ def _entry_fields(job: submitit.Job, state: JobState) -> dict[str, str]:
     return {"job_id": job.job_id, "outcome": state.phase if ended else "", "detail": state.detail if ended else ""}
 
 
-def _succeeded(job: submitit.Job) -> bool:
-    paths = JobPaths(job.paths.folder, job_id=job.job_id, task_id=0)
-    if not paths.result_pickle.is_file():
-        return False
-    return pickle_load(paths.result_pickle)[0] == "success"
+def _ended_state(job: submitit.Job, log_folder: str) -> JobState:
+    """How a job this process submitted (and holds) ended, from the result file the job wrote.
+
+    submitit's result file is a pickle: it is read only here, for a job of this process at the path
+    this process chose, never for a job named by a manifest found on disk (``bench status``)."""
+    outcome, value = "missing", None
+    if job.paths.result_pickle.is_file():
+        outcome, value = pickle_load(job.paths.result_pickle)
+    if outcome == "success":
+        return JobState("ended")
+    detail = tail(str(value)) if outcome == "error" else job_log_detail(log_folder, job.job_id)
+    return JobState("failed", f"{job.state}\n{detail}".rstrip())
 
 
 def _debug_state(job: Any) -> JobState:
@@ -312,7 +318,9 @@ def _debug_state(job: Any) -> JobState:
 
 
 class FileTracker:
-    """A processes/debug sweep seen from another shell: only the jobs' result files are left to read."""
+    """A processes/debug sweep seen from another shell: the outcomes its submitting process wrote into the
+    manifest. The jobs' result files are pickles and are not read: loading one from a results folder
+    would run whatever code it holds; a job without a recorded outcome is ``unknown``."""
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
@@ -324,14 +332,9 @@ class FileTracker:
         return ([self._state(f) for f in self.manifest.features], [self._state(t) for t in self.manifest.tasks])
 
     def _state(self, entry: FeatureEntry | TaskEntry) -> JobState:
-        if entry.outcome:
+        if entry.outcome in ("ended", "failed"):
             return JobState(entry.outcome, entry.detail)
-        job_id = entry.job_id
-        paths = JobPaths(self.manifest.log_folder, job_id=job_id or "none", task_id=0)
-        if not job_id or not paths.result_pickle.is_file():  # the submitting process went away meanwhile
-            return JobState("unknown")
-        detail = job_log_detail(self.manifest.log_folder, job_id)
-        return JobState("ended") if pickle_load(paths.result_pickle)[0] == "success" else JobState("failed", detail)
+        return JobState("unknown")  # still running, or the submitting process went away meanwhile
 
 
 def start(manifest: Manifest, cells: list[PlannedCell], options: RunOptions, sweep: SweepOptions):
