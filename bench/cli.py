@@ -71,6 +71,9 @@ def _add_run(sub) -> None:
                         "shared filesystems (default: sqlite in the results folder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method config field, e.g. clip_adapter.alpha=0.5 (repeatable)")
+    p.add_argument("--sampling", default="dassl", choices=("dassl", "dassl_repeat"),
+                   help="few-shot subsets: dassl (Dassl's default: a class smaller than K is taken whole) or "
+                        "dassl_repeat (Dassl's repeat=True: drawn with replacement to K); recorded as split_protocol")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="encoder precision (auto: bf16 on CUDA, fp32 on CPU)")
@@ -116,6 +119,7 @@ def _run_options(args):
         precision=args.precision, extract=ExtractOptions(batch_size=args.batch_size, num_workers=workers,
                                                          progress=not args.no_progress),
         force=args.force, progress=not args.no_progress, storage=args.storage,
+        sampling=args.sampling,
     )
 
 

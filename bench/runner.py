@@ -60,6 +60,9 @@ class RunOptions:
     progress: bool = True
     eval_batch_size: int = 8192
     storage: str | None = None  # Optuna study storage (URL or journal:PATH); None: SQLite in results_root
+    # few-shot sampling (bench.datasets.splits.SAMPLINGS): it defines the subsets, so it enters every
+    # run id and record through the split protocol it names
+    sampling: str = "dassl"
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
             spec = replace(spec, trials=0)  # nothing to search: one record serves every trial budget
         identity = {"method_version": method.version, "dataset_version": dataset.version,
                     "backbone_identity": session.backbone_identity(spec.backbone), "precision": session.precision,
-                    "split_protocol": split_protocol(dataset), "data_sha256": _data_sha256(spec, session),
+                    "split_protocol": split_protocol(dataset, session.options.sampling), "data_sha256": _data_sha256(spec, session),
                     "tuning_protocol": tuning.tuning_protocol(spec.tune) if searched else None}
         run_id = spec.run_id(**identity)
         path = result_path(session.options.results_root, BackboneRef.parse(spec.backbone).slug, spec.dataset,
@@ -223,7 +226,8 @@ def prepare_features(cells: list[PlannedCell], session: Session) -> int:
         dataset, splits = session.dataset_spec(dataset_name), session.splits(dataset_name)
         wanted: dict[tuple[str, ViewSpec], set[int]] = {}
         for cell in group:
-            fewshot = load_or_create_fewshot(splits, dataset, cell.spec.shots, cell.spec.seed, session.options.cache_root)
+            fewshot = load_or_create_fewshot(splits, dataset, cell.spec.shots, cell.spec.seed, session.options.cache_root,
+                                             session.options.sampling)
             needs = session.method(cell.spec.method).needs(cell.config)
             view = _train_view(needs.train_views, needs.augment_scale)
             wanted.setdefault(("train", view), set()).update(fewshot.train)
@@ -280,7 +284,8 @@ def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
 
 def _bare_record(cell: PlannedCell, session: Session) -> dict:
     # what defines the cell is known before it fails: a failed record says which subsets it would have used
-    data = {"split_protocol": split_protocol(session.dataset_spec(cell.spec.dataset)), "protocol": cell.spec.protocol}
+    data = {"split_protocol": split_protocol(session.dataset_spec(cell.spec.dataset), session.options.sampling),
+            "protocol": cell.spec.protocol}
     return {"spec": _spec_record(cell, session), "backbone": {"id": cell.spec.backbone}, "data": data,
             "config": asdict(cell.config), "tuning": {"mode": cell.spec.tune}, "metrics": {}, "timing_s": {},
             "memory": {}, "provenance": {}, "prompts": None, "diagnostics": {}}
@@ -297,7 +302,8 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     method = session.method(spec.method)
     dataset = session.dataset_spec(spec.dataset)
     splits = session.splits(spec.dataset)
-    fewshot = load_or_create_fewshot(splits, dataset, spec.shots, spec.seed, session.options.cache_root)
+    fewshot = load_or_create_fewshot(splits, dataset, spec.shots, spec.seed, session.options.cache_root,
+                                     session.options.sampling)
     classnames, train_idx, val_idx = _cell_classes(spec, splits, fewshot)
     backbone = session.backbone(spec.backbone)
     timing: dict[str, float] = {}
@@ -427,11 +433,8 @@ def _features(session: Session, backbone: Backbone, dataset: DatasetSpec, splits
 
 def _feature_key(backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str,
                  view: ViewSpec) -> ImageFeatureKey:
-    return ImageFeatureKey(
-        backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256, precision=backbone.precision,
-        dataset=dataset.name, dataset_version=dataset.version, split_sha256=splits.source_sha256, split=split,
-        preprocessing=backbone.preprocessing, view=view,
-    )
+    return ImageFeatureKey.of(backbone, dataset=dataset.name, dataset_version=dataset.version,
+                              split_sha256=splits.source_sha256, split=split, view=view)
 
 
 def _protocol_record(spec: RunSpec, splits: DatasetSplits, session: Session) -> dict:

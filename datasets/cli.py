@@ -35,6 +35,8 @@ def add_parser(subparsers) -> None:
     export.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
     export.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
     export.add_argument("--out", type=Path, required=True, help="folder to write <dataset>/<protocol>/shot_K-seed_S.json")
+    export.add_argument("--sampling", default="dassl", choices=("dassl", "dassl_repeat"),
+                        help="few-shot sampling, as bench run --sampling (default: dassl)")
     export.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("BENCH_CACHE_DIR", "cache")),
                         help="the cache whose index files are exported (drawn there first if absent)")
     imported = _add(sub, "import-splits", _cmd_import,
@@ -184,7 +186,7 @@ def _cmd_export(args) -> int:
         splits = read_dataset(spec, args.data_root)
         for k in shots:
             for seed in seeds:
-                index = load_or_create_fewshot(splits, spec, k, seed, args.cache_dir)
+                index = load_or_create_fewshot(splits, spec, k, seed, args.cache_dir, args.sampling)
                 atomic_write_bytes(args.out / name / index.protocol / index.path.name, index.path.read_bytes())
         print(f"{name}: {len(shots) * len(seeds)} index files in {args.out / name}")
     return 0

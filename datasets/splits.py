@@ -2,12 +2,16 @@
 
 Split files (``split_zhou_<Name>.json``) hold ``{"train": [[relpath, label, classname], ...],
 "val": [...], "test": [...]}``. Few-shot subsets follow Dassl's
-``DatasetBase.generate_fewshot_dataset``: after ``random.seed(seed)``, for each label in
-order of first appearance, ``random.sample(items, K)``, or ``random.choices(items, k=K)``
-(with replacement) for a class with fewer than K items (Dassl's default ``repeat=True``,
-which CoOp's calls keep); the train subset is drawn first, then the val subset with
-``min(K, 4)`` per class, from the same generator. Drawing indices instead of items consumes
-the generator identically, so the subsets match CoOp's ``split_fewshot/shot_K-seed_S.pkl``
+``DatasetBase.generate_fewshot_dataset`` (``dassl/data/datasets/base_dataset.py``): after
+``random.seed(seed)``, for each label in order of first appearance, ``random.sample(items, K)``;
+a class with fewer than K items is taken whole, once, and draws nothing (Dassl's default
+``repeat=False`` since commit e3a15da, 2021-10-09; CoOp's calls never pass ``repeat``). That is
+split protocol ``dassl``. Protocol ``dassl_repeat`` is Dassl's ``repeat=True`` instead:
+``random.choices(items, k=K)``, with replacement, for a small class (Dassl's default from
+2021-09-15 to 2021-10-09). Real CoOp splits have at least 16 train images per class, so the two
+differ only on small datasets (miniatures, users' own). The train subset is drawn first, then the
+val subset with ``min(K, 4)`` per class, from the same generator. Drawing indices instead of items
+consumes the generator identically, so the subsets match CoOp's ``split_fewshot/shot_K-seed_S.pkl``
 for the same split file. Index files are stored per split file (its sha256 in the path), so
 one cache serves several copies of a dataset (a miniature and the real one) side by side.
 ImageNet has no val split: its few-shot val is drawn from train, disjoint from the support
@@ -28,8 +32,10 @@ from bench.datasets.spec import DatasetSpec, DatasetSplits, LabeledImages, expec
 from bench.errors import BenchError
 from bench.seeding import derive_seed
 
+SAMPLINGS = ("dassl", "dassl_repeat")  # Dassl's current default (repeat=False); repeat=True
 SPLIT_PROTOCOL = "dassl"
-VAL_FROM_TRAIN_PROTOCOL = "dassl+val_from_train"
+VAL_FROM_TRAIN = "+val_from_train"
+VAL_FROM_TRAIN_PROTOCOL = SPLIT_PROTOCOL + VAL_FROM_TRAIN
 VAL_SHOTS_CAP = 4  # CoOp: val = generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
 INDEX_SCHEMA = 1
 
@@ -128,29 +134,47 @@ class FewShotIndices:
     path: Path | None = None
 
 
-def draw_fewshot(labels: tuple[int, ...], shots: int, rng: random.Random) -> tuple[int, ...]:
+def draw_fewshot(labels: tuple[int, ...], shots: int, rng: random.Random, *, repeat: bool = False) -> tuple[int, ...]:
     """Dassl's per-class draw: indices of ``shots`` items per label, labels in first-seen order.
 
-    ``random.sample`` without replacement; a class with fewer than ``shots`` items is drawn with
-    replacement (``random.choices``, Dassl's ``repeat=True``), so its indices can repeat.
+    ``random.sample`` without replacement. A class with fewer than ``shots`` items is taken whole
+    and consumes no random number (Dassl's ``repeat=False``), or, with ``repeat``, drawn with
+    replacement (``random.choices``), so its indices repeat.
     """
     by_label: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):
         by_label[label].append(index)
     chosen: list[int] = []
     for items in by_label.values():
-        chosen.extend(rng.sample(items, shots) if len(items) >= shots else rng.choices(items, k=shots))
+        if len(items) >= shots:
+            chosen.extend(rng.sample(items, shots))
+        else:
+            chosen.extend(rng.choices(items, k=shots) if repeat else items)
     return tuple(chosen)
 
 
-def split_protocol(spec: DatasetSpec) -> str:
-    """How (train, val) subsets are drawn for ``spec``: recorded in every result and part of its run id."""
-    return VAL_FROM_TRAIN_PROTOCOL if spec.val_source == "train" else SPLIT_PROTOCOL
+def check_sampling(sampling: str) -> None:
+    """Raise a :class:`BenchError` for a sampling that is not one of :data:`SAMPLINGS`."""
+    if sampling not in SAMPLINGS:
+        raise BenchError(f"unknown few-shot sampling {sampling!r}", where="--sampling",
+                         fix=f"use one of: {', '.join(SAMPLINGS)}")
+
+
+def split_protocol(spec: DatasetSpec, sampling: str = SPLIT_PROTOCOL) -> str:
+    """How (train, val) subsets are drawn for ``spec``: recorded in every result and part of its run id.
+
+    ``sampling`` is ``"dassl"`` (Dassl's current default) or ``"dassl_repeat"`` (with replacement for
+    a class smaller than K); datasets without a val split add ``+val_from_train``.
+    """
+    check_sampling(sampling)
+    return sampling + (VAL_FROM_TRAIN if spec.val_source == "train" else "")
 
 
 def sample_fewshot(splits: DatasetSplits, dataset: str, shots: int, seed: int, *,
-                   val_from_train: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                   val_from_train: bool = False, repeat: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Draw (train, val) index tuples exactly as CoOp/Dassl would for ``seed``.
+
+    ``repeat``: Dassl's ``repeat=True`` (protocol ``dassl_repeat``) for classes smaller than K.
 
     With ``val_from_train`` (ImageNet, which has no val split; CoOp used val = test) the val
     indices point into ``splits.train`` too: ``min(K, 4)`` per class drawn from the train images
@@ -160,19 +184,21 @@ def sample_fewshot(splits: DatasetSplits, dataset: str, shots: int, seed: int, *
     if shots < 1:
         raise BenchError(f"shots must be >= 1, got {shots}", where="--shots", fix="use 1, 2, 4, 8 or 16")
     rng = random.Random(seed)
-    train = draw_fewshot(splits.train.labels, shots, rng)
+    train = draw_fewshot(splits.train.labels, shots, rng, repeat=repeat)
     if not val_from_train:
-        return train, draw_fewshot(splits.val.labels, min(shots, VAL_SHOTS_CAP), rng)
+        return train, draw_fewshot(splits.val.labels, min(shots, VAL_SHOTS_CAP), rng, repeat=repeat)
     support = set(train)
     rest = [i for i in range(len(splits.train)) if i not in support]
     val_rng = random.Random(derive_seed(seed, dataset, shots, "val_from_train"))
-    picked = draw_fewshot(tuple(splits.train.labels[i] for i in rest), min(shots, VAL_SHOTS_CAP), val_rng)
+    picked = draw_fewshot(tuple(splits.train.labels[i] for i in rest), min(shots, VAL_SHOTS_CAP), val_rng,
+                          repeat=repeat)
     return train, tuple(rest[i] for i in picked)
 
 
-def fewshot_index_path(cache_root: Path, spec: DatasetSpec, shots: int, seed: int, split_sha256: str) -> Path:
+def fewshot_index_path(cache_root: Path, spec: DatasetSpec, shots: int, seed: int, split_sha256: str,
+                       sampling: str = SPLIT_PROTOCOL) -> Path:
     """``<cache>/splits/<dataset>/<protocol>/<split sha256[:12]>/shot_K-seed_S.json``."""
-    return (Path(cache_root) / "splits" / spec.name / split_protocol(spec) / split_sha256[:12]
+    return (Path(cache_root) / "splits" / spec.name / split_protocol(spec, sampling) / split_sha256[:12]
             / index_file_name(shots, seed))
 
 
@@ -181,18 +207,20 @@ def index_file_name(shots: int, seed: int) -> str:
     return f"shot_{shots}-seed_{seed}.json"
 
 
-def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int, cache_root: Path) -> FewShotIndices:
+def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int, cache_root: Path,
+                           sampling: str = SPLIT_PROTOCOL) -> FewShotIndices:
     """The few-shot subset for (spec, shots, seed), read from its JSON index file or drawn and saved.
 
     The index file lists relative paths and labels, so it is portable between machines and can
     be shared (``bench data export-splits``). A file drawn from a different split file is
-    refused rather than silently reused.
+    refused rather than silently reused. ``sampling``: see :data:`SAMPLINGS`.
     """
-    path = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256)
+    path = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256, sampling)
     if path.is_file():
         return _read_index(path, splits, spec, shots, seed)
-    protocol = split_protocol(spec)
-    train, val = sample_fewshot(splits, spec.name, shots, seed, val_from_train=spec.val_source == "train")
+    protocol = split_protocol(spec, sampling)
+    train, val = sample_fewshot(splits, spec.name, shots, seed, val_from_train=spec.val_source == "train",
+                                repeat=sampling == "dassl_repeat")
     record = {
         "schema": INDEX_SCHEMA,
         "dataset": spec.name,
@@ -210,9 +238,10 @@ def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int,
 def import_index(source: Path, splits: DatasetSplits, spec: DatasetSpec, cache_root: Path) -> Path:
     """Place an exported index file (``bench data export-splits``) where the runner reads it -> its new path.
 
-    It is checked first: its dataset, protocol and split file must be ``spec``'s and ``splits``', and
-    every entry must be in the split file. An index file already in the cache for the same cell is
-    kept if identical and refused otherwise (it may have produced results).
+    It is checked first: its dataset and split file must be ``spec``'s and ``splits``', its protocol one
+    of ``spec``'s (either sampling; it is placed with its own), and every entry must be in the split
+    file. An index file already in the cache for the same cell is kept if its JSON content is the same
+    (formatting aside) and refused otherwise (it may have produced results).
     """
     try:
         record = json.loads(source.read_bytes())
@@ -220,13 +249,17 @@ def import_index(source: Path, splits: DatasetSplits, spec: DatasetSpec, cache_r
     except (ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"not a few-shot index file ({type(exc).__name__}: {exc})", where=str(source),
                          fix="pass a folder written by `bench data export-splits`") from exc
-    for field_name, expected in (("dataset", spec.name), ("protocol", split_protocol(spec))):
-        if record.get(field_name) != expected:
-            raise BenchError(f"field {field_name!r} is {record.get(field_name)!r}, expected {expected!r}",
-                             where=str(source), fix=f"put it under <folder>/{spec.name}/{split_protocol(spec)}/")
+    protocols = {split_protocol(spec, sampling): sampling for sampling in SAMPLINGS}
+    if record.get("dataset") != spec.name:
+        raise BenchError(f"field 'dataset' is {record.get('dataset')!r}, expected {spec.name!r}",
+                         where=str(source), fix=f"put it under <folder>/{spec.name}/<protocol>/")
+    if record.get("protocol") not in protocols:
+        raise BenchError(f"field 'protocol' is {record.get('protocol')!r}, expected one of {', '.join(protocols)}",
+                         where=str(source), fix=f"put it under <folder>/{spec.name}/{split_protocol(spec)}/")
     _read_index(source, splits, spec, shots, seed)
-    target = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256)
-    if target.is_file() and target.read_bytes() != source.read_bytes():
+    target = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256, protocols[record["protocol"]])
+    # the same JSON content counts as the same file, whatever its formatting (indentation, key order)
+    if target.is_file() and json.loads(target.read_bytes()) != record:
         raise BenchError("a different index file for this cell is already in the cache", where=str(target),
                          fix=f"delete it (and the results drawn from it) to use {source}")
     if not target.is_file():
@@ -245,6 +278,12 @@ def _read_index(path: Path, splits: DatasetSplits, spec: DatasetSpec, shots: int
         )
     train = _positions(record["train"], splits.train, path, "train")
     val = _positions(record["val"], splits.val, path, "val")
+    if not str(record.get("protocol", "")).startswith("dassl_repeat") and len(set(train)) < len(train):
+        # protocol "dassl" never repeats an image; a file that does was drawn with replacement by an
+        # earlier bench (whose "dassl" followed Dassl's old repeat=True) and would be mistaken for Dassl's draw
+        raise BenchError("few-shot index repeats images but its protocol draws without replacement "
+                         "(drawn by an earlier bench, as Dassl's repeat=True)", where=str(path),
+                         fix="delete this index file (and the results drawn from it) to redraw it as Dassl does now")
     return FewShotIndices(spec.name, shots, seed, record["protocol"], train, val, sha256_file(path), path)
 
 

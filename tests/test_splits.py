@@ -11,18 +11,22 @@ from bench.datasets.splits import load_or_create_fewshot, read_split_file, sampl
 from bench.errors import BenchError
 
 
-def dassl_reference(items, num_shots, repeat=True):
-    """Dassl.pytorch's generate_fewshot_dataset (dassl/data/datasets/base_dataset.py, default repeat=True,
-    which CoOp's datasets keep), restated on (path, label) tuples; uses the global random."""
+def dassl_reference(items, num_shots, repeat=False):
+    """Dassl.pytorch's generate_fewshot_dataset as it is now (dassl/data/datasets/base_dataset.py, default
+    repeat=False since commit e3a15da, 2021-10-09; CoOp's datasets never pass repeat), restated on
+    (path, label) tuples; uses the global random."""
     tracker = defaultdict(list)
     for item in items:
         tracker[item[1]].append(item)
     dataset = []
     for _, group in tracker.items():
         if len(group) >= num_shots:
-            dataset.extend(random.sample(group, num_shots))
+            sampled = random.sample(group, num_shots)
+        elif repeat:
+            sampled = random.choices(group, k=num_shots)
         else:
-            dataset.extend(random.choices(group, k=num_shots) if repeat else group)
+            sampled = group
+        dataset.extend(sampled)
     return dataset
 
 
@@ -52,10 +56,8 @@ def test_sampling_matches_dassl_exactly(data_root, shots, seed):
     assert set(counts.values()) == {shots}
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_class_smaller_than_k_is_drawn_with_replacement_as_dassl_does(seed):
-    """Class 1 has 3 train and 1 val images: Dassl's random.choices path, which also moves the
-    generator for every later class."""
+def _small_class_splits():
+    """Class 1 has 3 train and 1 val images (fewer than K = 8 and min(K, 4) = 4)."""
     from bench.datasets.spec import DatasetSplits, LabeledImages
 
     def images(counts, prefix):
@@ -63,15 +65,62 @@ def test_a_class_smaller_than_k_is_drawn_with_replacement_as_dassl_does(seed):
         return LabeledImages(tuple(f"{prefix}{i}.png" for i in range(len(labels))), tuple(labels))
 
     train, val = images([20, 3, 20], "t"), images([6, 1, 6], "v")
-    splits = DatasetSplits(image_root=None, classnames=("a", "b", "c"), train=train, val=val, test=val,
-                           source=None, source_sha256="0" * 64)
+    return DatasetSplits(image_root=None, classnames=("a", "b", "c"), train=train, val=val, test=val,
+                         source=None, source_sha256="0" * 64)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_class_smaller_than_k_is_taken_whole_as_dassl_does(seed):
+    """Dassl's default (repeat=False): the small class is taken once, whole, and draws nothing, so the
+    generator is where it would be without that class for every later class."""
+    splits = _small_class_splits()
     train_idx, val_idx = sample_fewshot(splits, "toy", 8, seed)
     random.seed(seed)
-    items = list(zip(train.paths, train.labels, strict=True))
+    items = list(zip(splits.train.paths, splits.train.labels, strict=True))
     assert [items[i] for i in train_idx] == dassl_reference(items, 8)
-    val_items = list(zip(val.paths, val.labels, strict=True))
+    val_items = list(zip(splits.val.paths, splits.val.labels, strict=True))
     assert [val_items[i] for i in val_idx] == dassl_reference(val_items, 4)
-    assert len(train_idx) == 3 * 8 and len({i for i in train_idx if train.labels[i] == 1}) <= 3
+    assert [i for i in train_idx if splits.train.labels[i] == 1] == [20, 21, 22]  # all three, in file order
+    assert len(train_idx) == 8 + 3 + 8 and len(set(train_idx)) == len(train_idx)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_dassl_repeat_draws_a_small_class_with_replacement(seed):
+    """Protocol dassl_repeat is Dassl's repeat=True: random.choices for the small class, which also moves
+    the generator for every later class."""
+    splits = _small_class_splits()
+    train_idx, val_idx = sample_fewshot(splits, "toy", 8, seed, repeat=True)
+    random.seed(seed)
+    items = list(zip(splits.train.paths, splits.train.labels, strict=True))
+    assert [items[i] for i in train_idx] == dassl_reference(items, 8, repeat=True)
+    val_items = list(zip(splits.val.paths, splits.val.labels, strict=True))
+    assert [val_items[i] for i in val_idx] == dassl_reference(val_items, 4, repeat=True)
+    assert len(train_idx) == 3 * 8 and len({i for i in train_idx if splits.train.labels[i] == 1}) <= 3
+
+
+def test_the_sampling_names_the_protocol_and_the_index_folder(data_root, tmp_path):
+    from bench.datasets.splits import split_protocol
+
+    splits = read_split_file(SYNTHETIC, data_root)
+    plain = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path)
+    repeat = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path, "dassl_repeat")
+    assert (plain.protocol, repeat.protocol) == ("dassl", "dassl_repeat")
+    assert plain.path.parts[-3] == "dassl" and repeat.path.parts[-3] == "dassl_repeat"
+    assert plain.train == repeat.train  # synthetic has 16 train images per class: the two agree
+    assert split_protocol(SYNTHETIC, "dassl_repeat") == "dassl_repeat"
+    with pytest.raises(BenchError, match="unknown few-shot sampling"):
+        split_protocol(SYNTHETIC, "replace")
+
+
+def test_an_index_drawn_with_replacement_under_dassl_is_refused(data_root, tmp_path):
+    """An index file an earlier bench drew as Dassl's old repeat=True, still under protocol "dassl"."""
+    splits = read_split_file(SYNTHETIC, data_root)
+    first = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path)
+    record = json.loads(first.path.read_text())
+    record["train"][1] = record["train"][0]
+    first.path.write_text(json.dumps(record))
+    with pytest.raises(BenchError, match="repeats images"):
+        load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path)
 
 
 def test_seeds_differ_and_are_deterministic(data_root):
@@ -134,6 +183,20 @@ def test_exported_index_files_import_into_another_cache(data_root, tmp_path):
     tampered.write_text(json.dumps(record))
     with pytest.raises(BenchError, match="already in the cache"):
         import_index(tampered, splits, SYNTHETIC, tmp_path / "ours")
+
+
+def test_import_compares_json_content_not_bytes(data_root, tmp_path):
+    from bench.datasets.splits import import_index
+
+    splits = read_split_file(SYNTHETIC, data_root)
+    exported = load_or_create_fewshot(splits, SYNTHETIC, 4, 2, tmp_path / "theirs")
+    placed = import_index(exported.path, splits, SYNTHETIC, tmp_path / "ours")
+    reformatted = tmp_path / "reformatted.json"
+    record = json.loads(exported.path.read_text())
+    reformatted.write_text(json.dumps(dict(reversed(record.items())), indent=4))  # same content, other bytes
+    assert import_index(reformatted, splits, SYNTHETIC, tmp_path / "ours") == placed
+    repeat = load_or_create_fewshot(splits, SYNTHETIC, 4, 2, tmp_path / "theirs", "dassl_repeat")
+    assert import_index(repeat.path, splits, SYNTHETIC, tmp_path / "ours").parts[-3] == "dassl_repeat"
 
 
 def _copy_dataset(data_root, tmp_path):
