@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import shutil
+import stat
 import tarfile
 import urllib.error
 import urllib.request
@@ -122,25 +123,69 @@ def _interrupted(url: str, part: Path, reason: object) -> BenchError:
 
 
 def unpack(archive: Path, into: Path) -> Path:
-    """Extract a tar (any compression) or zip archive into the fresh folder ``into``; returns ``into``."""
+    """Extract a tar (any compression) or zip archive into the fresh folder ``into``; returns ``into``.
+
+    Every member is checked before anything is written (:func:`_check_tar_members`,
+    :func:`_check_zip_members`), on every Python: tarfile's ``data`` filter, missing before 3.10.12
+    and 3.11.4, is only a second line of defence where it exists.
+    """
     archive, into = Path(archive), Path(into)
     shutil.rmtree(into, ignore_errors=True)
     into.mkdir(parents=True)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            zf.extractall(into)  # zipfile drops absolute paths and ".." components
+            _check_zip_members(zf, archive)
+            zf.extractall(into)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            _check_members(tf, archive)
-            tf.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            members = _check_tar_members(tf, archive)
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(into, members=members, filter="data")
+            else:
+                tf.extractall(into, members=members)  # every member was checked above
     else:
         raise BenchError("not a tar or zip archive", where=str(archive), fix="delete it and run the command again")
     return into
 
 
-def _check_members(tf: tarfile.TarFile, archive: Path) -> None:
-    for member in tf.getmembers():
-        parts = Path(member.name).parts
-        if member.name.startswith("/") or ".." in parts:
+_NOT_PUBLISHED = "this is not the published archive: delete it"
+
+
+def _outside(name: str) -> bool:
+    """True for a member name or link target that is absolute or climbs with ``..`` (either separator)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
+def _check_tar_members(tf: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """The members, each checked: a plain name, a link target that stays inside, no device or FIFO.
+
+    Link targets with ``..`` are refused outright, so no chain of links can climb out either. Modes are
+    cut to rwx bits (no setuid), as the ``data`` filter does.
+    """
+    members = tf.getmembers()
+    for member in members:
+        if _outside(member.name):
             raise BenchError(f"archive member {member.name!r} points outside the archive", where=str(archive),
-                             fix="this is not the published archive: delete it")
+                             fix=_NOT_PUBLISHED)
+        if (member.issym() or member.islnk()) and (_outside(member.linkname) or not member.linkname):
+            kind = "symbolic" if member.issym() else "hard"
+            raise BenchError(f"archive member {member.name!r} is a {kind} link to {member.linkname!r}, outside "
+                             "the archive", where=str(archive), fix=_NOT_PUBLISHED)
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise BenchError(f"archive member {member.name!r} is a device or FIFO, not a file", where=str(archive),
+                             fix=_NOT_PUBLISHED)
+        member.mode &= 0o777
+    return members
+
+
+def _check_zip_members(zf: zipfile.ZipFile, archive: Path) -> None:
+    """Zip members must have plain names (zipfile would silently rewrite others) and be files or folders."""
+    for info in zf.infolist():
+        if _outside(info.filename):
+            raise BenchError(f"archive member {info.filename!r} points outside the archive", where=str(archive),
+                             fix=_NOT_PUBLISHED)
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise BenchError(f"archive member {info.filename!r} is a link or special file, not a file",
+                             where=str(archive), fix=_NOT_PUBLISHED)

@@ -9,10 +9,16 @@ the promises these tests keep.
 from __future__ import annotations
 
 import dataclasses
+import io
 import pickle
+import tarfile
+import zipfile
 from pathlib import Path
 
+import pytest
+
 from bench.cli import main
+from bench.errors import BenchError
 
 from .conftest import TINY
 
@@ -80,3 +86,61 @@ class _FailedJobs:
 
     def get_state(self, job_id, mode="cache"):
         return "FAILED"
+
+
+# item 6 ---------------------------------------------------------------------------------------------
+
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for info, data in members:
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if data else None)
+    return buffer.getvalue()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def test_archive_links_and_special_files_are_refused_without_the_data_filter(tmp_path, monkeypatch):
+    """Item 6: members, link targets and special files are checked on Pythons without tarfile's data filter."""
+    from bench.datasets.download import unpack
+
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)  # as on 3.10.0-3.10.11 and 3.11.0-3.11.3
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    crafted = {
+        "symlink": _tar((_member("link", tarfile.SYMTYPE, str(outside)), b""), (_member("link/pwned"), b"x")),
+        "relative symlink": _tar((_member("link", tarfile.SYMTYPE, "../outside"), b""),
+                                 (_member("link/pwned"), b"x")),
+        "hardlink": _tar((_member("hard", tarfile.LNKTYPE, str(outside / "victim")), b"")),
+        "fifo": _tar((_member("pipe", tarfile.FIFOTYPE), b"")),
+        "device": _tar((_member("disk", tarfile.BLKTYPE), b"")),
+    }
+    (outside / "victim").write_text("keep")
+    for name, data in crafted.items():
+        (tmp_path / "a.tar.gz").write_bytes(data)
+        with pytest.raises(BenchError, match=r"a.tar.gz: archive member .*(outside the archive|not a file)"):
+            unpack(tmp_path / "a.tar.gz", tmp_path / "into")
+        assert sorted(p.name for p in outside.iterdir()) == ["victim"], name
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("../../escape.txt", "x")
+    (tmp_path / "a.zip").write_bytes(buffer.getvalue())
+    with pytest.raises(BenchError, match="'../../escape.txt' points outside the archive"):
+        unpack(tmp_path / "a.zip", tmp_path / "into")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        link = zipfile.ZipInfo("link")
+        link.external_attr = (0o120777 << 16)  # a symbolic link entry
+        zf.writestr(link, "/etc/passwd")
+    (tmp_path / "a.zip").write_bytes(buffer.getvalue())
+    with pytest.raises(BenchError, match="'link' is a link or special file"):
+        unpack(tmp_path / "a.zip", tmp_path / "into")
+    fine = _tar((_member("d/a.txt"), b"a"), (_member("d/b.txt", tarfile.SYMTYPE, "a.txt"), b""))
+    (tmp_path / "a.tar.gz").write_bytes(fine)
+    assert (unpack(tmp_path / "a.tar.gz", tmp_path / "into") / "d" / "b.txt").read_text() == "a"
