@@ -53,9 +53,14 @@ def read_dataset(spec: DatasetSpec, data_root: Path, *, strict: bool = True) -> 
     ``strict=False`` reads without comparing against the official data (sha256, class count,
     sizes, listed files present), for ``bench data check`` to report every difference.
     """
+    from bench.datasets.readers import check_paths_confined
+
     if spec.reader == "split_file":
         from bench.datasets.splits import read_split_file
 
-        return read_split_file(spec, data_root, strict=strict)
-    reader = import_target(spec.reader)
-    return reader(spec, data_root) if strict else reader(spec, data_root, strict=False)
+        splits = read_split_file(spec, data_root, strict=strict)
+    else:
+        reader = import_target(spec.reader)
+        splits = reader(spec, data_root) if strict else reader(spec, data_root, strict=False)
+    check_paths_confined(splits)  # every reader, third parties' too: no image is read from outside its folder
+    return splits

@@ -68,18 +68,24 @@ def prepare(spec: DatasetSpec, data_root: Path, *, keep_archives: bool = False, 
     return report
 
 
-def _destinations(step: Download) -> list[str]:
-    return [dest for _, dest in step.members] if step.members else [step.place or step.filename]
+def _destinations(step: Download, folder: Path) -> list[str]:
+    """Where ``step`` puts its files: plain paths inside the dataset folder (no absolute path, no ``..``)."""
+    dests = [dest for _, dest in step.members] if step.members else [step.place or step.filename]
+    for dest in dests:
+        if Path(dest).is_absolute() or ".." in Path(dest).parts or not Path(dest).parts:
+            raise BenchError(f"destination {dest!r} of {step.filename} is outside the dataset folder", where=str(folder),
+                             fix="fix the dataset spec: destinations are paths inside its folder")
+    return dests
 
 
 def _run_step(step: Download, folder: Path, downloads: Path, report: PrepareReport, *,
               keep_archives: bool, progress: bool) -> None:
     state = _read_state(downloads)
     entry = state.get(step.filename, {})
-    dests = _destinations(step)
-    if entry.get("status") == "placing":  # interrupted while moving into place: undo, then redo
-        for dest in entry["dests"]:
-            _remove(folder / dest)
+    dests = _destinations(step, folder)
+    if isinstance(entry, dict) and entry.get("status") == "placing":  # interrupted while placing: undo, then redo
+        for dest in dests:  # the spec's own destinations, never paths the state file names
+            _remove(folder / dest, folder)
     elif all((folder / d).exists() for d in dests):
         report.lines.append(f"present  {', '.join(dests)}")
         return
@@ -136,7 +142,14 @@ def _write_class_list(spec: DatasetSpec, folder: Path, report: PrepareReport) ->
 
 def _read_state(downloads: Path) -> dict:
     path = downloads / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        state = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"unreadable download state ({exc})", where=str(path),
+                         fix="delete it; steps whose files are all in place are skipped, the others redone") from exc
+    if not isinstance(state, dict):
+        raise BenchError("download state is not a JSON object", where=str(path), fix="delete it")
+    return state
 
 
 def _write_state(downloads: Path, state: dict) -> None:
@@ -147,7 +160,11 @@ def _mark_placing(downloads: Path, step: Download, dests: list[str]) -> None:
     _write_state(downloads, {**_read_state(downloads), step.filename: {"status": "placing", "dests": dests}})
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path, folder: Path) -> None:
+    """Delete ``path`` (a link itself, not what it points to), if it lies inside ``folder``."""
+    if not path.parent.resolve().is_relative_to(folder.resolve()):
+        raise BenchError(f"{path} lies outside the dataset folder (through a symbolic link)", where=str(folder),
+                         fix=f"remove {path} by hand if it is a partial copy, then run the command again")
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
@@ -81,7 +82,41 @@ def count_problems(spec: DatasetSpec, expected: Expectations, splits: DatasetSpl
             where=str(splits.source),
             fix="use the official split file and the complete image set; results on another split are "
                 "not comparable to the papers"))
+    return problems + overlap_problems(splits)
+
+
+def overlap_problems(splits: DatasetSplits) -> list[BenchError]:
+    """An image listed twice in one split, or in the test split and in train or val (test images would
+    leak into the fit or its tuning)."""
+    problems = []
+    seen: dict[str, str] = {}
+    for name in ("train", "val", "test"):
+        paths = splits.split(name).paths
+        repeated = next((p for p, n in Counter(paths).items() if n > 1), None)
+        if repeated is not None:
+            problems.append(BenchError(f"{repeated!r} is listed more than once in {name}", where=str(splits.source),
+                                       fix=f"list each {name} image once"))
+        if name == "test":
+            shared = next((p for p in dict.fromkeys(paths) if p in seen), None)
+            if shared is not None:
+                problems.append(BenchError(f"{shared!r} is in both {seen[shared]} and test", where=str(splits.source),
+                                           fix="the test split must not share images with train or val"))
+        else:
+            seen.update(dict.fromkeys(paths, name))
     return problems
+
+
+def check_paths_confined(splits: DatasetSplits) -> None:
+    """Every listed image path stays under the image folder: no absolute path, no ``..`` part.
+
+    Checked on the text (symbolic links inside the data folder, like ImageNet's, are the user's own).
+    """
+    for name in ("train", "val", "test"):
+        for index, path in enumerate(splits.split(name).paths):
+            parts = path.replace("\\", "/").split("/")
+            if path.startswith(("/", "\\")) or ".." in parts or Path(path).is_absolute():
+                raise BenchError(f"image path {path!r} leaves the image folder", where=f"{splits.source}: {name}[{index}]",
+                                 fix=f"list images by their path relative to {splits.image_root}")
 
 
 def check_counts(spec: DatasetSpec, expected: Expectations, splits: DatasetSplits) -> None:

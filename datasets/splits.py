@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
-from bench.datasets.readers import check_counts, check_images_exist, clean_classnames, require_file
+from bench.datasets.readers import (
+    check_counts,
+    check_images_exist,
+    check_paths_confined,
+    clean_classnames,
+    require_file,
+)
 from bench.datasets.spec import DatasetSpec, DatasetSplits, LabeledImages, expectations
 from bench.errors import BenchError
 from bench.seeding import derive_seed
@@ -78,6 +84,7 @@ def read_split_file(spec: DatasetSpec, data_root: Path, *, check_files: bool = T
         source_sha256=digest,
         miniature=expected.miniature,
     )
+    check_paths_confined(splits)
     if strict:
         check_counts(spec, expected, splits)
     if strict and check_files:
@@ -108,12 +115,20 @@ def _classnames(lists: dict, path: Path) -> list[str]:
     names = {label: next(iter(label_names)) for label, label_names in given.items()}
     n = len(names)
     if sorted(names) != list(range(n)):
+        wrong = sorted(set(names) - set(range(n)))
+        missing = sorted(set(range(n)) - set(names))
         raise BenchError(
-            f"labels are not 0..{n - 1} (found {sorted(names)[:5]}…)",
+            f"labels are not 0..{n - 1}: {_few(wrong)} out of range, {_few(missing)} missing",
             where=str(path),
             fix="labels must be contiguous integers starting at 0",
         )
     return [names[label] for label in range(n)]
+
+
+def _few(labels: list[int]) -> str:
+    """``label 7`` / ``labels 7, 9, 12, 40, 41 (+3 more)``."""
+    shown = ", ".join(map(str, labels[:5])) + (f" (+{len(labels) - 5} more)" if len(labels) > 5 else "")
+    return f"label{'s' if len(labels) > 1 else ''} {shown}"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import pickle
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -144,3 +146,57 @@ def test_archive_links_and_special_files_are_refused_without_the_data_filter(tmp
     fine = _tar((_member("d/a.txt"), b"a"), (_member("d/b.txt", tarfile.SYMTYPE, "a.txt"), b""))
     (tmp_path / "a.tar.gz").write_bytes(fine)
     assert (unpack(tmp_path / "a.tar.gz", tmp_path / "into") / "d" / "b.txt").read_text() == "a"
+
+
+# item 7 ---------------------------------------------------------------------------------------------
+
+
+def _edited_synthetic(data_root: Path, tmp_path: Path, edit) -> Path:
+    from bench.datasets.catalog import SYNTHETIC
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic", root / "synthetic")
+    path = root / "synthetic" / SYNTHETIC.split_file
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    return root
+
+
+def test_paths_from_split_files_state_files_and_manifests_are_confined(data_root, tmp_path):
+    """Item 7: split-file image paths, .downloads/state.json and manifest record paths stay in their folder."""
+    from bench.datasets import read_dataset
+    from bench.datasets.catalog import SYNTHETIC
+    from bench.datasets.prepare import prepare
+    from bench.datasets.spec import DatasetSpec, Download
+    from bench.slurm.manifest import find_manifest
+
+    secret = tmp_path / "secret.png"
+    shutil.copy(data_root / "synthetic" / "images" / "red_dots" / "test_003.png", secret)
+    for bad in ("../../../secret.png", str(secret)):  # both name tmp_path/secret.png, which exists
+        root = _edited_synthetic(data_root, tmp_path, lambda c, bad=bad: {**c, "test": [[bad, *c["test"][0][1:]],
+                                                                                         *c["test"][1:]]})
+        with pytest.raises(BenchError, match=r"split_zhou_Synthetic\.json: test\[0\]: image path .* leaves the image "
+                                             r"folder"):
+            read_dataset(SYNTHETIC, root)
+        shutil.rmtree(root)
+
+    dataset, outside = tmp_path / "ds" / "toy", tmp_path / "OUTSIDE"
+    (dataset / ".downloads").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (dataset / ".downloads" / "toy.bin").write_bytes(b"data")  # a manual download, already in place
+    (dataset / ".downloads" / "state.json").write_text(json.dumps(
+        {"toy.bin": {"status": "placing", "dests": ["../../OUTSIDE"]}}))
+    spec = DatasetSpec(name="toy", version="1", folder="toy", image_dir="images", split_file="split.json",
+                       prompts={"coop": ("a photo of a {}.",)}, downloads=(Download("toy.bin", None, place="toy.bin"),))
+    prepare(spec, tmp_path / "ds", progress=False)
+    assert (outside / "keep.txt").read_text() == "keep" and (dataset / "toy.bin").read_bytes() == b"data"
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+    results = tmp_path / "results"
+    manifest = _sweep(results, "processes", tmp_path / "logs")
+    path = results / ".sweeps" / manifest.sweep_id / "manifest.json"
+    data = json.loads(path.read_text())
+    data["cells"][0]["record"] = "../secret.png"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BenchError, match=r"manifest.json: cell .* has its record outside the results folder"):
+        find_manifest(results)
