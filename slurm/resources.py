@@ -40,11 +40,16 @@ class Resources:
     array_parallelism: int = 64
 
     def __post_init__(self):
+        for name in ("partition", "account", "constraint"):  # they become #SBATCH lines: one line each
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.isprintable() or not value.strip()):
+                raise BenchError(f"{name} {value!r} holds a control character (a newline would add a line to the "
+                                 "sbatch script) or nothing at all", where=name, fix="give a plain name, e.g. gpu")
         for name in ("cpus_per_task", "time_min", "cells_per_task", "array_parallelism"):
             if getattr(self, name) < 1:
                 raise BenchError(f"{name} must be at least 1, not {getattr(self, name)}", where=name,
                                  fix="use a positive number")
-        if self.gpus_per_task < 0 or (self.mem_gb is not None and self.mem_gb <= 0):
+        if self.gpus_per_task < 0 or (self.mem_gb is not None and not 0 < self.mem_gb < float("inf")):
             raise BenchError("gpus_per_task must be >= 0 and mem_gb > 0", where="gpus_per_task/mem_gb",
                              fix="use e.g. gpus_per_task=1, mem_gb=32")
 
@@ -89,7 +94,10 @@ def _parse_profile(text: str, where: str) -> Resources:
         if value is not None and not _type_ok(value, fields[name].type):
             raise BenchError(f"field {name!r} has the wrong type ({value!r})", where=where,
                              fix=f"{name} is {fields[name].type}")
-    return Resources(**values)
+    try:
+        return Resources(**values)
+    except BenchError as exc:
+        raise BenchError(exc.what, where=f"{where}: {exc.where}", fix=exc.fix) from None
 
 
 def _type_ok(value: Any, annotation: str) -> bool:
@@ -113,6 +121,9 @@ def executor_parameters(res: Resources, kind: str, *, name: str, dependency: str
     ``dependency`` is a Slurm job id that must end successfully first (``afterok``); if it fails,
     Slurm cancels the dependent job instead of leaving it pending forever.
     """
+    if not name.isprintable():
+        raise BenchError(f"job name {name!r} holds a control character", where="dataset name",
+                         fix="name datasets with printable characters only")
     params: dict[str, Any] = {"timeout_min": res.time_min, "name": name}
     if kind != "slurm":
         return params

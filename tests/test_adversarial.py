@@ -200,3 +200,23 @@ def test_paths_from_split_files_state_files_and_manifests_are_confined(data_root
     path.write_text(json.dumps(data))
     with pytest.raises(BenchError, match=r"manifest.json: cell .* has its record outside the results folder"):
         find_manifest(results)
+
+
+# item 8 ---------------------------------------------------------------------------------------------
+
+
+def test_slurm_fields_with_control_characters_are_refused(tmp_path, data_root, capsys):
+    """Item 8: a newline in a profile field or flag never reaches the sbatch script."""
+    from bench.slurm.resources import load_profile
+
+    profile = tmp_path / "evil.json"
+    for field in ("partition", "account", "constraint"):
+        profile.write_text(json.dumps({field: "gpu\n#SBATCH --wrap=touch /tmp/pwned"}))
+        with pytest.raises(BenchError, match=rf"evil.json: {field}: {field} .* holds a control character"):
+            load_profile(str(profile))
+    args = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "c"), "--results", str(tmp_path / "r"),
+            "--device", "cpu", "--methods", "zero_shot", "--shots", "1", "--seeds", "1", "--executor", "slurm",
+            "--dry-run", "--account", "lab\rx"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "account: account 'lab\\rx' holds a control character" in err and len(err.strip().splitlines()) == 1
