@@ -78,7 +78,7 @@ def _add_run(sub) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="encoder precision (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--workers", type=_non_negative_int, default=None, help="image-decoding processes (default: min(8, CPUs) on CUDA, 0 on CPU)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per encoder forward during feature extraction")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="images per encoder forward during feature extraction")
     p.add_argument("--force", action="store_true", help="redo cells that already have a record")
     p.add_argument("--dry-run", action="store_true", help="print the cells and how many are done, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -91,13 +91,13 @@ def _specs_from_args(args):
     from bench.datasets import dataset_registry
     from bench.datasets.selection import fewshot_datasets, shift_targets
     from bench.methods import method_registry
-    from bench.spec import ALL_SHOTS, DEFAULT_SEEDS, expand_grid, parse_int_list, parse_overrides
+    from bench.spec import ALL_SHOTS, expand_grid, parse_int_list, parse_overrides
 
     methods = method_registry().expand(args.methods)
     datasets = fewshot_datasets(args.datasets, dataset_registry())
     shift = shift_targets(args.shift, datasets, dataset_registry(), args.data_root)
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
-    seeds = parse_int_list(args.seeds, flag="--seeds") if args.seeds else DEFAULT_SEEDS
+    seeds = parse_int_list(args.seeds, flag="--seeds")  # an empty list is an error, not the default seeds
     backbones = list(dict.fromkeys(b.strip() for b in args.backbone.split(",") if b.strip()))
     if not backbones:
         raise BenchError("no backbone named", where="--backbone", fix="e.g. --backbone RN50/openai")
@@ -133,7 +133,7 @@ def _cmd_run(args) -> int:
         return run_sweep(args, specs, options)
     session = Session(options)
     if args.dry_run:
-        cells = plan_cells(specs, session)
+        cells = plan_cells(specs, session, dry_run=True)  # reads only: works on a read-only results folder
         done = sum(is_done(c) for c in cells)
         for cell in cells:
             print(f"{'done' if is_done(cell) else 'todo'}  {cell.spec.name}  {cell.spec.backbone}  -> {cell.path}")
@@ -153,6 +153,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative; pass 0 (decode in this process) or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number; pass 1 or more")
     return value
 
 

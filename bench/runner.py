@@ -130,8 +130,9 @@ class Session:
         return self._backbones[name]
 
 
-def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
-    """Validate every cell before any work: names, backbone, config overrides, datasets, results folder."""
+def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False) -> list[PlannedCell]:
+    """Validate every cell before any work: names, backbone, config overrides, datasets, results folder
+    (writable, unless ``dry_run``: a dry run only reads)."""
     planned = []
     for spec in specs:
         method = session.method(spec.method)
@@ -150,6 +151,8 @@ def plan_cells(specs: list[RunSpec], session: Session) -> list[PlannedCell]:
                            spec.method, spec.shots, spec.seed, run_id)
         study = tuning.study_name(spec, identity) if searched else None
         planned.append(PlannedCell(spec, config, run_id, path, study))
+    if dry_run:
+        return planned
     ensure_writable_dir(Path(session.options.results_root), purpose="results")
     ensure_writable_dir(Path(session.options.cache_root), purpose="cache")
     if any(cell.study for cell in planned):  # a bad storage URL fails before any work

@@ -84,7 +84,7 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
     if args.workers is None:  # decide for the job's node, not for this (login) node
         workers = min(8, config.resources.cpus_per_task) if config.resources.gpus_per_task else 0
         options = dataclasses.replace(options, extract=dataclasses.replace(options.extract, num_workers=workers))
-    cells = plan_cells(specs, Session(options))
+    cells = plan_cells(specs, Session(options), dry_run=args.dry_run)
     if config.executor == "slurm" and options.storage is None and any(cell.study for cell in cells):
         print(f"warning: tuned cells keep their studies in SQLite ({Path(options.results_root) / 'studies.sqlite3'}); "
               "SQLite locking is unreliable on network filesystems, so on a cluster pass "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import pickle
 import shutil
 import tarfile
@@ -220,3 +221,41 @@ def test_slurm_fields_with_control_characters_are_refused(tmp_path, data_root, c
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "account: account 'lab\\rx' holds a control character" in err and len(err.strip().splitlines()) == 1
+
+
+# item 11 --------------------------------------------------------------------------------------------
+
+
+def test_split_and_flag_checks(data_root, tmp_path, capsys):
+    """Item 11: overlap and repeats in a split file, the wrong-label message, --seeds '', --batch-size < 1,
+    --dry-run on a read-only results folder."""
+    from bench.datasets import read_dataset
+    from bench.datasets.catalog import SYNTHETIC
+
+    edits = {
+        r"'red_stripes/test_000.png' is in both train and test": lambda c: {**c, "train": [*c["train"], c["test"][0]]},
+        r"is listed more than once in val": lambda c: {**c, "val": [*c["val"], c["val"][0]]},
+        r"labels are not 0..7: label 9 out of range, label 7 missing":
+            lambda c: {k: [[p, 9 if y == 7 else y, n] for p, y, n in v] for k, v in c.items()},
+    }
+    for message, edit in edits.items():
+        root = _edited_synthetic(data_root, tmp_path, edit)
+        with pytest.raises(BenchError, match=message):
+            read_dataset(SYNTHETIC, root)
+        shutil.rmtree(root)
+
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    if os.access(readonly, os.W_OK):  # root writes anywhere: take a folder nobody can create files in
+        readonly = Path("/proc/self/fdinfo")
+    run = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+           "--methods", "zero_shot", "--shots", "1", "--no-progress"]
+    assert main([*run, "--results", str(readonly), "--seeds", "1", "--dry-run"]) == 0
+    assert "1 cells, 0 done, 1 to run" in capsys.readouterr().out
+    assert main([*run, "--results", str(tmp_path / "r"), "--seeds", "", "--dry-run"]) == 2
+    assert "--seeds: '' must list positive integers" in capsys.readouterr().err
+    for size in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            main([*run, "--results", str(tmp_path / "r"), "--batch-size", size, "--dry-run"])
+        assert f"--batch-size: {size} is not a positive number" in capsys.readouterr().err
