@@ -202,6 +202,9 @@ def resolve_device(requested: str = "auto") -> torch.device:
         raise BenchError(f"unknown device {requested!r}", where="--device", fix="use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA is not available on this machine", where="--device", fix="use --device cpu")
+    if device.type not in ("cpu", "cuda") and not (device.type == "mps" and torch.backends.mps.is_available()):
+        raise BenchError(f"device {requested!r} is not available on this machine", where="--device",
+                         fix="use --device auto, cpu or cuda (mps only on Apple silicon)")
     return device
 
 
@@ -262,15 +265,20 @@ def _load_checkpoint_into(model: torch.nn.Module, path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise BenchError(f"cannot read checkpoint ({exc})", where=str(path), fix="pass a torch state-dict file") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # one line, never empty
+        raise BenchError(f"cannot read checkpoint ({type(exc).__name__}: {first})", where=str(path),
+                         fix="pass a torch state-dict file") from exc
     meta = state.get("meta") if isinstance(state, dict) and "state_dict" in state else None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
+        raise BenchError(f"checkpoint holds a {type(state).__name__}, not a state dict", where=str(path),
+                         fix="save model.state_dict() (or {'state_dict': ..., 'meta': ...})")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise BenchError(
-            f"checkpoint does not match the architecture ({str(exc).splitlines()[0]})",
+            f"checkpoint does not match the architecture ({' '.join(str(exc).split()) or type(exc).__name__})",
             where=str(path),
             fix="pass the architecture the checkpoint was trained with",
         ) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import logging
 import os
@@ -232,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# errors the machine gives for a file the user named or a disk it filled: one line, not a traceback
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR,
+                                 errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST})
+
+
+def environment_error(exc: OSError) -> BenchError:
+    """``exc`` (a full disk, a read-only or unwritable path) as a :class:`BenchError` naming the file."""
+    fix = ("free space (or quota) on that disk, then run the same command again: finished work is kept"
+           if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "pass a path you can write to (a folder for --plot)")
+    return BenchError(exc.strerror or type(exc).__name__, where=None if exc.filename is None else str(exc.filename),
+                      fix=fix)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -241,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        print(f"bench: error: {environment_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench: interrupted; finished cells are saved and will be skipped next time", file=sys.stderr)

@@ -61,8 +61,8 @@ def load_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"cannot decode image ({exc})", where=str(path),
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # a bomb: far more pixels than it should
+        raise BenchError(f"cannot decode image ({type(exc).__name__}: {exc})", where=str(path),
                          fix="re-extract or re-download this file; `bench data check` lists every bad file") from exc
 
 

@@ -89,6 +89,14 @@ class RunResult:
         missing = [k for k in SPEC_KEYS if k not in self.spec]
         if missing:
             raise bad(f"spec lacks {', '.join(missing)}")
+        for key in SPEC_KEYS:
+            kind = int if key in ("shots", "seed") else str
+            if type(self.spec[key]) is not kind:
+                raise bad(f"spec.{key} is {self.spec[key]!r}, not {'an integer' if kind is int else 'a string'}")
+        wrong = sorted(k for k, v in self.metrics.items() if not (v is None or isinstance(v, dict) or (
+            isinstance(v, (int, float)) and not isinstance(v, bool))))  # dicts: per shift set (transfer)
+        if wrong:
+            raise bad(f"metrics.{wrong[0]} is {self.metrics[wrong[0]]!r}, not a number")
         top1 = self.metrics.get("top1")
         if self.ok and not (isinstance(top1, (int, float)) and not isinstance(top1, bool) and 0 <= top1 <= 1):
             raise bad(f"an ok record needs metrics.top1 as a fraction in [0, 1], found {top1!r}")
@@ -108,6 +116,9 @@ def read_result(path: Path) -> RunResult:
         record = json.loads(Path(path).read_text())
     except ValueError as exc:
         raise BenchError(f"not valid JSON ({exc})", where=str(path), fix="delete it and re-run the cell") from exc
+    except OSError as exc:  # a folder, a dangling link, no permission: one line naming it
+        raise BenchError(f"cannot read this record ({exc.strerror or type(exc).__name__})", where=str(path),
+                         fix="remove it, or make it a readable record file") from exc
     return RunResult.from_json(record, source=str(path))
 
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.errors import BenchError
+
 MINIATURE_MARKER = "bench-miniature.json"
 
 
@@ -128,9 +130,16 @@ def expectations(spec: DatasetSpec, folder: Path) -> Expectations:
     marker = Path(folder) / MINIATURE_MARKER
     if not marker.is_file():
         return Expectations(spec.n_classes, spec.split_sizes, miniature=False)
-    content = json.loads(marker.read_text())
-    sizes = content.get("split_sizes")
-    return Expectations(content.get("n_classes"), tuple(sizes) if sizes else None, miniature=True)
+    try:
+        content = json.loads(marker.read_text())
+        sizes, n_classes = content.get("split_sizes"), content.get("n_classes")
+        if not (n_classes is None or type(n_classes) is int) or not (
+                sizes is None or (isinstance(sizes, list) and len(sizes) == 3 and all(type(s) is int for s in sizes))):
+            raise TypeError("n_classes must be an integer and split_sizes three integers")
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise BenchError(f"damaged miniature marker ({type(exc).__name__}: {exc})", where=str(marker),
+                         fix=f"delete {folder} and run `bench data miniature {spec.name}` again") from exc
+    return Expectations(n_classes, tuple(sizes) if sizes else None, miniature=True)
 
 
 @dataclass(frozen=True)

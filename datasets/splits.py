@@ -21,6 +21,7 @@ set (protocol ``dassl+val_from_train``).
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from bench.errors import BenchError
 from bench.seeding import derive_seed
 
 SAMPLINGS = ("dassl", "dassl_repeat")  # Dassl's current default (repeat=False); repeat=True
+log = logging.getLogger(__name__)
+
 SPLIT_PROTOCOL = "dassl"
 VAL_FROM_TRAIN = "+val_from_train"
 VAL_FROM_TRAIN_PROTOCOL = SPLIT_PROTOCOL + VAL_FROM_TRAIN
@@ -232,7 +235,11 @@ def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int,
     """
     path = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256, sampling)
     if path.is_file():
-        return _read_index(path, splits, spec, shots, seed)
+        try:
+            return _read_index(path, splits, spec, shots, seed)
+        except DamagedIndex as exc:  # the draw is deterministic: draw it again rather than stop every cell
+            log.warning("%s: %s; drawing it again", path, exc.what)
+            path.unlink(missing_ok=True)
     protocol = split_protocol(spec, sampling)
     train, val = sample_fewshot(splits, spec.name, shots, seed, val_from_train=spec.val_source == "train",
                                 repeat=sampling == "dassl_repeat")
@@ -261,7 +268,7 @@ def import_index(source: Path, splits: DatasetSplits, spec: DatasetSpec, cache_r
     try:
         record = json.loads(source.read_bytes())
         shots, seed = int(record["shots"]), int(record["seed"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"not a few-shot index file ({type(exc).__name__}: {exc})", where=str(source),
                          fix="pass a folder written by `bench data export-splits`") from exc
     protocols = {split_protocol(spec, sampling): sampling for sampling in SAMPLINGS}
@@ -282,8 +289,29 @@ def import_index(source: Path, splits: DatasetSplits, spec: DatasetSpec, cache_r
     return target
 
 
+class DamagedIndex(BenchError):
+    """An index file that is not the JSON an index file holds (truncated, overwritten, hand-edited)."""
+
+
+def _index_record(path: Path) -> dict:
+    """The JSON of an index file, its shape checked, or :class:`DamagedIndex` naming it."""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("protocol"), str):
+            raise TypeError("not an object with a protocol")
+        for name in ("train", "val"):
+            if not isinstance(record.get(name), list) or not all(
+                    isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and type(e[1]) is int
+                    for e in record[name]):
+                raise TypeError(f"{name!r} is not a list of [path, label] pairs")
+    except (OSError, ValueError, TypeError) as exc:
+        raise DamagedIndex(f"damaged few-shot index file ({type(exc).__name__}: {' '.join(str(exc).split())})",
+                           where=str(path), fix="delete it: `bench run` draws it again, identically") from exc
+    return record
+
+
 def _read_index(path: Path, splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int) -> FewShotIndices:
-    record = json.loads(path.read_text())
+    record = _index_record(path)
     if record.get("split_file_sha256") != splits.source_sha256:
         raise BenchError(
             "few-shot index was drawn from a different split file "

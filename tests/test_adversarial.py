@@ -259,3 +259,110 @@ def test_split_and_flag_checks(data_root, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([*run, "--results", str(tmp_path / "r"), "--batch-size", size, "--dry-run"])
         assert f"--batch-size: {size} is not a positive number" in capsys.readouterr().err
+
+
+# item 10 --------------------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, argv: list[str], *expected: str) -> str:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bench: error: ") and "Fix:" in err, err
+    for text in expected:
+        assert text in err, (text, err)
+    return err
+
+
+def test_bad_input_is_one_line_naming_the_file(data_root, tmp_path, monkeypatch, capsys, caplog):
+    """Item 10: damaged files, bad records, unwritable outputs, a full disk and a missing device are one line."""
+    import errno
+
+    import torch
+    from PIL import Image
+
+    from bench import _io
+    from bench.backbone import BackboneRef, load_backbone
+    from bench.datasets import read_dataset
+    from bench.datasets.catalog import SYNTHETIC
+    from bench.datasets.spec import MINIATURE_MARKER
+    from bench.datasets.splits import load_or_create_fewshot
+    from bench.images import load_rgb
+
+    from .report_fixtures import record, save
+
+    # a damaged few-shot index file is drawn again (a warning naming it); a malformed one to import is refused
+    splits = read_dataset(SYNTHETIC, data_root)
+    first = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path / "cache")
+    first.path.write_text('{"train": [["red_dots/tr')
+    again = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path / "cache")
+    assert (again.train, again.val, again.sha256) == (first.train, first.val, first.sha256)
+    assert f"{first.path}: damaged few-shot index file" in caplog.text
+    exported = tmp_path / "export" / "synthetic" / "dassl" / "shot_2-seed_1.json"
+    exported.parent.mkdir(parents=True)
+    exported.write_text(json.dumps({**json.loads(first.path.read_text()), "train": [["red_dots/train_000.png"]]}))
+    _one_line_error(capsys, ["data", "import-splits", str(tmp_path / "export"), "--data-root", str(data_root),
+                             "--cache-dir", str(tmp_path / "cache2")], str(exported), "damaged few-shot index file")
+
+    # a decompression bomb names the image
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (64, 64)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(BenchError, match=r"bomb.png: cannot decode image \(DecompressionBombError"):
+        load_rgb(bomb)
+    monkeypatch.undo()
+
+    # a checkpoint that is a tensor or a list; a checkpoint torch cannot read
+    for name, content in (("tensor.pt", torch.zeros(3)), ("list.pt", [torch.zeros(3)])):
+        torch.save(content, tmp_path / name)
+        with pytest.raises(BenchError, match=rf"{name}: .*not a state dict") as caught:
+            load_backbone(BackboneRef.parse(f"{TINY.split('/')[0]}/{tmp_path / name}"), torch.device("cpu"))
+        assert len(str(caught.value).splitlines()) == 1
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(BenchError) as caught:
+        load_backbone(BackboneRef.parse(f"{TINY.split('/')[0]}/{tmp_path / 'empty.pt'}"), torch.device("cpu"))
+    assert len(str(caught.value).splitlines()) == 1 and "()" not in str(caught.value)
+
+    # bench report: a wrongly typed field, a folder, a dangling link
+    results = tmp_path / "results"
+    save(results, record("zero_shot", "dtd", 1, 1, 0.5))
+    (path,) = results.rglob("k*.json")
+    good = path.read_text()
+    path.write_text(good.replace('"shots": 1', '"shots": "four"'))
+    _one_line_error(capsys, ["report", "--results", str(results)], str(path), "spec.shots is 'four'")
+    path.unlink()
+    path.mkdir()
+    _one_line_error(capsys, ["report", "--results", str(results)], str(path), "cannot read this record")
+    path.rmdir()
+    path.symlink_to(tmp_path / "gone.json")
+    _one_line_error(capsys, ["report", "--results", str(results)], str(path), "cannot read this record")
+    path.unlink()
+    path.write_text(good)
+
+    # a corrupt miniature marker
+    root = _edited_synthetic(data_root, tmp_path, lambda c: c)
+    (root / "synthetic" / MINIATURE_MARKER).write_text('{"n_classes": "eight"')
+    with pytest.raises(BenchError, match=rf"{MINIATURE_MARKER}: damaged miniature marker.*bench data miniature"):
+        read_dataset(SYNTHETIC, root)
+
+    # unwritable --out, --plot and export-splits --out (a file where a folder should be); a full disk
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    _one_line_error(capsys, ["report", "--results", str(results), "--out", str(blocker / "t.md")], str(blocker))
+    _one_line_error(capsys, ["report", "--results", str(results), "--plot", str(blocker)], str(blocker))
+    _one_line_error(capsys, ["data", "export-splits", "synthetic", "--shots", "1", "--seeds", "1", "--data-root",
+                             str(data_root), "--cache-dir", str(tmp_path / "cache"), "--out", str(blocker / "x")],
+                    str(blocker))
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(_io, "atomic_write_bytes", full_disk)
+    _one_line_error(capsys, ["report", "--results", str(results), "--out", str(tmp_path / "t.md")],
+                    f"{tmp_path / 't.md'}: No space left on device", "free space")
+    monkeypatch.undo()
+
+    # a device this machine does not have
+    if not torch.backends.mps.is_available():
+        _one_line_error(capsys, ["run", "--data-root", str(data_root), "--results", str(tmp_path / "r"), "--device",
+                                 "mps", "--methods", "zero_shot", "--shots", "1", "--seeds", "1"],
+                        "--device: device 'mps' is not available")
