@@ -72,6 +72,10 @@ def _add_run(sub) -> None:
                         "shared filesystems (default: sqlite in the results folder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method config field, e.g. clip_adapter.alpha=0.5 (repeatable)")
+    p.add_argument("--as-published", action="store_true",
+                   help="set every selected method to its official code's behaviour where ours differs (each "
+                        "method's as_published overrides, e.g. tip_adapter_f.precision=fp16; see docs/fidelity.md); "
+                        "they act as --set items, recorded and shown in report rows; an explicit --set wins")
     p.add_argument("--sampling", default="dassl", choices=("dassl", "dassl_repeat"),
                    help="few-shot subsets: dassl (Dassl's default: a class smaller than K is taken whole) or "
                         "dassl_repeat (Dassl's repeat=True: drawn with replacement to K); recorded as split_protocol")
@@ -102,8 +106,23 @@ def _specs_from_args(args):
     backbones = list(dict.fromkeys(b.strip() for b in args.backbone.split(",") if b.strip()))
     if not backbones:
         raise BenchError("no backbone named", where="--backbone", fix="e.g. --backbone RN50/openai")
+    overrides = [*as_published_overrides(methods), *args.overrides] if args.as_published else args.overrides
     return expand_grid(methods, datasets, shots, seeds, backbones, tune=args.tune, trials=args.trials,
-                       overrides=parse_overrides(args.overrides), protocol=args.protocol, shift=shift)
+                       overrides=parse_overrides(overrides), protocol=args.protocol, shift=shift)
+
+
+def as_published_overrides(methods) -> list[str]:
+    """``--set`` items (``METHOD.FIELD=VALUE``) of each method's ``as_published`` mapping, for --as-published.
+
+    They come before the user's own items, so an explicit ``--set`` of the same field wins.
+    """
+    import json
+
+    from bench.methods import method_registry
+
+    registry = method_registry()
+    return [f"{name}.{field}={json.dumps(value)}" for name in methods
+            for field, value in sorted(getattr(registry.get(name), "as_published", {}).items())]
 
 
 def _run_options(args):
@@ -195,6 +214,9 @@ def _cmd_methods(args) -> int:
                       f"class default {default!r})")
             else:
                 print(f"    {f.name} = {default!r}")
+        published = getattr(method, "as_published", {})
+        if published:
+            print(f"    --as-published sets: {', '.join(f'{k}={v!r}' for k, v in sorted(published.items()))}")
         varying = _per_cell_defaults(method)
         if varying and cell is None:
             print(f"    (per dataset/shots, default_config sets: {', '.join(varying)}; see --dataset)")

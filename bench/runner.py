@@ -318,6 +318,7 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
         dataset=spec.dataset, shots=spec.shots, classnames=classnames, prompts=dataset.prompts,
         train=_features(session, backbone, dataset, splits, "train", train_idx, train_view),
         val=_features(session, backbone, dataset, splits, "val", val_idx, CENTER),
+        raw_classnames=(splits.raw_classnames or splits.classnames)[:len(classnames)],  # base2new: the base classes
     )
     timing["features"] = time.perf_counter() - t
 

@@ -169,6 +169,8 @@ class DatasetSplits:
         class_ids: stable class identifiers (ImageNet wnids) that map classes between datasets
             (a shift set onto ImageNet's labels); ``None`` where there are none.
         miniature: the data is a generated miniature, not the real dataset.
+        raw_classnames: the split file's class names as written (``american_bulldog``), which Dassl's
+            datasets hand to a trainer before any clean-up; ``None`` where they equal ``classnames``.
     """
 
     image_root: Path
@@ -180,6 +182,7 @@ class DatasetSplits:
     source_sha256: str
     class_ids: tuple[str, ...] | None = None
     miniature: bool = False
+    raw_classnames: tuple[str, ...] | None = None
 
     def split(self, name: str) -> LabeledImages:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

@@ -77,9 +77,11 @@ def read_split_file(spec: DatasetSpec, data_root: Path, *, check_files: bool = T
             fix='expected {"train": [[relative_path, label, classname], ...], "val": [...], "test": [...]}',
         ) from exc
     expected = expectations(spec, folder)
+    raw_names = tuple(_classnames(lists, path))
     splits = DatasetSplits(
         image_root=folder / spec.image_dir,
-        classnames=clean_classnames(spec, _classnames(lists, path)),
+        classnames=clean_classnames(spec, raw_names),
+        raw_classnames=raw_names,
         train=lists["train"][0],
         val=lists["val"][0],
         test=lists["test"][0],

@@ -50,6 +50,8 @@ class FewShotData:
         prompts: the dataset's prompt sets, name -> templates with one ``{}``.
         train: the K-per-class support set, with the views the method asked for.
         val: the few-shot validation set (min(K, 4) per class), centre view.
+        raw_classnames: the C names as the split file writes them (``american_bulldog``), before
+            CoOp's clean-ups; what Dassl hands a trainer. ``None``: the same as ``classnames``.
     """
 
     dataset: str
@@ -58,6 +60,7 @@ class FewShotData:
     prompts: Mapping[str, tuple[str, ...]]
     train: FeatureSet
     val: FeatureSet
+    raw_classnames: tuple[str, ...] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -134,6 +137,11 @@ class Method(Protocol):
     # Optional, for --tune val|oracle (bench/tuning.py):
     #     def search_space(self, trial, dataset: str, shots: int, cfg) -> dict[str, Any]
     # returns config-field overrides sampled from the Optuna trial; cfg is the cell's resolved config.
+    #
+    # Optional, for bench run --as-published:
+    #     as_published: ClassVar[dict[str, Any]]
+    # config-field overrides that make the method behave as its official code where ours differs
+    # (docs/fidelity.md); the CLI applies them as --set items, which an explicit --set overrides.
 
 
 # Bounds (low, high; None = open) of config fields, checked whenever a user sets a value (--set):

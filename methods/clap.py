@@ -27,12 +27,17 @@ Defaults and where they come from (official ``trainers/adapters.py``,
   warm-up epoch at a constant 1e-5.
 - Prompts: the dataset's CoOp template; ImageNet: the ``coop_ensemble`` set, the 7
   ``IMAGENET_TEMPLATES_SELECT`` (CLAP also adds the CoOp template "a photo of a {}.", an 8th).
+- Class names: ``classnames="clean"`` (default) prompts with the names every method here uses (CoOp's
+  ``"_"`` -> ``" "``); ``"raw"`` with the split file's names as written (``american_bulldog``,
+  ``Apply_Eye_Makeup``), as the official ``_get_base_text_features`` does: it formats its templates
+  with ``self.dm.dataset.classnames``, Dassl's names, never cleaned. They differ on Caltech101,
+  OxfordPets, Food101, SUN397 and UCF101 (docs/fidelity.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +56,7 @@ from bench.methods.tip_adapter import default_prompts
 from bench.seeding import derive_seed, torch_generator
 
 CONSTRAINTS = ("l2", "none")
+CLASSNAME_STYLES = ("clean", "raw")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class ClapConfig:
     weight_decay: float = 0.0
     prompts: str = "coop"        # default_config: "coop_ensemble" on ImageNet
     train_views: int = 20        # augmented views per support image (epochs_aumentation)
+    classnames: str = "clean"    # "raw": the split file's names, underscores kept (the official code)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class ZsLinearProbeConfig:
     weight_decay: float = 0.0
     prompts: str = "coop"
     train_views: int = 20
+    classnames: str = "clean"    # "raw": the split file's names, underscores kept (the official code)
 
 
 class PrototypeClassifier(torch.nn.Module):
@@ -101,13 +109,22 @@ def class_multipliers(model: PrototypeClassifier, train_views: torch.Tensor, lab
         return sums / torch.bincount(targets, minlength=n_classes).clamp(min=1)
 
 
+def prompt_classnames(data: FewShotData, style: str) -> tuple[str, ...]:
+    """The C class names the prompts are built from: ``"clean"`` (ours) or ``"raw"`` (the split file's)."""
+    if style not in CLASSNAME_STYLES:
+        raise BenchError(f"unknown class-name style {style!r}", where="config field 'classnames'",
+                         fix=f"use one of: {', '.join(CLASSNAME_STYLES)}")
+    return (data.raw_classnames or data.classnames) if style == "raw" else data.classnames
+
+
 def fit_clap(data: FewShotData, cfg: Any, constraint: str, ctx: FitContext) -> PrototypeClassifier:
     """Train the zero-shot-initialised probe, with CLAP's penalty when ``constraint == "l2"``."""
     if constraint not in CONSTRAINTS:
         raise BenchError(f"unknown constraint {constraint!r}", where="--set clap.constraint",
                          fix=f"use one of: {', '.join(CONSTRAINTS)}")
     templates = prompt_templates(data, cfg.prompts)
-    zero_shot = ctx.text_features(templates, data.classnames).to(ctx.device).mean(0)  # raw template mean
+    zero_shot = ctx.text_features(templates, prompt_classnames(data, cfg.classnames)).to(ctx.device).mean(0)
+    # (C, D): the mean of the raw (unnormalised) template features, as _get_base_text_features
     model = PrototypeClassifier(zero_shot.clone(), ctx.logit_scale).to(ctx.device)
     train = data.train.features.to(ctx.device)
     penalty = None
@@ -139,6 +156,8 @@ class Clap:
     version = "1"
     trainable = True
     Config = ClapConfig
+    # bench run --as-published: the official code prompts with Dassl's raw class names (docs/fidelity.md)
+    as_published: ClassVar[dict[str, Any]] = {"classnames": "raw"}
 
     def default_config(self, dataset: str, shots: int) -> ClapConfig:
         return ClapConfig(prompts=default_prompts(dataset))
@@ -157,6 +176,7 @@ class ZeroShotLinearProbe:
     version = "1"
     trainable = True
     Config = ZsLinearProbeConfig
+    as_published: ClassVar[dict[str, Any]] = {"classnames": "raw"}
 
     def default_config(self, dataset: str, shots: int) -> ZsLinearProbeConfig:
         return ZsLinearProbeConfig(prompts=default_prompts(dataset))

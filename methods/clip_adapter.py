@@ -163,6 +163,8 @@ class ClipAdapter:
     version = "2"  # 2: text/both branches, α by dataset from the paper
     trainable = True
     Config = ClipAdapterConfig
+    # bench run --as-published: the official clip_adapter.py hard-codes ratio = 0.2 on every dataset
+    as_published: ClassVar[dict[str, Any]] = {"alpha": 0.2}
 
     def default_config(self, dataset: str, shots: int) -> ClipAdapterConfig:
         return ClipAdapterConfig(alpha=ALPHA_BY_DATASET.get(dataset, DEFAULT_ALPHA), epochs=coop_epochs(dataset, shots))

@@ -18,7 +18,9 @@ feature and/or the classifier weights, and is trained with the adapters. No code
   variants (§4.2.5); ``branch="visual"`` learns only α, ``"text"`` only β.
 
 The learned ratios are observable: every cell records the mean/std/min/max of α over the
-support images (centre view) and the few-shot val images, and of β over the classes.
+support images (``alpha_train``: each image's first cached augmented view, the set's ``center``
+slot, since the support set is cached as augmented views only) and over the few-shot val images
+(``alpha_val``: centre view), and of β over the classes.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ class ClipAdapterHyper:
         fit_adapters(model, data, cfg, ctx)
         with torch.no_grad():
             if model.q_visual is not None:
+                # the support set is cached as augmented views only: "center" is each image's first view
                 ctx.record("alpha_train", _stats(model.alpha(data.train.center.to(ctx.device))))
                 ctx.record("alpha_val", _stats(model.alpha(data.val.center.to(ctx.device))))
             if model.q_text is not None:

@@ -20,10 +20,13 @@ Defaults and where they come from (CoOp ``train.py``, ``configs/trainers/CoOp/rn
   batch) training instead of yielding an empty loader.
 - Last-epoch model (Dassl ``TEST.FINAL_MODEL = last_step``).
 
-Deviations from the official code, none of which changes what is computed:
+Deviations from the official code:
 - Image features come from ``train_views`` = 10 cached augmented views per support image (Dassl's
   random-resized-crop (0.08, 1) + flip), one drawn per image per epoch, instead of re-encoding a
-  fresh augmentation every step; the image encoder is frozen in CoOp too.
+  fresh augmentation every step. This *does* change what is computed: over 50–200 epochs each image is
+  seen through at most 10 distinct crops instead of one new crop per epoch, so the training signal is
+  less varied (the image encoder is frozen in CoOp too, so nothing else differs). No switch yet; see
+  docs/fidelity.md.
 - During training the text transformer runs only up to the longest prompt's EOT position: under the
   causal mask no position attends to a later one, so the EOT features are the same as over all 77
   positions up to float rounding (kernels of other lengths sum in another order: ~5e-7 relative).

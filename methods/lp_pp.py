@@ -30,14 +30,14 @@ initialised one); the val split is min(K, 4) per class (CoOp's), the code draws 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from bench.methods._train import accuracy, cpu_threads_for
 from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
-from bench.methods.tip_adapter import TIP_AUGMENT_SCALE, default_prompts
+from bench.methods.tip_adapter import TIP_AUGMENT_SCALE, default_prompts, train_dtype
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class LpPlusPlusConfig:
     momentum: float = 0.9             # SGD momentum on W
     prompts: str = "coop"             # default_config: "coop_ensemble" on ImageNet
     train_views: int = 1              # one augmented view per support image
+    precision: str = "fp32"           # "fp16": W, α, features and text in half precision (the official code)
 
 
 class BlendedLinear(torch.nn.Module):
@@ -82,19 +83,27 @@ def initial_alpha(text_logits: torch.Tensor, labels: torch.Tensor, n_classes: in
 
 def train_lp_pp(normed: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, cfg: LpPlusPlusConfig,
                 val: tuple[torch.Tensor, torch.Tensor], ctx: FitContext) -> tuple[BlendedLinear, dict]:
-    """Full-batch LP++ on normalised support features (N, D); returns the best-val model and diagnostics."""
+    """Full-batch LP++ on normalised support features (N, D); returns the best-val model and diagnostics.
+
+    With ``cfg.precision == "fp16"`` W, α, the features and the text logits are half precision, as in
+    the official ``linear_probe_p2.py`` (``nn.Linear(...).to(model.dtype)``, CLIP's fp16 features), so
+    SGD's momentum and α's gradient sum are fp16 too; the step sizes and α₀ are computed in float32
+    first, the loss is taken on float32 logits, and val/test scoring uses float32 copies of (W, α).
+    """
     n_classes = text.shape[0]
     text_logits = normed @ text.t()
     lr_w, lr_alpha = step_sizes(normed, text_logits)
-    weight = torch.nn.Parameter(F.one_hot(labels, n_classes).float().t() @ normed)  # class sums
     alpha0 = initial_alpha(text_logits, labels, n_classes, cfg.alpha_init_scale)
-    alpha = torch.nn.Parameter(torch.full((n_classes,), alpha0, device=normed.device))
+    dtype = train_dtype(cfg.precision)
+    normed, text_logits = normed.to(dtype), text_logits.to(dtype)
+    weight = torch.nn.Parameter(F.one_hot(labels, n_classes).to(dtype).t() @ normed)  # class sums
+    alpha = torch.nn.Parameter(torch.full((n_classes,), alpha0, device=normed.device, dtype=dtype))
     optimizer = torch.optim.SGD([weight], lr=lr_w, momentum=cfg.momentum)
     alpha_grad_sum = torch.zeros_like(alpha)
     best, model, history = -1.0, None, []
     for epoch in range(cfg.epochs):
         with torch.enable_grad():
-            loss = F.cross_entropy(normed @ weight.t() + alpha * text_logits, labels)
+            loss = F.cross_entropy((normed @ weight.t() + alpha * text_logits).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             alpha.grad = None
             loss.backward()
@@ -102,7 +111,7 @@ def train_lp_pp(normed: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, 
         alpha_grad_sum += alpha.grad
         if (epoch + 1) % cfg.alpha_every == 0:
             alpha.data -= lr_alpha * alpha_grad_sum
-        candidate = BlendedLinear(weight.detach().clone(), alpha.detach().clone(), text)
+        candidate = BlendedLinear(weight.detach().float().clone(), alpha.detach().float().clone(), text)
         with torch.no_grad():
             score = accuracy(candidate(val[0]), val[1])
         history.append(score)
@@ -111,7 +120,7 @@ def train_lp_pp(normed: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, 
         if ctx.report is not None and (epoch + 1) % cfg.alpha_every == 0:
             ctx.report(epoch + 1, score)
     if model is None:  # zero epochs: the initialisation
-        model = BlendedLinear(weight.detach().clone(), alpha.detach().clone(), text)
+        model = BlendedLinear(weight.detach().float().clone(), alpha.detach().float().clone(), text)
     diagnostics = {"lr_w": lr_w, "lr_alpha": lr_alpha, "alpha_init": alpha0, "best_val_top1": best,
                    "best_epoch": len(history) - history[::-1].index(best) if history else 0,
                    "alpha_mean": float(model.alpha.mean())}
@@ -123,6 +132,8 @@ class LpPlusPlus:
     version = "1"
     trainable = True
     Config = LpPlusPlusConfig
+    # bench run --as-published: linear_probe_p2.py trains an fp16 classifier (docs/fidelity.md)
+    as_published: ClassVar[dict[str, Any]] = {"precision": "fp16"}
 
     def default_config(self, dataset: str, shots: int) -> LpPlusPlusConfig:
         return LpPlusPlusConfig(prompts=default_prompts(dataset))

@@ -46,11 +46,22 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from bench.errors import BenchError
 from bench.methods._train import Batches, accuracy, cpu_threads_for, run_epoch
 from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
 from bench.seeding import derive_seed, torch_generator
 
 TIP_AUGMENT_SCALE = (0.5, 1.0)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def train_dtype(precision: str) -> torch.dtype:
+    """The dtype a method trains its parameters in: ``"fp32"`` (ours) or ``"fp16"`` (official codes that
+    train in CLIP's half precision: Tip-Adapter-F, LP++)."""
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown precision {precision!r}", where="config field 'precision'",
+                         fix=f"use one of: {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class TipAdapterFConfig(TipAdapterConfig):
     batch_size: int = 256
     eps: float = 1e-4               # AdamW eps
     weight_decay: float = 0.01      # torch.optim.AdamW default (Tip passes none)
+    precision: str = "fp32"         # "fp16": keys, features and AdamW state in half precision (the official code)
 
 
 class TipClassifier(torch.nn.Module):
@@ -179,6 +191,9 @@ class TipAdapter:
     version = "1"
     trainable = False  # training-free: the support set becomes the cache
     Config = TipAdapterConfig
+    # bench run --as-published: config overrides that make this method behave as its official code.
+    # Not switchable yet (docs/fidelity.md): the (β, α) search on the full val split (test on ImageNet).
+    as_published: ClassVar[dict[str, Any]] = {}
 
     def default_config(self, dataset: str, shots: int) -> TipAdapterConfig:
         return TipAdapterConfig(**_dataset_fields(dataset))
@@ -219,8 +234,17 @@ def _all_view_batches(n_views: int, n: int, batch_size: int, generator: torch.Ge
 
 def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tensor, keys: torch.Tensor,
                   values: torch.Tensor, ctx: FitContext) -> torch.Tensor:
-    """Tip-F: train the keys (N, D); returns the keys of the epoch with the best few-shot val accuracy."""
-    learned = torch.nn.Parameter(keys.clone())
+    """Tip-F: train the keys (N, D); returns the keys (float32) of the epoch with the best few-shot val accuracy.
+
+    With ``cfg.precision == "fp16"`` the keys, features, zero-shot weights and cache values are half
+    precision, as in the official ``main.py`` (``nn.Linear(...).to(clip_model.dtype)``, CLIP's fp16
+    features): AdamW's state is then fp16 too, its second moment underflows to 0 for small gradients
+    (steps ~lr·m/eps instead of ~lr) and weight decay rounds away (1 − lr·0.01 is 1 in fp16). The loss
+    is taken on the logits cast to float32 (CPUs lack some fp16 kernels); scoring uses float32 keys.
+    """
+    dtype = train_dtype(cfg.precision)
+    learned = torch.nn.Parameter(keys.clone().to(dtype))
+    weights, values = weights.to(dtype), values.to(dtype)
     optimizer = torch.optim.AdamW([learned], lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
     n = data.train.features.shape[1]
     total_steps = max(1, cfg.epochs * math.ceil(n / cfg.batch_size))
@@ -232,7 +256,7 @@ def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tens
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step[0] / total_steps))
 
     def logits(normed: torch.Tensor) -> torch.Tensor:
-        return tip_logits(normed, weights, learned, values, cfg.alpha, cfg.beta, ctx.logit_scale)
+        return tip_logits(normed.to(dtype), weights, learned, values, cfg.alpha, cfg.beta, ctx.logit_scale).float()
 
     def loss_fn(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits(F.normalize(features, dim=-1)), labels)
@@ -240,7 +264,7 @@ def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tens
     train, labels = data.train.features.to(ctx.device), data.train.labels.to(ctx.device)
     val = F.normalize(data.val.center.to(ctx.device), dim=-1)
     generator = torch_generator(derive_seed(ctx.seed, "loader"))
-    best_score, best_keys, history = -1.0, learned.detach().clone(), []
+    best_score, best_keys, history = -1.0, learned.detach().float().clone(), []
     for epoch in range(cfg.epochs):
         with torch.enable_grad():
             run_epoch(optimizer, loss_fn, train, labels, cfg.batch_size, generator, _all_view_batches, cosine_step)
@@ -248,7 +272,7 @@ def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tens
             score = accuracy(logits(val), data.val.labels)
         history.append(score)
         if score > best_score:
-            best_score, best_keys = score, learned.detach().clone()
+            best_score, best_keys = score, learned.detach().float().clone()
         if ctx.report is not None:
             ctx.report(epoch + 1, score)
     ctx.record("val_top1_by_epoch", history)
@@ -265,6 +289,7 @@ class TipAdapterF(TipAdapter):
     version = "1"
     trainable = True
     Config = TipAdapterFConfig
+    as_published: ClassVar[dict[str, Any]] = {"precision": "fp16"}  # main.py trains fp16 keys (docs/fidelity.md)
 
     def default_config(self, dataset: str, shots: int) -> TipAdapterFConfig:
         epochs = TIP_DEFAULTS.get(dataset, OTHER_DATASETS).epochs
