@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -25,6 +25,8 @@ from bench._io import sha256_file
 from bench.errors import BenchError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+HUB_WEIGHTS = "hub"
+ACTIVATIONS = ("quick_gelu", "gelu")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _RANDOM_INIT_SEED = 0
@@ -53,29 +55,44 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class BackboneRef:
-    """A backbone name: ``arch`` plus ``weights`` (tag, ``random`` or checkpoint path)."""
+    """A backbone name: ``arch`` plus ``weights`` (tag, ``random`` or checkpoint path).
+
+    ``hf-hub:ORG/NAME`` names a hub repo holding an open_clip config and weights; its ``arch`` is
+    the whole id and its ``weights`` ``"hub"``.
+    """
 
     arch: str
     weights: str
 
     @classmethod
     def parse(cls, text: str) -> BackboneRef:
+        if text.startswith("hf-hub:"):
+            repo = text.removeprefix("hf-hub:").strip("/")
+            if repo.count("/") != 1:
+                raise BenchError(f"backbone {text!r} is not hf-hub:ORG/NAME", where="--backbone",
+                                 fix="write e.g. hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+            return cls(f"hf-hub:{repo}", HUB_WEIGHTS)
         arch, sep, weights = text.partition("/")
         if not sep or not arch or not weights:
             raise BenchError(
                 f"backbone {text!r} is not ARCH/WEIGHTS",
                 where="--backbone",
-                fix="write e.g. RN50/openai, ViT-B-16/laion2b_s34b_b88k, bench-tiny/random or ViT-B-32//path/to/ckpt.pt",
+                fix="write e.g. RN50/openai, ViT-B-16/laion2b_s34b_b88k, bench-tiny/random, ViT-B-32//path/to/ckpt.pt "
+                    "or hf-hub:ORG/NAME",
             )
         return cls(arch, weights)
 
     @property
     def id(self) -> str:
-        return f"{self.arch}/{self.weights}"
+        return self.arch if self.is_hub else f"{self.arch}/{self.weights}"
+
+    @property
+    def is_hub(self) -> bool:
+        return self.arch.startswith("hf-hub:")
 
     @property
     def is_file(self) -> bool:
-        return "/" in self.weights or self.weights.endswith(CHECKPOINT_SUFFIXES)
+        return not self.is_hub and ("/" in self.weights or self.weights.endswith(CHECKPOINT_SUFFIXES))
 
     @property
     def slug(self) -> str:
@@ -83,8 +100,8 @@ class BackboneRef:
         weights = Path(self.weights).stem if self.is_file else self.weights
         return f"{self.arch}__{weights}".replace("/", "_").replace(":", "_")
 
-    def identity(self) -> str:
-        """What the weights are, for run ids: the tag, or ``file:<sha256>`` of a checkpoint file."""
+    def weights_identity(self) -> str:
+        """What the weights are: the tag, or ``file:<sha256>`` of a checkpoint file."""
         if not self.is_file:
             return self.id
         path = Path(self.weights).expanduser()
@@ -93,6 +110,12 @@ class BackboneRef:
                 "checkpoint file not found", where=str(path), fix="pass an existing file as --backbone ARCH/PATH"
             )
         return f"{self.arch}/file:{_file_digest(path)}"
+
+    def identity(self) -> str:
+        """What defines the model, for run ids: the weights and the activation it is built with."""
+        from bench.build_plan import plan_build
+
+        return plan_build(self).identity
 
 
 def _file_digest(path: Path) -> str:
@@ -134,13 +157,30 @@ class Backbone:
             possible on the CPU, where tests exercise the mixed-precision path).
         checkpoint_meta: the ``"meta"`` dict of a checkpoint saved as ``{"state_dict", "meta"}`` (how
             the weights were made, e.g. ``bench demo``'s pretraining recipe); goes into every record.
+        build: how it was built (:meth:`bench.build_plan.BuildPlan.record`: activation and why,
+            weights origin, the architecture published numbers match).
     """
 
     def __init__(self, ref: BackboneRef, model: torch.nn.Module, tokenizer, preprocessing: Preprocessing,
-                 device: torch.device, precision: str, checkpoint_meta: dict | None = None):
+                 device: torch.device, precision: str, checkpoint_meta: dict | None = None,
+                 build: dict | None = None):
         self.ref, self.model, self.tokenizer = ref, model, tokenizer
         self.preprocessing, self.device, self.precision = preprocessing, device, precision
         self.checkpoint_meta = checkpoint_meta or {}
+        self.build = build or {"activation": built_activation(model)}
+
+    @property
+    def activation(self) -> str:
+        """``quick_gelu`` or ``gelu``: the transformers' MLP activation (part of every cache key and run id)."""
+        return self.build["activation"]
+
+    @property
+    def build_key(self) -> str:
+        """The activation and open_clip's version, for cache keys: the same weights built another way
+        (an open_clip that builds a tag differently) never share features."""
+        import open_clip
+
+        return f"{self.activation}|open_clip={open_clip.__version__}"
 
     @cached_property
     def weights_sha256(self) -> str:
@@ -218,114 +258,106 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def load_backbone(ref: BackboneRef, device: torch.device, precision: str = "auto") -> Backbone:
-    """Build the model, load its weights and freeze it.
+    """Build the model as :func:`bench.build_plan.plan_build` decides, load its weights and freeze it.
 
     Raises:
-        BenchError: unknown architecture, unknown tag, missing or incompatible checkpoint file,
-            or a download that failed (with the offline hint).
+        BenchError: unknown architecture or tag, missing or incompatible checkpoint file, weights
+            neither cached nor downloadable (with the cache paths searched and the ways out).
     """
+    from bench.build_plan import plan_build
+
     precision = resolve_precision(precision, device)
-    config = _bundled_config(ref.arch)
+    plan = plan_build(ref)
+    weights = plan.weights_file()
     meta: dict = {}
-    if config is not None:
-        model, tokenizer, prep, meta = _build_bundled(ref, config)
+    if plan.kind == "bundled":
+        model, tokenizer, meta = _build_bundled(plan.model_cfg, weights)
     else:
-        model, tokenizer, prep = _build_open_clip(ref)
+        model, tokenizer = _build_open_clip(plan, weights)
+    _check_activation(model, plan)
     model = model.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return Backbone(ref, model, tokenizer, prep, device, precision, checkpoint_meta=meta)
+    return Backbone(ref, model, tokenizer, _model_preprocessing(model, plan.preprocessing), device, precision,
+                    checkpoint_meta=meta, build=plan.record())
 
 
-def _build_bundled(ref: BackboneRef, config: dict):
+def built_activation(model: torch.nn.Module) -> str:
+    """The transformer MLP activation a built model has: ``quick_gelu``, ``gelu`` or ``other``."""
+    names = {type(m).__name__ for m in model.modules()}
+    return "quick_gelu" if "QuickGELU" in names else "gelu" if "GELU" in names else "other"
+
+
+def _check_activation(model: torch.nn.Module, plan) -> None:
+    built = built_activation(model)
+    if plan.quick_gelu and built != "quick_gelu":
+        import open_clip
+
+        raise BenchError(f"open_clip {open_clip.__version__} built {plan.ref.id} with {built}, not the QuickGELU "
+                         "its weights were trained with", where="--backbone",
+                         fix="install open_clip_torch>=3.0 (the versions bench is tested with)")
+
+
+def _build_bundled(config: dict, weights: Path | None):
     import open_clip
     from open_clip.model import CLIP
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_RANDOM_INIT_SEED)
         model = CLIP(**config)
-    meta: dict = {}
-    if ref.weights != "random":
-        if not ref.is_file:
-            raise BenchError(
-                f"bundled architecture {ref.arch!r} has no pretrained tag {ref.weights!r}",
-                where="--backbone",
-                fix=f"use {ref.arch}/random or {ref.arch}/PATH_TO_CHECKPOINT",
-            )
-        meta = _load_checkpoint_into(model, Path(ref.weights).expanduser())
+    meta = _load_checkpoint_into(model, weights) if weights is not None else {}
     tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"].get("context_length", 77))
-    prep = Preprocessing(image_size=int(config["vision_cfg"]["image_size"]))
-    return model, tokenizer, prep, meta
+    return model, tokenizer, meta
 
 
 def _load_checkpoint_into(model: torch.nn.Module, path: Path) -> dict:
-    """Load a state-dict file into ``model``; returns the file's ``"meta"`` dict, if it has one."""
-    if not path.is_file():
-        raise BenchError("checkpoint file not found", where=str(path), fix="pass an existing file as ARCH/PATH")
+    """Load a state-dict file (or OpenAI's TorchScript archive) into ``model``; returns its ``"meta"`` dict."""
+    from bench.weights import read_state_dict
+
+    state, meta = read_state_dict(path)
+    # a TorchScript archive stores every buffer, also those the module keeps out of its state dict
+    transient = {name for name, _ in model.named_buffers()} - set(model.state_dict())
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # one line, never empty
-        raise BenchError(f"cannot read checkpoint ({type(exc).__name__}: {first})", where=str(path),
-                         fix="pass a torch state-dict file") from exc
-    meta = state.get("meta") if isinstance(state, dict) and "state_dict" in state else None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
-        raise BenchError(f"checkpoint holds a {type(state).__name__}, not a state dict", where=str(path),
-                         fix="save model.state_dict() (or {'state_dict': ..., 'meta': ...})")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
+        model.load_state_dict({k: v for k, v in state.items() if k not in transient})
     except RuntimeError as exc:
         raise BenchError(
-            f"checkpoint does not match the architecture ({' '.join(str(exc).split()) or type(exc).__name__})",
+            f"checkpoint does not match the architecture ({' '.join(str(exc).split())})",
             where=str(path),
             fix="pass the architecture the checkpoint was trained with",
         ) from exc
-    return meta if isinstance(meta, dict) else {}
+    return meta
 
 
-def _build_open_clip(ref: BackboneRef):
+def _build_open_clip(plan, weights: Path | None):
     import open_clip
 
-    if ref.arch not in open_clip.list_models() and not ref.arch.startswith("hf-hub:"):
-        import difflib
+    from bench.weights import is_openai_torchscript
 
-        close = difflib.get_close_matches(ref.arch, open_clip.list_models() + bundled_configs(), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise BenchError(f"unknown architecture {ref.arch!r}.{hint}", where="--backbone",
-                         fix="see open_clip.list_models() or bench/model_configs")
-    pretrained = None if ref.weights == "random" else str(Path(ref.weights).expanduser()) if ref.is_file else ref.weights
-    if ref.is_file and not Path(pretrained).is_file():
-        raise BenchError("checkpoint file not found", where=pretrained, fix="pass an existing file as ARCH/PATH")
-    if not ref.is_file and pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(ref.arch):
-        tags = open_clip.list_pretrained_tags_by_model(ref.arch)
-        raise BenchError(f"open_clip has no weights {pretrained!r} for {ref.arch}", where="--backbone",
-                         fix=f"use one of: {', '.join(tags) or '(none: use a checkpoint file)'}")
+    source = f"local-dir:{plan.hub_config.parent}" if plan.kind == "hf-hub" else plan.ref.arch
+    # open_clip reads files with torch.load(weights_only=True), which refuses OpenAI's TorchScript archives
+    scripted = weights is not None and is_openai_torchscript(weights)
+    pretrained = None if plan.kind == "hf-hub" or weights is None or scripted else str(weights)
+    prep = plan.preprocessing
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_RANDOM_INIT_SEED)
-            model = open_clip.create_model(ref.arch, pretrained=pretrained)
+            model = open_clip.create_model(
+                source, pretrained=pretrained, force_quick_gelu=plan.quick_gelu,
+                force_preprocess_cfg={"mean": prep.mean, "std": prep.std, "interpolation": prep.interpolation,
+                                      "resize_mode": prep.resize})
     except Exception as exc:  # open_clip's loaders raise many types for a corrupt or foreign file
-        first = (str(exc).splitlines() or [""])[0]
-        if ref.is_file:
-            raise BenchError(f"cannot load this checkpoint into {ref.arch} ({type(exc).__name__}: {first})",
-                             where=pretrained, fix=f"pass an open_clip or OpenAI checkpoint of {ref.arch}") from exc
-        if not isinstance(exc, RuntimeError):
-            raise
-        raise BenchError(
-            f"cannot load weights {ref.id} ({first})",
-            where="--backbone",
-            fix="check the network or HF_HUB_OFFLINE, or download the checkpoint and pass ARCH/PATH",
-        ) from exc
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = cfg.get("size", model.visual.image_size)
+        first = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        raise BenchError(f"cannot load {weights} into {plan.ref.arch} ({type(exc).__name__}: {first})",
+                         where=str(weights), fix=f"pass an open_clip or OpenAI checkpoint of {plan.ref.arch}") from exc
+    if scripted:
+        _load_checkpoint_into(model, weights)
+    tokenizer = open_clip.get_tokenizer(source)
+    return model, tokenizer
+
+
+def _model_preprocessing(model: torch.nn.Module, planned: Preprocessing) -> Preprocessing:
+    """The planned preprocessing with the image size the built model expects."""
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+    size = cfg.get("size", getattr(model.visual, "image_size", planned.image_size))
     size = size[0] if isinstance(size, (tuple, list)) else size
-    prep = Preprocessing(
-        image_size=int(size),
-        resize=str(cfg.get("resize_mode", "shortest")),
-        interpolation=str(cfg.get("interpolation", "bicubic")),
-        mean=tuple(cfg.get("mean", OPENAI_MEAN)),
-        std=tuple(cfg.get("std", OPENAI_STD)),
-    )
-    return model, open_clip.get_tokenizer(ref.arch), prep
+    return replace(planned, image_size=int(size))

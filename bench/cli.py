@@ -25,6 +25,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "bench.datasets.cli",
     "bench.slurm.cli",
     "bench.perf",
+    "bench.weights",
 )
 DEFAULT_METHODS = "zero_shot,linear_probe,coop,clip_adapter"  # the four methods of the CLIP-Adapter paper
 DEFAULT_DATASETS = "synthetic"
@@ -153,6 +154,10 @@ def _cmd_run(args) -> int:
         return run_sweep(args, specs, options)
     session = Session(options)
     if args.dry_run:
+        from bench.build_plan import locate_backbones
+
+        for line in locate_backbones([s.backbone for s in specs], download=False):
+            print(f"backbone {line}")
         cells = plan_cells(specs, session, dry_run=True)  # reads only: works on a read-only results folder
         done = sum(is_done(c) for c in cells)
         for cell in cells:

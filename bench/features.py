@@ -1,6 +1,7 @@
 """FeatureCache: frozen-encoder features computed once, stored atomically, shared by every cell.
 
-Image features live per :class:`ImageFeatureKey` (backbone, weights hash, precision, dataset,
+Image features live per :class:`ImageFeatureKey` (backbone, weights hash, precision, activation and
+open_clip version, dataset,
 split file hash, split, preprocessing, view) in a folder of shards::
 
     <root>/features/<backbone slug>/<dataset>/<split>-<view>-<digest[:16]>/
@@ -47,6 +48,7 @@ class ImageFeatureKey:
     dataset_version: str
     split_sha256: str
     split: str
+    build: str  # Backbone.build_key: activation and open_clip version (the same weights built another way)
     preprocessing: Preprocessing
     view: ViewSpec
     feature: str = "encode_image"
@@ -57,6 +59,12 @@ class ImageFeatureKey:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in key.json
 
     def digest(self) -> str:
+    @classmethod
+    def of(cls, backbone: Backbone, **data) -> ImageFeatureKey:
+        """The key of ``backbone``'s features; ``data``: dataset, dataset_version, split_sha256, split, view."""
+        return cls(backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256, precision=backbone.precision,
+                   build=backbone.build_key, preprocessing=backbone.preprocessing, **data)
+
         return sha256_json(self.to_json())
 
 
@@ -203,7 +211,7 @@ class FeatureCache:
     def text_features(self, backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Frozen text features of every (template, class) prompt -> (T, C, D) float32, not normalised."""
         key = {"backbone": backbone.ref.id, "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
-               "classnames": list(classnames), "templates": list(templates), "schema": FEATURE_SCHEMA}
+               "build": backbone.build_key, "classnames": list(classnames), "templates": list(templates), "schema": FEATURE_SCHEMA}
         digest = sha256_json(key)
         if digest in self._text:
             return self._text[digest]

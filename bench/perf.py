@@ -126,9 +126,8 @@ def _write_jpeg(folder: Path, label: int, index: int, seed: int) -> None:
 
 
 def _key(backbone: Backbone, split: str, view: ViewSpec) -> ImageFeatureKey:
-    return ImageFeatureKey(backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256,
-                           precision=backbone.precision, dataset="perf", dataset_version="1", split_sha256="perf",
-                           split=split, preprocessing=backbone.preprocessing, view=view)
+    return ImageFeatureKey.of(backbone, dataset="perf", dataset_version="1", split_sha256="perf", split=split,
+                              view=view)
 
 
 def _sync(device: torch.device) -> None:

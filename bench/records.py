@@ -22,9 +22,12 @@ from bench.provenance import peak_host_rss_bytes
 
 
 def backbone_record(backbone: Backbone, identity: str) -> dict:
+    import open_clip
+
     record = {"id": backbone.ref.id, "arch": backbone.ref.arch, "weights": backbone.ref.weights, "identity": identity,
-              "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
-              "embed_dim": backbone.embed_dim, "logit_scale": round(backbone.logit_scale, 6)}
+              "weights_sha256": backbone.weights_sha256, "precision": backbone.precision, **backbone.build,
+              "open_clip": open_clip.__version__, "embed_dim": backbone.embed_dim,
+              "logit_scale": round(backbone.logit_scale, 6)}
     if backbone.checkpoint_meta:  # how a checkpoint was made (the demo's pretraining recipe)
         record["checkpoint_meta"] = backbone.checkpoint_meta
     return record

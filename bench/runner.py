@@ -153,6 +153,7 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
         planned.append(PlannedCell(spec, config, run_id, path, study))
     if dry_run:
         return planned
+    _warn_random_weights_on_real_data(specs, session)
     ensure_writable_dir(Path(session.options.results_root), purpose="results")
     ensure_writable_dir(Path(session.options.cache_root), purpose="cache")
     if any(cell.study for cell in planned):  # a bad storage URL fails before any work
@@ -162,6 +163,15 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
 
 def _data_sha256(spec: RunSpec, session: Session) -> str:
     """Identity of the data a cell reads (its split file or listing, and its shift sets'), read once here."""
+def _warn_random_weights_on_real_data(specs: list[RunSpec], session: Session) -> None:
+    """A random-init backbone on a real dataset (the default backbone left in place) gives meaningless numbers."""
+    pairs = {(s.backbone, s.dataset) for s in specs if BackboneRef.parse(s.backbone).weights == "random"}
+    real = sorted({(b, d) for b, d in pairs if not session.dataset_spec(d).generator and not session.splits(d).miniature})
+    for backbone, dataset in real:
+        log.warning("%s has random weights: its numbers on %s are meaningless; pass real weights, e.g. "
+                    "--backbone RN50/openai (see `bench weights`)", backbone, dataset)
+
+
     dataset = session.dataset_spec(spec.dataset)
     if dataset.test_only:
         raise BenchError(f"{spec.dataset!r} is a test-only distribution-shift set", where="--datasets",

@@ -85,12 +85,27 @@ def _percent(value) -> float | None:
     return None if value is None else 100.0 * float(value)
 
 
+def paper_arch(backbone: dict, fallback: str) -> str:
+    """The architecture published numbers are matched by (``RN50`` for ``RN50/openai``,
+    ``RN50-quickgelu/openai`` and OpenAI's ``RN50.pt``). A build no published number was made with
+    (GELU-built OpenAI weights, other tags, random init) keeps its name with a mark, so it matches none.
+    Records written before the activation was recorded keep their architecture."""
+    arch = backbone.get("arch") or fallback
+    if "paper_arch" not in backbone:
+        return arch
+    if backbone["paper_arch"]:
+        return backbone["paper_arch"]
+    origin, activation = backbone.get("weights_origin"), backbone.get("activation")
+    mark = {"none": "random init", "other": backbone.get("weights")}.get(origin) or activation
+    return f"{arch} ({mark})"
+
+
 def _row(r: RunResult) -> dict:
     prep = (r.data or {}).get("preprocessing")
     metrics = r.metrics if r.ok else {}
     row = {
         "backbone": r.backbone.get("id", r.spec.get("backbone")),
-        "arch": r.backbone.get("arch") or str(r.backbone.get("id", r.spec.get("backbone"))).split("/")[0],
+        "arch": paper_arch(r.backbone, str(r.backbone.get("id", r.spec.get("backbone"))).split("/")[0]),
         "weights_sha256": (r.backbone.get("weights_sha256") or "?")[:12],
         "tune": r.spec.get("tune", "none"),
         "preprocessing": preprocessing_label(prep),

@@ -18,4 +18,11 @@ if [[ ${BENCH_SLURM:-1} != 0 && $(id -u) == 0 && -f /etc/debian_version ]] && co
   bash slurm/cluster.sh up
   export BENCH_REQUIRE_SLURM=1
 fi
+# The backbone build (activation, preprocessing, weight files) on the oldest open_clip pyproject.toml allows,
+# installed beside the venv's own (the newest) and put first on the path for this one run.
+OLDEST_OPEN_CLIP=3.0.0
+oldest=${BENCH_VENV:-.venv}/open_clip-$OLDEST_OPEN_CLIP
+[[ -d $oldest/open_clip ]] || "${BENCH_VENV:-.venv}/bin/python" -m pip install -q --no-deps --target "$oldest" \
+  "open_clip_torch==$OLDEST_OPEN_CLIP" >/dev/null
+PYTHONPATH=$oldest "${BENCH_VENV:-.venv}/bin/python" -m pytest -q -p no:cacheprovider tests/test_backbone_build.py
 "${BENCH_VENV:-.venv}/bin/python" -m pytest "$@"

@@ -85,6 +85,11 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
         workers = min(8, config.resources.cpus_per_task) if config.resources.gpus_per_task else 0
         options = dataclasses.replace(options, extract=dataclasses.replace(options.extract, num_workers=workers))
     cells = plan_cells(specs, Session(options), dry_run=args.dry_run)
+    if config.executor == "slurm":  # the nodes read the weights from the cache: fetch or fail before submitting
+        from bench.build_plan import locate_backbones
+
+        for line in locate_backbones([s.backbone for s in specs], download=not args.dry_run):
+            print(f"backbone {line}")
     if config.executor == "slurm" and options.storage is None and any(cell.study for cell in cells):
         print(f"warning: tuned cells keep their studies in SQLite ({Path(options.results_root) / 'studies.sqlite3'}); "
               "SQLite locking is unreliable on network filesystems, so on a cluster pass "

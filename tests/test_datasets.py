@@ -116,10 +116,8 @@ def test_miniature_goes_through_check_sampling_and_features(name, miniature_root
         paths = [splits.train.paths[i] for i in index.train]
     else:
         paths = list(splits.test.paths)
-    key = ImageFeatureKey(backbone=tiny_backbone.ref.id, weights_sha256=tiny_backbone.weights_sha256,
-                          precision=tiny_backbone.precision, dataset=name, dataset_version=s.version,
-                          split_sha256=splits.source_sha256, split="train", preprocessing=tiny_backbone.preprocessing,
-                          view=CENTER)
+    key = ImageFeatureKey.of(tiny_backbone, dataset=name, dataset_version=s.version,
+                             split_sha256=splits.source_sha256, split="train", view=CENTER)
     features = FeatureCache(tmp_path / "cache").image_features(key, tiny_backbone, splits.image_root, paths,
                                                                ExtractOptions(batch_size=16, progress=False))
     assert features.shape == (1, len(paths), tiny_backbone.embed_dim) and features.isfinite().all()

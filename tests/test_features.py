@@ -10,9 +10,8 @@ OPTIONS = ExtractOptions(batch_size=32, num_workers=0, progress=False)
 
 
 def _key(backbone, splits, split="test", view=CENTER):
-    return ImageFeatureKey(backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256, precision=backbone.precision,
-                           dataset="synthetic", dataset_version="1", split_sha256=splits.source_sha256, split=split,
-                           preprocessing=backbone.preprocessing, view=view)
+    return ImageFeatureKey.of(backbone, dataset="synthetic", dataset_version="1", split_sha256=splits.source_sha256,
+                              split=split, view=view)
 
 
 def test_miss_then_hit_in_memory_and_on_disk(tmp_path, data_root, tiny_backbone):
