@@ -148,8 +148,8 @@ def _plan_file_or_random(ref: BackboneRef, kind: str, config: dict) -> BuildPlan
         raise BenchError("checkpoint file not found", where=str(path), fix="pass an existing file as ARCH/PATH")
     if is_openai_torchscript(path):
         quick_gelu, source, origin = True, "OpenAI TorchScript checkpoint (trained with QuickGELU)", "openai"
-    elif named:
-        quick_gelu, source, origin = True, "architecture config", "unknown"
+    elif named or kind == "bundled":  # bench's own configs say what their checkpoints were trained with
+        quick_gelu, source, origin = named, "architecture config", "unknown"
     else:
         quick_gelu, source, origin = False, "architecture config (the file does not say)", "unknown"
         log.warning("%s: the activation the weights were trained with cannot be read from the file; building "
