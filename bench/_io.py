@@ -2,8 +2,10 @@
 
 Every file the harness writes (result records, feature shards, split indices) goes
 through :func:`atomic_write_bytes`: data lands in a temporary file in the target
-folder and is renamed into place, so a killed process never leaves a half-written
-file that looks complete.
+folder and is renamed into place, and the folder is fsynced, so a killed process (or a
+lost machine) never leaves a half-written file that looks complete. A temporary file
+left by a process killed before its rename is removed by the next write to that folder
+(:func:`clean_stale_temps`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.errors import BenchError
+
+TEMP_MAX_AGE_S = 24 * 3600  # a temporary file untouched this long is left over, whoever wrote it
+_TEMP_OWNER = re.compile(r"\.tmp@(?P<host>[^@/]+)@(?P<pid>\d+)@[^@/]*\.tmp$")
 
 
 def ensure_writable_dir(path: Path, *, purpose: str) -> Path:
@@ -39,7 +47,8 @@ def ensure_writable_dir(path: Path, *, purpose: str) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    owner = f"{socket.gethostname()}@{os.getpid()}@"  # lets a later writer tell a dead writer's leftovers
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp@{owner}", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -49,6 +58,59 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+    clean_stale_temps(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (some filesystems refuse to fsync a folder: then nothing)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def process_alive(host: str, pid: int) -> bool | None:
+    """Whether process ``pid`` on ``host`` runs; ``None`` when ``host`` is another machine (cannot tell)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(folder: Path, max_age_s: float = TEMP_MAX_AGE_S) -> list[Path]:
+    """Remove the hidden temporary files that writers killed before their rename left in ``folder``.
+
+    A temporary file is stale when its writer (host and pid in its name) is a dead process on this
+    machine, or when it has not changed for ``max_age_s`` (a writer on another machine, or a file
+    named before writers signed their temporary files). Returns the files removed.
+    """
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return []
+    removed, now = [], time.time()
+    for entry in entries:
+        owner = _TEMP_OWNER.search(entry.name)
+        try:
+            dead = owner is not None and process_alive(owner["host"], int(owner["pid"])) is False
+            if dead or now - entry.stat().st_mtime > max_age_s:
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
 
 
 def canonical_json(obj: Any) -> str:

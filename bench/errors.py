@@ -32,3 +32,12 @@ class BenchError(Exception):
 
 def _rebuild_bench_error(what: str, where: str | None, fix: str | None) -> BenchError:
     return BenchError(what, where=where, fix=fix)
+
+
+class NonFiniteError(ArithmeticError):
+    """A number that must be finite is NaN or infinite: a diverged fit, a damaged feature, a broken checkpoint.
+
+    Not a user error: inside ``run_cell`` it becomes a ``failed`` record whose message names what was
+    not finite (the epoch, the image, the shard file), and the grid goes on. No record with such a
+    number is ever written as ``ok``.
+    """

@@ -7,6 +7,10 @@ split file hash, split, preprocessing, view) in a folder of shards::
     <root>/features/<backbone slug>/<dataset>/<split>-<view>-<digest[:16]>/
         key.json                      the full key; checked on every open
         shard-<hash of paths>.pt      {"paths": [...], "features": (V, n, D) float16}
+                                      (float32 for a shard beyond float16's ±65504)
+
+Features are checked finite when encoded and when read: a NaN or infinity ends the cell as a
+``failed`` record naming the image and the shard file, never as a number.
 
 A request for some images computes only those not in any shard and writes them as a new
 shard, so a whole test split is encoded once per backbone, and augmented train views only
@@ -28,9 +32,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench._io import atomic_torch_save, atomic_write_json, sha256_bytes, sha256_json
+from bench._io import atomic_torch_save, atomic_write_json, clean_stale_temps, sha256_bytes, sha256_json
 from bench.backbone import Backbone, Preprocessing
-from bench.errors import BenchError
+from bench.errors import BenchError, NonFiniteError
 from bench.images import ImageViews, ViewSpec
 
 FEATURE_SCHEMA = 1
@@ -70,11 +74,13 @@ class ImageFeatureKey:
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """How features are computed: batch size (images per forward), DataLoader workers, progress bar."""
+    """How features are computed: batch size (images per forward), DataLoader workers, progress bar,
+    and how many batches go into one shard (what a killed extraction keeps)."""
 
     batch_size: int = 128
     num_workers: int = 0
     progress: bool = True
+    shard_batches: int = 50
 
 
 class _Store:
@@ -84,6 +90,7 @@ class _Store:
         self.folder = folder
         self.rows: dict[str, tuple[int, int]] = {}
         self.shards: list[torch.Tensor] = []
+        self.names: list[str] = []  # shard file of each entry of ``shards``
         self.loaded: set[str] = set()
 
     def refresh(self) -> None:
@@ -96,6 +103,7 @@ class _Store:
     def add(self, name: str, shard: dict) -> None:
         index = len(self.shards)
         self.shards.append(shard["features"])
+        self.names.append(name)
         for row, path in enumerate(shard["paths"]):
             self.rows.setdefault(path, (index, row))
         self.loaded.add(name)
@@ -112,6 +120,7 @@ class _Store:
             positions = torch.tensor([p for p, _ in pairs])
             rows = torch.tensor([r for _, r in pairs])
             out[:, positions] = self.shards[shard][:, rows].float()
+            _check_finite(out[:, positions], [paths[p] for p, _ in pairs], str(self.folder / self.names[shard]))
         return out
 
 
@@ -144,9 +153,12 @@ class FeatureCache:
 
     def ensure_image_features(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: Sequence[str],
                               options: ExtractOptions = ExtractOptions()) -> int:
-        """Encode and store the features of those ``paths`` not cached yet, as one shard; returns how many.
+        """Encode and store the features of those ``paths`` not cached yet; returns how many.
 
-        Nothing is returned to the caller: this fills the cache ahead of the cells that read it.
+        They are written as a shard every ``options.shard_batches`` batches, so a killed extraction
+        resumes from what it wrote; a shard holds whole batches, so the rerun encodes the rest in the
+        same batches as one uninterrupted pass would (bit-identical features). Nothing is returned to
+        the caller: this fills the cache ahead of the cells that read it.
         """
         store = self._open(key, backbone.ref.slug)
         missing = list(dict.fromkeys(p for p in paths if p not in store.rows))
@@ -154,11 +166,7 @@ class FeatureCache:
             store.refresh()  # another process may have written them meanwhile
             missing = [p for p in missing if p not in store.rows]
         if missing:
-            features = self._encode(key, backbone, image_root, missing, options)
-            name = f"shard-{sha256_bytes(chr(10).join(missing).encode())[:16]}.pt"
-            shard = {"paths": missing, "features": features.to(getattr(torch, key.store_dtype))}
-            atomic_torch_save(store.folder / name, shard)
-            store.add(name, shard)
+            self._encode(key, backbone, image_root, missing, options, store)
         return len(missing)
 
     def _open(self, key: ImageFeatureKey, slug: str) -> _Store:
@@ -179,6 +187,7 @@ class FeatureCache:
                                  fix=f"delete {folder}; it will be recomputed")
         else:
             atomic_write_json(key_file, key.to_json())
+        clean_stale_temps(folder)  # shards whose writer was killed before its rename
         store = _Store(folder)
         store.refresh()
         self._stores[digest] = store
@@ -187,13 +196,14 @@ class FeatureCache:
         return store
 
     def _encode(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: list[str],
-                options: ExtractOptions) -> torch.Tensor:
+                options: ExtractOptions, store: _Store) -> None:
+        """Encode ``paths`` in batches and write a shard every ``options.shard_batches`` batches and at the end."""
         dataset = ImageViews(image_root, paths, backbone.preprocessing, key.view)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=max(1, options.batch_size // key.view.n_views), num_workers=options.num_workers,
             pin_memory=backbone.device.type == "cuda", persistent_workers=False,
         )
-        chunks = []
+        chunks, written = [], 0
         bar = tqdm(total=len(paths), desc=f"features {key.dataset}/{key.split} {key.view.name}", unit="img",
                    disable=not options.progress, leave=False)
         with bar:
@@ -205,8 +215,32 @@ class FeatureCache:
                 encoded = backbone.encode_images(views.flatten(0, 1)).cpu()
                 chunks.append(encoded.view(batch, n_views, -1).transpose(0, 1))
                 bar.update(batch)
+                if len(chunks) >= options.shard_batches:
+                    written += self._write_shard(store, key, image_root, paths[written:], torch.cat(chunks, dim=1))
+                    chunks = []
+        if chunks:
+            self._write_shard(store, key, image_root, paths[written:], torch.cat(chunks, dim=1))
+
+    def _write_shard(self, store: _Store, key: ImageFeatureKey, image_root: Path, paths: list[str],
+                     features: torch.Tensor) -> int:
+        """Store features (V, n, D) of the first n of ``paths`` as one shard; returns n.
+
+        Non-finite features are refused, naming the image. A shard whose values float16 cannot hold
+        (beyond ±65504) is stored as float32 instead of turning them into infinities.
+        """
+        paths = paths[:features.shape[1]]
+        _check_finite(features, [str(Path(image_root) / p) for p in paths], "the image encoder's output")
+        stored = features.to(getattr(torch, key.store_dtype))
+        if not torch.isfinite(stored).all():
+            log.warning("features beyond the range of %s in %s: this shard is stored as float32", key.store_dtype,
+                        store.folder)
+            stored = features.float()
+        name = f"shard-{sha256_bytes(chr(10).join(paths).encode())[:16]}.pt"
+        shard = {"paths": paths, "features": stored}
+        atomic_torch_save(store.folder / name, shard)
+        store.add(name, shard)
         self.images_encoded += len(paths)
-        return torch.cat(chunks, dim=1)
+        return len(paths)
 
     def text_features(self, backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Frozen text features of every (template, class) prompt -> (T, C, D) float32, not normalised."""
@@ -223,6 +257,15 @@ class FeatureCache:
             atomic_torch_save(path, features)
         self._text[digest] = features
         return features
+
+
+def _check_finite(features: torch.Tensor, paths: Sequence[str], source: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first image whose features (V, N, D) hold NaN or ±inf."""
+    bad = (~torch.isfinite(features)).flatten(2).any(2).any(0).nonzero().flatten()
+    if len(bad):
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise NonFiniteError(f"{source}: non-finite features for image {paths[int(bad[0])]}{more}; "
+                             "a cached shard with them can be deleted to recompute it")
 
 
 def _is_shard(shard) -> bool:

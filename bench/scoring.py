@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from bench.errors import NonFiniteError
 from bench.methods.base import FeatureSet, FitContext
 
 
@@ -27,12 +28,20 @@ def score(classifier, data: FeatureSet, device: torch.device, batch_size: int = 
     for start in range(0, data.features.shape[1], batch_size):
         chunks.append(classifier(data.center[start:start + batch_size].to(device)).float().cpu())
     logits, labels = torch.cat(chunks), data.labels
+    _check_finite(logits)
     correct = logits.argmax(1) == labels
     recall = torch.stack([correct[labels == c].double().mean() for c in labels.unique()])
     top5 = None
     if logits.shape[1] >= 5:
         top5 = float((logits.topk(5, dim=1).indices == labels[:, None]).any(1).double().mean())
     return {"top1": float(correct.double().mean()), "top5": top5, "mean_per_class_recall": float(recall.mean())}
+
+
+def _check_finite(logits: torch.Tensor) -> None:
+    """A NaN row's argmax is 0, so a non-finite logit would be scored as a guess: refuse it instead."""
+    bad = (~torch.isfinite(logits)).any(1).nonzero().flatten()
+    if len(bad):
+        raise NonFiniteError(f"{len(bad)} of {len(logits)} images have non-finite logits (first: row {int(bad[0])})")
 
 
 def labels_subset(data: FeatureSet, low: int, high: int) -> FeatureSet:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,9 @@ def apply_overrides(config: Any, overrides: Iterable[tuple[str, Any]], *, method
         if current is not None and not isinstance(value, type(current)):
             raise BenchError(f"{value!r} is not a {type(current).__name__}", where=f"--set {method}.{name}",
                              fix=f"the default is {current!r}")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+            raise BenchError(f"{value!r} is not a finite number", where=f"--set {method}.{name}",
+                             fix=f"pass a finite value (the default is {current!r})")
         changes[name] = value
     config = dataclasses.replace(config, **changes)
     if changes:

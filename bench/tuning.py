@@ -41,7 +41,7 @@ from optuna.distributions import CategoricalDistribution, distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.datasets.splits import VAL_SHOTS_CAP
-from bench.errors import BenchError
+from bench.errors import BenchError, NonFiniteError
 from bench.methods.base import FewShotData, FitContext
 from bench.seeding import derive_seed
 
@@ -335,7 +335,10 @@ def _trial_objective(method: Any, data: FewShotData, config: Any, ctx: FitContex
     def run_trial(trial: optuna.Trial) -> float:
         trial_config = _apply(method, config, method.search_space(trial, data.dataset, data.shots, config))
         trial_ctx = dataclasses.replace(ctx, record=_ignore, progress=False, report=_pruning_report(trial))
-        return objective.score(method.fit(data, trial_config, trial_ctx))
+        try:
+            return objective.score(method.fit(data, trial_config, trial_ctx))
+        except NonFiniteError as exc:  # a diverged trial is a bad point of the search, not a failed cell
+            raise optuna.TrialPruned(str(exc)) from exc
 
     return run_trial
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench.errors import NonFiniteError
 from bench.methods.base import FeatureSet, FitContext
 
 IMAGENET_LIKE = frozenset({"imagenet"})
@@ -124,6 +125,7 @@ def train_on_features(
             for group in optimizer.param_groups:
                 group["lr"] = dassl_lr(epoch, epochs, recipe)
             losses.append(run_epoch(optimizer, loss_fn, features, labels, recipe.batch_size, generator, sampler))
+            check_loss(losses[-1], epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     return [float(loss) for loss in losses]
@@ -151,6 +153,14 @@ def run_epoch(optimizer: torch.optim.Optimizer, loss_fn: Callable[[torch.Tensor,
             after_step()
         total, count = total + loss.detach() * len(index), count + len(index)
     return total / max(count, 1)
+
+
+def check_loss(loss: torch.Tensor | float, epoch: int) -> None:
+    """Raise :class:`~bench.errors.NonFiniteError` ``diverged at epoch N`` (N = ``epoch + 1``) when an
+    epoch's loss is NaN or infinite: a diverged fit never reaches scoring, so it is never an ``ok`` record."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteError(f"diverged at epoch {epoch + 1} (training loss {value})")
 
 
 @contextmanager

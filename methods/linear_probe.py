@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
+from bench.errors import NonFiniteError
 from bench.methods.base import FewShotData, FitContext, Needs
 
 C_SWEEP = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -83,6 +84,8 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, n_clas
             loss_and_grad, theta0, jac=True, method="L-BFGS-B",
             options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
         )
+    if not (np.isfinite(result.fun) and np.isfinite(result.x).all()):
+        raise NonFiniteError(f"logistic regression diverged at C={c:g} after {result.nit} iterations")
     theta = torch.from_numpy(result.x).to(x.device)
     return LinearLogits(theta[: n_classes * d].view(n_classes, d), theta[n_classes * d:])
 

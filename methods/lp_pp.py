@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.methods._train import accuracy, cpu_threads_for
+from bench.methods._train import accuracy, check_loss, cpu_threads_for
 from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
 from bench.methods.tip_adapter import TIP_AUGMENT_SCALE, default_prompts, train_dtype
 
@@ -108,6 +108,7 @@ def train_lp_pp(normed: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, 
             alpha.grad = None
             loss.backward()
             optimizer.step()
+        check_loss(loss.detach(), epoch)
         alpha_grad_sum += alpha.grad
         if (epoch + 1) % cfg.alpha_every == 0:
             alpha.data -= lr_alpha * alpha_grad_sum

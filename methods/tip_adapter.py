@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._train import Batches, accuracy, cpu_threads_for, run_epoch
+from bench.methods._train import Batches, accuracy, check_loss, cpu_threads_for, run_epoch
 from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
 from bench.seeding import derive_seed, torch_generator
 
@@ -267,7 +267,9 @@ def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tens
     best_score, best_keys, history = -1.0, learned.detach().float().clone(), []
     for epoch in range(cfg.epochs):
         with torch.enable_grad():
-            run_epoch(optimizer, loss_fn, train, labels, cfg.batch_size, generator, _all_view_batches, cosine_step)
+            loss = run_epoch(optimizer, loss_fn, train, labels, cfg.batch_size, generator, _all_view_batches,
+                             cosine_step)
+        check_loss(loss, epoch)
         with torch.no_grad():
             score = accuracy(logits(val), data.val.labels)
         history.append(score)
