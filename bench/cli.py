@@ -169,6 +169,8 @@ def _cmd_run(args) -> int:
           f"records in {args.results}")
     if summary.deferred:
         print(f"{len(summary.deferred)} tuned cells are finished by the worker that completed their study")
+    if summary.busy:
+        print(f"{len(summary.busy)} cells left to another runner that holds their locks (rerun to pick up any it drops)")
     for name, error in summary.failed:
         print(f"FAILED {name}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0

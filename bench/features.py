@@ -48,27 +48,27 @@ class ImageFeatureKey:
     backbone: str
     weights_sha256: str
     precision: str
+    build: str  # Backbone.build_key: activation and open_clip version (the same weights built another way)
     dataset: str
     dataset_version: str
     split_sha256: str
     split: str
-    build: str  # Backbone.build_key: activation and open_clip version (the same weights built another way)
     preprocessing: Preprocessing
     view: ViewSpec
     feature: str = "encode_image"
     store_dtype: str = "float16"
     schema: int = FEATURE_SCHEMA
 
-    def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in key.json
-
-    def digest(self) -> str:
     @classmethod
     def of(cls, backbone: Backbone, **data) -> ImageFeatureKey:
         """The key of ``backbone``'s features; ``data``: dataset, dataset_version, split_sha256, split, view."""
         return cls(backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256, precision=backbone.precision,
                    build=backbone.build_key, preprocessing=backbone.preprocessing, **data)
 
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in key.json
+
+    def digest(self) -> str:
         return sha256_json(self.to_json())
 
 

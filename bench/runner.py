@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import tuning
-from bench._io import ensure_writable_dir, sha256_json
+from bench._io import canonical_json, ensure_writable_dir, sha256_json
+from bench._locks import try_lock
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device, resolve_precision
 from bench.datasets import dataset_registry, read_dataset
 from bench.datasets.spec import DatasetSpec, DatasetSplits
@@ -82,6 +83,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell, error)
     deferred: list[str] = field(default_factory=list)  # tuned cells another worker finishes
+    busy: list[str] = field(default_factory=list)  # cells another live runner holds the lock of
 
 
 class Session:
@@ -151,9 +153,9 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
                            spec.method, spec.shots, spec.seed, run_id)
         study = tuning.study_name(spec, identity) if searched else None
         planned.append(PlannedCell(spec, config, run_id, path, study))
+    _warn_random_weights_on_real_data(specs, session)
     if dry_run:
         return planned
-    _warn_random_weights_on_real_data(specs, session)
     ensure_writable_dir(Path(session.options.results_root), purpose="results")
     ensure_writable_dir(Path(session.options.cache_root), purpose="cache")
     if any(cell.study for cell in planned):  # a bad storage URL fails before any work
@@ -161,8 +163,6 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
     return planned
 
 
-def _data_sha256(spec: RunSpec, session: Session) -> str:
-    """Identity of the data a cell reads (its split file or listing, and its shift sets'), read once here."""
 def _warn_random_weights_on_real_data(specs: list[RunSpec], session: Session) -> None:
     """A random-init backbone on a real dataset (the default backbone left in place) gives meaningless numbers."""
     pairs = {(s.backbone, s.dataset) for s in specs if BackboneRef.parse(s.backbone).weights == "random"}
@@ -172,6 +172,8 @@ def _warn_random_weights_on_real_data(specs: list[RunSpec], session: Session) ->
                     "--backbone RN50/openai (see `bench weights`)", backbone, dataset)
 
 
+def _data_sha256(spec: RunSpec, session: Session) -> str:
+    """Identity of the data a cell reads (its split file or listing, and its shift sets'), read once here."""
     dataset = session.dataset_spec(spec.dataset)
     if dataset.test_only:
         raise BenchError(f"{spec.dataset!r} is a test-only distribution-shift set", where="--datasets",
@@ -184,17 +186,33 @@ def _warn_random_weights_on_real_data(specs: list[RunSpec], session: Session) ->
 
 
 def is_done(cell: PlannedCell) -> bool:
-    """A cell is done when its record exists and says ok (failed cells are retried)."""
+    """A cell is done when its record exists, says ok, and is this cell's: the run id inside the file
+    and the spec (values and JSON types) match the cell, so a record copied to another cell's path
+    or edited by hand does not count. Failed cells are retried."""
     if not cell.path.is_file():
         return False
     try:
-        return read_result(cell.path).ok
-    except BenchError:
+        result = read_result(cell.path)
+        expected = cell.spec.to_json()
+        return (result.ok and result.run_id == cell.run_id
+                and canonical_json({k: result.spec.get(k) for k in expected}) == canonical_json(expected))
+    except (BenchError, ValueError):  # unreadable, or a NaN where the spec has numbers
         return False
 
 
+def lock_path(cell: PlannedCell) -> Path:
+    """The cell's lock file: hidden, beside its record (reports never read it)."""
+    return cell.path.with_name(f".{cell.path.stem}.lock")
+
+
 def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None = None) -> RunSummary:
-    """Run every cell that has no ok record (all of them with ``options.force``)."""
+    """Run every cell that has no ok record (all of them with ``options.force``).
+
+    A cell runs under its lock file (:mod:`bench._locks`), so runners started together on one
+    results folder run each cell once: a cell another live runner holds is left to it (``busy``),
+    and a cell finished while this runner waited for it is skipped. Tuned cells take no lock: their
+    workers fill one study together by design (:mod:`bench.tuning`).
+    """
     session = session or Session(options)
     cells = plan_cells(specs, session)
     pending = [c for c in cells if options.force or not is_done(c)]
@@ -209,7 +227,18 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
         if cell.spec.backbone not in prepared:  # right before its cells: one backbone in memory at a time
             prepared.add(cell.spec.backbone)
             _prepare_or_defer([c for c in pending if c.spec.backbone == cell.spec.backbone], session)
-        result = run_cell(cell, session)
+        lock = None if cell.study else try_lock(lock_path(cell))
+        if lock is None and not cell.study:
+            summary.busy.append(cell.spec.name)
+            continue
+        try:
+            if not options.force and is_done(cell):  # another runner finished it before we got the lock
+                summary.skipped.append(cell.spec.name)
+                continue
+            result = run_cell(cell, session)
+        finally:
+            if lock is not None:
+                lock.release()
         if result is None:
             summary.deferred.append(cell.spec.name)
             continue
@@ -268,31 +297,55 @@ def _prepare_or_defer(cells: list[PlannedCell], session: Session) -> None:
 def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
     """Run one cell and write its record. User errors (:class:`BenchError`) propagate; other
     exceptions become a ``failed`` record so the rest of the grid goes on. ``None``: a tuned cell
-    whose study another worker finished; that worker does the final fit and writes the record."""
+    whose study another worker finished; that worker does the final fit and writes the record.
+
+    Writing the ok record is part of the cell: a value JSON cannot hold (a NaN logit scale, an
+    infinite diagnostic) makes it a failed record too. A failed redo (``--force``) never replaces an
+    ok record: the failure is returned and reported, and the earlier record stays.
+    """
     started, t0 = utc_now(), time.perf_counter()
     if session.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(session.device)
     try:
-        record = _execute(cell, session)
-        status, error = "ok", None
+        result = _result(cell, session, _execute(cell, session), started, t0)
+        _write_record(cell.path, result)
+        return result
     except BenchError:
         raise
     except tuning.FinalFitElsewhere:
         log.info("cell %s: another worker closed its study and writes its record", cell.spec.name)
         return None
-    except Exception as exc:  # a bug or an OOM in one cell must not stop the grid
+    except Exception as exc:  # a bug, an OOM or a diverged fit in one cell must not stop the grid
         log.exception("cell %s failed", cell.spec.name)
-        record = _bare_record(cell, session)
-        status = "failed"
         error = {"type": type(exc).__name__, "message": str(exc),
                  "traceback_tail": "".join(traceback.format_exc().splitlines(True)[-15:])}
+    keep = is_done(cell)
+    if keep:
+        error["message"] += f" (this redo failed; the earlier ok record is kept: {cell.path})"
+        log.warning("cell %s: the redo failed; its earlier ok record is kept", cell.spec.name)
+    result = _result(cell, session, _bare_record(cell, session), started, t0, error)
+    if not keep:
+        write_result(cell.path, result)
+    return result
+
+
+def _result(cell: PlannedCell, session: Session, record: dict, started: str, t0: float,
+            error: dict | None = None) -> RunResult:
+    """The cell's record with its timing, memory and provenance sections; failed when ``error`` is given."""
     record["timing_s"]["total"] = round(time.perf_counter() - t0, 4)
     record["memory"] = peak_memory(session.device)
     record["provenance"] = {**environment(session.device), **cluster_ids(), "started_at": started,
                             "finished_at": utc_now()}
-    result = RunResult(schema_version=SCHEMA_VERSION, run_id=cell.run_id, status=status, error=error, **record)
-    write_result(cell.path, result)
-    return result
+    return RunResult(schema_version=SCHEMA_VERSION, run_id=cell.run_id, status="failed" if error else "ok",
+                     error=error, **record)
+
+
+def _write_record(path: Path, result: RunResult) -> None:
+    try:
+        write_result(path, result)
+    except ValueError as exc:  # json refuses NaN and infinities
+        raise ValueError(f"the record cannot be written ({exc}): a NaN or infinite value in its config, "
+                         "backbone or diagnostics") from exc
 
 
 def _bare_record(cell: PlannedCell, session: Session) -> dict:
@@ -300,7 +353,7 @@ def _bare_record(cell: PlannedCell, session: Session) -> dict:
     data = {"split_protocol": split_protocol(session.dataset_spec(cell.spec.dataset), session.options.sampling),
             "protocol": cell.spec.protocol}
     return {"spec": _spec_record(cell, session), "backbone": {"id": cell.spec.backbone}, "data": data,
-            "config": asdict(cell.config), "tuning": {"mode": cell.spec.tune}, "metrics": {}, "timing_s": {},
+            "config": jsonable(asdict(cell.config)), "tuning": {"mode": cell.spec.tune}, "metrics": {}, "timing_s": {},
             "memory": {}, "provenance": {}, "prompts": None, "diagnostics": {}}
 
 
