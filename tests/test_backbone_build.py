@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import open_clip
+import pandas as pd
 import pytest
 import torch
 from open_clip.pretrained import get_pretrained_cfg
@@ -350,3 +351,27 @@ def test_the_oldest_open_clip_tested_is_the_lower_bound_of_the_package_range():
     bound = re.search(r'"open_clip_torch>=([\d.]+)"', (root / "pyproject.toml").read_text()).group(1)
     tested = re.search(r"^OLDEST_OPEN_CLIP=([\d.]+)$", (root / "scripts" / "test.sh").read_text(), re.M).group(1)
     assert tested.split(".")[:2] == bound.split(".")[:2]
+
+
+def test_paper_comparison_matches_every_quickgelu_build_of_openai_rn50_and_no_gelu_build(tmp_path):
+    import dataclasses
+
+    from bench.reports.aggregate import results_frame
+    from bench.reports.paper import compare, load_paper_numbers
+    from tests.report_fixtures import record
+
+    builds = {
+        "RN50/openai": {"paper_arch": "RN50", "activation": "quick_gelu", "weights_origin": "openai"},
+        "RN50-quickgelu/openai": {"paper_arch": "RN50", "activation": "quick_gelu", "weights_origin": "openai"},
+        "RN50//w/RN50.pt": {"paper_arch": "RN50", "activation": "quick_gelu", "weights_origin": "openai"},
+        "RN50/openai-gelu-on-purpose": {"paper_arch": None, "activation": "gelu", "weights_origin": "openai"},
+    }
+    results = []
+    for backbone, build in builds.items():
+        r = record("clip_adapter", "dtd", 16, 1, 0.66, backbone=backbone)
+        results.append(dataclasses.replace(r, backbone={**r.backbone, **build}))
+    frame = results_frame(results)
+    cells = frame.assign(eval_set=frame["dataset"], mean=frame["top1"])
+    out = compare(cells, load_paper_numbers(), tolerance=1.0).set_index("backbone")
+    assert out.loc[["RN50/openai", "RN50-quickgelu/openai", "RN50//w/RN50.pt"], "paper"].tolist() == [65.96] * 3
+    assert pd.isna(out.loc["RN50/openai-gelu-on-purpose", "paper"])
