@@ -5,7 +5,8 @@ through :func:`atomic_write_bytes`: data lands in a temporary file in the target
 folder and is renamed into place, and the folder is fsynced, so a killed process (or a
 lost machine) never leaves a half-written file that looks complete. A temporary file
 left by a process killed before its rename is removed by the next write to that folder
-(:func:`clean_stale_temps`).
+(:func:`clean_stale_temps`). Files get the permissions ``open()`` would give them
+(``0o666`` less the umask), so a group sharing a results or cache folder can read them.
 """
 
 from __future__ import annotations
@@ -44,13 +45,41 @@ def ensure_writable_dir(path: Path, *, purpose: str) -> Path:
     return path
 
 
+def _umask_at_import() -> int:
+    """The umask when this module was imported: set and restored once, before any thread of ours writes."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The process's umask now, read without changing it (``/proc/self/status`` on Linux >= 4.7);
+    elsewhere the umask at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:  # noqa: PTH123
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so readers see either the old file or the whole new one.
+
+    The file's mode is what ``open(path, "wb")`` would give it (``0o666 & ~umask``), not
+    ``mkstemp``'s private ``0o600``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = f"{socket.gethostname()}@{os.getpid()}@"  # lets a later writer tell a dead writer's leftovers
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp@{owner}", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

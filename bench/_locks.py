@@ -65,7 +65,7 @@ def try_lock(path: Path, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: f
     content = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # less the umask
         except FileExistsError:
             seen = _read(path)
             if seen is None or not _stale(path, seen, stale_after_s):
