@@ -50,6 +50,16 @@ class SGDRecipe:
     batch_size: int = 32
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    optimizer: str = "sgd"  # "adam": Dassl's build_optimizer Adam (betas 0.9/0.999, L2 weight decay), as TaskRes trains
+
+
+def make_optimizer(params: list[torch.nn.Parameter], recipe: SGDRecipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``params`` (Dassl's ``build_optimizer`` for ``sgd`` and ``adam``)."""
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.999))
+    if recipe.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
 def dassl_lr(epoch: int, epochs: int, recipe: SGDRecipe) -> float:
@@ -101,22 +111,28 @@ def train_on_features(
     *,
     penalty: Callable[[], torch.Tensor] | None = None,
     sampler: Sampler = view_batches,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:
-    """Train ``params`` with SGD under Dassl's schedule; returns the mean loss per epoch.
+    """Train ``params`` with the recipe's optimiser (SGD by default) under Dassl's schedule; returns the
+    mean loss per epoch.
 
     The loss is cross-entropy on ``logits_fn(features)`` plus ``penalty()`` when given (CLAP's
-    constraint).
+    constraint), or ``loss(features, labels)`` when given (a method's own objective, e.g. ProGrad's
+    projected gradient); ``logits_fn`` then only serves the caller's reporting.
 
     Args:
         logits_fn: (B, D) raw image features -> (B, C) logits.
         train: support set, features (V, N, D).
         sampler: how an epoch's batches are drawn (:func:`view_batches` or :func:`pool_batches`).
+        loss: (B, D) raw image features, (B,) labels -> scalar loss; replaces cross-entropy + penalty.
     """
-    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    optimizer = make_optimizer(params, recipe)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits_fn(x), y)
-        return loss + penalty() if penalty is not None else loss
+        if loss is not None:
+            return loss(x, y)
+        value = F.cross_entropy(logits_fn(x), y)
+        return value + penalty() if penalty is not None else value
 
     features, labels = train.features.to(device), train.labels.to(device)
     losses: list[torch.Tensor] = []
