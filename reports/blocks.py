@@ -7,6 +7,7 @@ its own markup (LaTeX: ``$\\pm$`` …), so every format shows the same numbers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -22,6 +23,12 @@ DATASET_TITLES = {
 STANDARD_DATASETS = tuple(list(DATASET_TITLES)[:11])
 METHOD_ORDER = ("zero_shot", "linear_probe", "coop", "clip_adapter", "clip_adapter_hyper", "tip_adapter",
                 "tip_adapter_f", "lp_pp", "clap")
+# The names the papers print (CoOp, CLIP-Adapter, Tip-Adapter, LP++, CLAP); ``bench report --names`` overrides them.
+METHOD_NAMES = {
+    "zero_shot": "Zero-shot CLIP", "linear_probe": "Linear probe", "linear_probe_zs": "ZS-LP", "coop": "CoOp",
+    "clip_adapter": "CLIP-Adapter", "clip_adapter_hyper": "CLIP-Adapter (hypernetwork)", "tip_adapter": "Tip-Adapter",
+    "tip_adapter_f": "Tip-Adapter-F", "lp_pp": "LP++", "clap": "CLAP",
+}
 METRIC_TITLES = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "mean_per_class_recall": "Mean per-class recall",
                  "val_top1": "Top-1 accuracy on the few-shot validation split"}
 TUNE_TITLES = {"none": "none (paper defaults)", "val": "on the few-shot validation split",
@@ -37,6 +44,7 @@ class Block:
     settings: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
     table: pd.DataFrame | None = None
+    emphasis: tuple[tuple[int, str, str], ...] = ()  # (row position, column, "best" | "second")
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,47 @@ def method_sort_key(label: str) -> tuple:
     return (METHOD_ORDER.index(base), label) if base in METHOD_ORDER else (len(METHOD_ORDER), label)
 
 
+SHOT_FREE_METHODS = ("zero_shot",)  # never see the support set: one number per dataset, whatever the shots
+
+
+def is_shot_free(label: str) -> bool:
+    """Whether a row label (``method[overrides] (prompts: …)``) names a method that ignores the support set.
+
+    Decided by the method, not by the numbers: a trained method whose accuracy happens to stay flat
+    across shots is still a trained method.
+    """
+    return re.split(r"[\[ ]", label, maxsplit=1)[0] in SHOT_FREE_METHODS
+
+
+def display_name(label: str, names: dict[str, str]) -> str:
+    """A row label as a paper prints it: ``clip_adapter[alpha=0.5]`` -> ``CLIP-Adapter [alpha=0.5]``.
+
+    ``names`` maps a whole label or a method name to its display name; a method it does not
+    name keeps its identifier.
+    """
+    if label in names:
+        return names[label]
+    base = re.split(r"[\[ ]", label, maxsplit=1)[0]
+    if base not in names:
+        return label
+    rest = label[len(base):]
+    return names[base] + (" " + rest if rest.startswith("[") else rest)
+
+
+def emphasis(groups: list[list[tuple[int, float]]]) -> list[tuple[int, str]]:
+    """(position, "best" | "second") for each group of (position, value): the highest value is
+    best (ties share it), the next one second where the group has three or more values."""
+    marks = []
+    for group in groups:
+        values = sorted({round(v, 9) for _, v in group if v is not None and not pd.isna(v)}, reverse=True)
+        if len([v for _, v in group if v is not None and not pd.isna(v)]) < 2:
+            continue
+        ranks = {values[0]: "best", **({values[1]: "second"} if len(values) > 1 and len(group) > 2 else {})}
+        marks += [(i, ranks[round(v, 9)]) for i, v in group
+                  if v is not None and not pd.isna(v) and round(v, 9) in ranks]
+    return marks
+
+
 def number(value, digits: int = 2) -> str:
     """``12.345 -> "12.35"``; missing values are ``—``."""
     if value is None or pd.isna(value):
@@ -86,7 +135,14 @@ def signed(value, digits: int = 2) -> str:
     return text.replace("-", "−")
 
 
-def mean_pm(mean, half_width, n: int, n_expected: int) -> str:
-    """``"46.00 ± 0.82"``; a cell with fewer seeds than its table asks for says so."""
+def mean_pm(mean, half_width, n: int, n_expected: int, digits: int = 2, spread: bool = True) -> str:
+    """``"46.00 ± 0.82"``; a cell with fewer seeds than its table asks for says so (``(2/3 seeds)``).
+
+    One seed has no spread: ``"70.00 (n=1)"``, never ``± 0.00``. ``spread=False`` shows the mean only.
+    """
     mark = "" if n >= n_expected else f" ({n}/{n_expected} seeds)"
-    return f"{number(mean)} ± {number(half_width)}{mark}"
+    if n == 1 and not mark:
+        mark = " (n=1)"
+    if n == 1 or not spread:
+        return f"{number(mean, digits)}{mark}"
+    return f"{number(mean, digits)} ± {number(half_width, digits)}{mark}"

@@ -11,7 +11,8 @@ from bench.errors import BenchError
 
 EXAMPLES = """examples:
   bench report                                    # markdown to stdout
-  bench report --format latex --out table.tex     # booktabs tables for a paper
+  bench report --format latex --out table.tex     # booktabs tables for a paper (bold best, \\label)
+  bench report --format latex --no-std --decimals 1 --names names.json
   bench report --datasets dtd,eurosat --shots 16 --ci
   bench report --compare paper --tolerance 1.0    # published number and delta per cell
   bench report --compare-methods clip_adapter,linear_probe
@@ -46,6 +47,15 @@ def add_parser(subparsers) -> None:
     show.add_argument("--ci", nargs="?", const="coop", default=None, choices=CI_CHOICES,
                       help="show a 95%% CI instead of the std: coop = 1.96·σ/√n (CoOp's --ci95, the default), "
                            "t = Student t with the sample std")
+    show.add_argument("--names", default=None, metavar="FILE|ids",
+                      help="method names as printed: a JSON object file mapping a method or row label to its name "
+                           "(merged over the built-in Zero-shot CLIP, Linear probe, CoOp, CLIP-Adapter, ...), or "
+                           "'ids' for the registry identifiers")
+    show.add_argument("--decimals", type=int, default=2, help="digits after the point in tables (default: 2)")
+    show.add_argument("--std", action=argparse.BooleanOptionalAction, default=True,
+                      help="show ± the spread over seeds (default) or, with --no-std, the means only")
+    show.add_argument("--highlight", action=argparse.BooleanOptionalAction, default=True,
+                      help="bold the best and underline the second mean per column among rows of the same shots")
     show.add_argument("--allow-mixed", default="", metavar="SETTINGS",
                       help=f"average cells that differ in these settings ({', '.join(MIXABLE)}, or all); "
                            "the header says so")
@@ -90,7 +100,31 @@ def options_from_args(args):
         raise BenchError("the tolerance must not be negative", where="--tolerance", fix="write e.g. 1.0")
     return ReportOptions(metric=args.metric, ci=args.ci, filters=filters, allow_mixed=frozenset(mixed),
                          compare_paper=args.compare == "paper", tolerance=args.tolerance, paper_file=args.paper_file,
-                         paper_sources=_names(args.paper_source), compare_methods=pair)
+                         paper_sources=_names(args.paper_source), compare_methods=pair,
+                         names=method_names(args.names), decimals=args.decimals, spread=args.std,
+                         highlight=args.highlight)
+
+
+def method_names(value: str | None) -> dict[str, str]:
+    """The display-name map ``--names`` asks for: the built-in names, none (``ids``), or a file's merged over them."""
+    import json
+
+    from bench.reports.blocks import METHOD_NAMES
+
+    if value is None:
+        return dict(METHOD_NAMES)
+    if value == "ids":
+        return {}
+    path = Path(value)
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"cannot read {path}: {exc}", where="--names",
+                         fix='pass a JSON object like {"clip_adapter": "CLIP-Adapter"}, or ids') from None
+    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        raise BenchError(f"{path} is not a JSON object of names", where="--names",
+                         fix='write {"method or row label": "printed name", ...}')
+    return {**METHOD_NAMES, **names}
 
 
 def run(args) -> int:

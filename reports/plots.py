@@ -28,25 +28,15 @@ from bench.reports.aggregate import (
     table_keys,
     table_settings,
 )
-from bench.reports.blocks import METRIC_TITLES, dataset_sort_key, dataset_title, method_sort_key
+from bench.reports.blocks import METRIC_TITLES, dataset_sort_key, dataset_title, is_shot_free, method_sort_key
 
 PANEL = "#EBEBEB"
-SHOT_FREE_METHODS = ("zero_shot",)  # never see the support set: one number per dataset, a star at 0 shots
 X_LABEL = "Number of labeled training examples per class"
 
 
 def _half_width(values: dict, ci: str | None) -> float:
     half = {None: values["std"], "coop": values["ci95"], "t": values["ci95_t"]}[ci]
     return 0.0 if half is None or np.isnan(half) else float(half)
-
-
-def is_shot_free(label: str) -> bool:
-    """Whether a row label (``method[overrides] (prompts: …)``) names a method that ignores the support set.
-
-    Decided by the method, not by the numbers: a trained method whose accuracy happens to stay flat
-    across shots is still a line with its seed band.
-    """
-    return re.split(r"[\[ ]", label, maxsplit=1)[0] in SHOT_FREE_METHODS
 
 
 def curve_figure(series: dict[str, pd.DataFrame], title: str, metric: str = "top1", *, bold: bool = False) -> Figure:

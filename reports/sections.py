@@ -10,7 +10,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.reports.aggregate import TABLE_KEYS, TRANSFER_PREFIX, aggregate, spread
-from bench.reports.blocks import Block, dataset_sort_key, dataset_title, method_sort_key, number, signed
+from bench.reports.blocks import Block, dataset_sort_key, dataset_title, is_shot_free, method_sort_key, signed
 from bench.reports.paper import PaperNumbers, compare
 from bench.reports.stats import format_p, paired_differences, summarize
 
@@ -92,13 +92,13 @@ def transfer_block(table) -> Block | None:
     for label, dataset, shots in keys:
         row = {"Method": table.display(label), "Shots": str(shots), "Trained on": dataset_title(dataset)}
         own = source.get((label, dataset, shots))
-        row["Source"] = table.pm(own) if own else "—"
+        row["Source"] = table.pm(own, constant_free=is_shot_free(label)) if own else "—"
         means = []
         for column, name in zip(columns, names, strict=True):
             cell = shifted[column].get((label, dataset, shots))
-            row[name] = table.pm(cell) if cell else "—"
+            row[name] = table.pm(cell, constant_free=is_shot_free(label)) if cell else "—"
             means.append(cell["mean"] if cell else np.nan)
-        row["Average (shift sets)"] = number(np.mean(means)) if not np.isnan(means).any() else "—"
+        row["Average (shift sets)"] = table.number(np.mean(means)) if not np.isnan(means).any() else "—"
         rows.append(row)
     note = ("Top-1 (%) of the classifier trained on the source dataset's few-shot split, scored on each shift set's "
             "test images; Source is its own test split.")
@@ -126,11 +126,11 @@ def base2new_block(table, settings) -> tuple[Block, list[dict]]:
                 b, n = base.get((label, d, shots), np.nan), new.get((label, d, shots), np.nan)
                 bs.append(b)
                 ns.append(n)
-                row[dataset_title(d)] = f"{number(b)} / {number(n)} / {number(_harmonic(b, n))}"
+                row[dataset_title(d)] = f"{table.number(b)} / {table.number(n)} / {table.number(_harmonic(b, n))}"
                 payload.append({"label": label, "dataset": d, "shots": int(shots), "base": _r(b), "new": _r(n),
                                 "harmonic_mean": _r(_harmonic(b, n))})
             mb, mn = np.mean(bs), np.mean(ns)
-            row["Average"] = f"{number(mb)} / {number(mn)} / {number(_harmonic(mb, mn))}"
+            row["Average"] = f"{table.number(mb)} / {table.number(mn)} / {table.number(_harmonic(mb, mn))}"
             rows.append(row)
     note = ("Each cell: base / new / H, means over seeds in percent; H = 2·base·new/(base + new) of those means "
             "(CoCoOp). — for new and H: the method cannot be re-targeted to unseen classes.")
@@ -177,10 +177,11 @@ def _paper_row(table, r: dict, tolerance: float) -> dict:
     dataset = dataset_title(r["eval_set"])
     if r["eval_set"] != r["dataset"]:
         dataset = f"{dataset} (trained on {dataset_title(r['dataset'])})"
-    ours = number(r["mean"]) + ("" if r["complete"] else f" ({r['n_seeds']}/{r['n_expected']} seeds)")
+    ours = table.number(r["mean"]) + ("" if r["complete"] else f" ({r['n_seeds']}/{r['n_expected']} seeds)")
     return {"Method": table.display(r["label"]), "Shots": str(r["shots"]), "Dataset": dataset, "Ours": ours,
-            "Paper": number(r["paper"]), "Δ": signed(r["delta"]), f"Within ±{tolerance:g} pt": "yes" if r["within"] else "no",
-            "Source": f"{r['paper_source']} [{r['paper_marker']}]", "Note": r["note"]}
+            "Paper": table.number(r["paper"]), "Δ": signed(r["delta"]), f"Within ±{tolerance:g} pt": "yes" if r["within"] else "no",
+            "Source": f"{r['paper_source']} [{r['paper_marker']}]",
+            "Note": r["note"] if isinstance(r["note"], str) else ""}
 
 
 def _paper_average_rows(table, compared: pd.DataFrame, tolerance: float) -> list[dict]:
@@ -195,8 +196,8 @@ def _paper_average_rows(table, compared: pd.DataFrame, tolerance: float) -> list
         ours, theirs = group["mean"].mean(), group["paper"].mean()
         delta = ours - theirs
         mark = "" if group["complete"].all() else " (incomplete)"
-        rows.append({"Method": table.display(label), "Shots": str(shots), "Dataset": "Average", "Ours": number(ours) + mark,
-                     "Paper": number(theirs), "Δ": signed(delta), f"Within ±{tolerance:g} pt": "yes" if abs(delta) <= tolerance + 1e-9 else "no",
+        rows.append({"Method": table.display(label), "Shots": str(shots), "Dataset": "Average", "Ours": table.number(ours) + mark,
+                     "Paper": table.number(theirs), "Δ": signed(delta), f"Within ±{tolerance:g} pt": "yes" if abs(delta) <= tolerance + 1e-9 else "no",
                      "Source": ", ".join(sorted(set(group["paper_source"]))), "Note": ""})
     return rows
 
@@ -207,7 +208,9 @@ def _source_notes(matched: pd.DataFrame, paper: PaperNumbers) -> list[str]:
         info = paper.sources.get(source, {})
         notes.append(f"{source}: {info.get('citation', '?')} ({info.get('where', '?')}).")
         used = matched[matched["paper_source"] == source]
-        for method, note in sorted({(m, n) for m, n in zip(used["method_name"], used["paper_note"], strict=True) if n}):
+        notes_used = {(m, n) for m, n in zip(used["method_name"], used["paper_note"], strict=True)
+                      if isinstance(n, str) and n}  # an absent note is None or, after a concat, NaN: never "nan"
+        for method, note in sorted(notes_used):
             notes.append(f"{source} / {method}: {note}.")
     notes.append("Markers: [V] verified in the code release or paper, [R] secondary source or derived, "
                  "[~] digitised from a figure (about ±0.5 pt).")
@@ -233,7 +236,7 @@ def methods_block(table) -> tuple[Block | None, dict]:
     summary = summarize(pairs, a, b)
     order = sorted(range(len(pairs)), key=lambda i: (pairs["shots"].iat[i], dataset_sort_key(pairs["dataset"].iat[i])))
     pairs = pairs.iloc[order]
-    rows = [{"Dataset": dataset_title(r["dataset"]), "Shots": str(r["shots"]), a: number(r["a"]), b: number(r["b"]),
+    rows = [{"Dataset": dataset_title(r["dataset"]), "Shots": str(r["shots"]), a: table.number(r["a"]), b: table.number(r["b"]),
              "Δ": signed(r["delta"]), "Paired seeds": str(r["n_pairs"]), f"{a} better (seeds)": f"{r['a_wins']}/{r['n_pairs']}",
              "t-test over seeds": "—" if r["t_seeds"].p is None else f"p = {format_p(r['t_seeds'].p)}"}
             for r in pairs.to_dict("records")]

@@ -31,6 +31,7 @@ from bench.reports.aggregate import (
     table_settings,
 )
 from bench.reports.blocks import (
+    METHOD_NAMES,
     METRIC_TITLES,
     STANDARD_DATASETS,
     TUNE_TITLES,
@@ -38,6 +39,9 @@ from bench.reports.blocks import (
     Report,
     dataset_sort_key,
     dataset_title,
+    display_name,
+    emphasis,
+    is_shot_free,
     mean_pm,
     method_sort_key,
     number,
@@ -68,6 +72,10 @@ class ReportOptions:
     paper_file: Path | None = None
     paper_sources: tuple[str, ...] | None = None
     compare_methods: tuple[str, str] | None = None
+    names: dict[str, str] = field(default_factory=lambda: dict(METHOD_NAMES))  # {} shows identifiers
+    decimals: int = 2
+    spread: bool = True  # False: means only (--no-std)
+    highlight: bool = True  # bold best, underlined second per column among rows of the same shots
 
 
 @dataclass(frozen=True)
@@ -98,12 +106,23 @@ class Table:
         return sorted(self.frame["label"].unique(), key=method_sort_key)
 
     def display(self, label: str) -> str:
-        return f"{label} (oracle)" if self.oracle else label
+        name = display_name(label, self.options.names)
+        return f"{name} (oracle)" if self.oracle else name
 
-    def pm(self, values: dict) -> str:
-        """``mean ± spread`` of one :func:`~bench.reports.aggregate.spread` dict, marked when incomplete."""
+    def number(self, value) -> str:
+        return number(value, self.options.decimals)
+
+    def pm(self, values: dict, *, constant_free: bool = False) -> str:
+        """``mean ± spread`` of one :func:`~bench.reports.aggregate.spread` dict, marked when incomplete.
+
+        ``constant_free``: a method that sees no training images and gave every seed the same number
+        shows the mean alone (its ``± 0.00`` says nothing).
+        """
         half = {None: values["std"], "coop": values["ci95"], "t": values["ci95_t"]}[self.options.ci]
-        return mean_pm(values["mean"], half, int(values["n_seeds"]), len(self.seeds))
+        n, expected = int(values["n_seeds"]), len(self.seeds)
+        if constant_free and n >= expected and values["std"] == 0:
+            return self.number(values["mean"])
+        return mean_pm(values["mean"], half, n, expected, self.options.decimals, self.options.spread)
 
 
 def render(frame: pd.DataFrame, fmt: str = "markdown", options: ReportOptions | None = None) -> str:
@@ -152,6 +171,8 @@ def _check(frame: pd.DataFrame, options: ReportOptions) -> None:
         raise BenchError(f"unknown metric {options.metric!r}", where="--metric", fix=f"use one of: {', '.join(METRIC_TITLES)}")
     if options.ci not in (None, *CI_CHOICES):
         raise BenchError(f"unknown interval {options.ci!r}", where="--ci", fix=f"use one of: {', '.join(CI_CHOICES)}")
+    if not 0 <= options.decimals <= 6:
+        raise BenchError(f"{options.decimals} decimals", where="--decimals", fix="use 0 to 6")
     if options.compare_paper and options.metric != "top1":
         raise BenchError("published numbers are top-1 accuracies", where="--compare paper", fix="drop --metric or use top1")
 
@@ -196,7 +217,8 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
         long = pd.concat([long, sections.long_base2new(table)], ignore_index=True)
     else:
         average = dataset_average(table.frame, table.cells, table.options.metric)
-        blocks = [Block(table.title, 2, settings, (), accuracy_table(table, average)), average_block(table, average)]
+        shown, marks = accuracy_table(table, average)
+        blocks = [Block(table.title, 2, settings, _emphasis_note(marks), shown, marks), average_block(table, average)]
         payload["averages"] = _average_payload(average)
         long = pd.concat([long, sections.long_averages(table, average)], ignore_index=True)
     shift = sections.transfer_block(table)
@@ -251,53 +273,92 @@ def _prompt_sets(table: Table) -> dict[str, str]:
             for label in table.labels}
 
 
-def accuracy_table(table: Table, average: pd.DataFrame) -> pd.DataFrame:
-    """Rows (method, shots), columns datasets then their average; ``—`` where a cell has no result."""
+def accuracy_table(table: Table, average: pd.DataFrame) -> tuple[pd.DataFrame, tuple]:
+    """Rows (method, shots), columns datasets then their average; ``—`` where a cell has no result.
+
+    A method that sees no training images (zero-shot CLIP) is one row at 0 shots when its numbers are
+    the same at every shot count. Returns the table and its emphasis (:func:`_emphasis`).
+    """
     by_cell = {(r["label"], r["dataset"], r["shots"]): r for r in table.cells.to_dict("records")}
     by_row = {(r["label"], r["shots"]): r for r in average.to_dict("records")}
     present = set(map(tuple, table.frame[["label", "shots"]].drop_duplicates().values))
-    rows = []
+    columns = ["Method", "Shots", *map(dataset_title, table.datasets), "Average"]
+    rows, values = [], []
     for label in table.labels:
-        for shots in sorted(table.frame["shots"].unique()):
-            if (label, shots) not in present:
-                continue
-            row = {"Method": table.display(label), "Shots": str(shots)}
+        shots = [k for k in sorted(table.frame["shots"].unique()) if (label, k) in present]
+        once = is_shot_free(label) and _same_at_every_shot(table, by_cell, label, shots)
+        for k in shots[:1] if once else shots:
+            row = {"Method": table.display(label), "Shots": "0" if once else str(k)}
+            means = {}
             for d in table.datasets:
-                cell = by_cell.get((label, d, shots))
-                row[dataset_title(d)] = table.pm(cell) if cell else "—"
-            row["Average"] = number(by_row.get((label, shots), {}).get("mean"))
+                cell = by_cell.get((label, d, k))
+                row[dataset_title(d)] = table.pm(cell, constant_free=is_shot_free(label)) if cell else "—"
+                means[dataset_title(d)] = cell["mean"] if cell else None
+            means["Average"] = by_row.get((label, k), {}).get("mean")
+            row["Average"] = table.number(means["Average"])
             rows.append(row)
-    return pd.DataFrame(rows, columns=["Method", "Shots", *map(dataset_title, table.datasets), "Average"])
+            values.append((None if once else k, means))
+    return pd.DataFrame(rows, columns=columns), _emphasis(table, values, columns[2:])
+
+
+def _same_at_every_shot(table: Table, by_cell: dict, label: str, shots: list[int]) -> bool:
+    return all(len({round(by_cell[(label, d, k)]["mean"], 9) if (label, d, k) in by_cell else None
+                    for k in shots}) == 1 for d in table.datasets)
+
+
+def _emphasis(table: Table, values: list[tuple], columns: list[str]) -> tuple[tuple[int, str, str], ...]:
+    """Per column, among the rows of one shot count (``None``: a shot-free row, not ranked): best and second."""
+    if not table.options.highlight:
+        return ()
+    marks = []
+    for column in columns:
+        groups: dict = {}
+        for position, (group, means) in enumerate(values):
+            if group is not None:
+                groups.setdefault(group, []).append((position, means.get(column)))
+        marks += [(position, column, kind) for position, kind in emphasis(list(groups.values()))]
+    return tuple(sorted(marks))
+
+
+def _emphasis_note(marks: tuple) -> tuple[str, ...]:
+    if not marks:
+        return ()
+    return ("Bold: the best mean in its column among the methods trained with the same shots; underlined: the "
+            "second (methods that see no training images, such as zero-shot CLIP, are not ranked).",)
 
 
 def average_block(table: Table, average: pd.DataFrame) -> Block:
     """The shots × method panel of dataset averages (CLIP-Adapter's 'average over 11 datasets')."""
     shots = sorted(table.frame["shots"].unique())
-    rows = []
+    columns = [f"{k}-shot" for k in shots]
+    rows, values = [], []
     for label in table.labels:
-        row = {"Method": table.display(label)}
-        for k in shots:
+        row, means = {"Method": table.display(label)}, {}
+        for k, column in zip(shots, columns, strict=True):
             found = average[(average["label"] == label) & (average["shots"] == k)]
-            row[f"{k}-shot"] = _average_cell(table, found.iloc[0]) if len(found) else "—"
+            row[column] = _average_cell(table, found.iloc[0], label) if len(found) else "—"
+            means[column] = found.iloc[0]["mean"] if len(found) and found.iloc[0]["complete_datasets"] else None
         rows.append(row)
+        values.append((None if is_shot_free(label) else 0, means))
     n = len(table.datasets)
     which = "the 11 datasets" if set(table.datasets) == set(STANDARD_DATASETS) else \
         f"{n} dataset{'s' if n != 1 else ''} ({', '.join(map(dataset_title, table.datasets))})"
     note = ("Mean of the cell means; ± is taken over the seeds every dataset has, of the per-seed average over "
             "datasets. — where a dataset of the table has no result.")
-    return Block(f"Average over {which}", 3, (), (note,),
-                 pd.DataFrame(rows, columns=["Method", *[f"{k}-shot" for k in shots]]))
+    marks = _emphasis(table, values, columns)
+    return Block(f"Average over {which}", 3, (), (note, *_emphasis_note(marks)),
+                 pd.DataFrame(rows, columns=["Method", *columns]), marks)
 
 
-def _average_cell(table: Table, row) -> str:
+def _average_cell(table: Table, row, label: str) -> str:
     if not row["complete_datasets"]:
         return "—"
     per_seed = row["per_seed"]
     if not per_seed:
-        return number(row["mean"])
+        return table.number(row["mean"])
     values = {**spread(pd.Series(per_seed).to_numpy()), "mean": row["mean"]}
     values["n_seeds"] = min(len(per_seed), int(row["min_seeds"]))
-    return table.pm(values)
+    return table.pm(values, constant_free=is_shot_free(label))
 
 
 def _average_payload(average: pd.DataFrame) -> list[dict]:

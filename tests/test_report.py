@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from html.parser import HTMLParser
 from io import StringIO
 
@@ -18,6 +19,7 @@ from .report_fixtures import record, save, write_fixture_results
 
 GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
 COMPARE = ReportOptions(ci="coop", compare_paper=True, compare_methods=("clip_adapter", "zero_shot"))
+IDS = ReportOptions(names={}, highlight=False)  # rows by identifier, no emphasis: for the aggregation tests
 
 
 class _TagChecker(HTMLParser):
@@ -70,13 +72,16 @@ def test_markdown_shows_mean_std_average_and_holes(frame):
     text = render(frame, "markdown")
     rows = _rows(text, "## RN50/openai · tuning: none\n")
     assert rows[0] == ["Method", "Shots", "DTD", "EuroSAT", "Average"]
-    assert ["clip_adapter", "1", "46.00 ± 0.82", "61.00 ± 0.82", "53.50"] in rows
-    assert ["zero_shot", "1", "42.00 ± 0.00", "37.50 ± 0.00", "39.75"] == rows[1]  # paper order: zero-shot first
+    assert ["CLIP-Adapter", "1", "**46.00 ± 0.82**", "**61.00 ± 0.82**", "**53.50**"] in rows  # best of 1 shot
+    assert ["Linear probe", "1", "33.00 ± 2.45", "52.00 ± 1.63", "42.50"] in rows
+    # paper order, zero-shot first and once (it sees no training images), without a spread it does not have
+    assert ["Zero-shot CLIP", "0", "42.00", "37.50", "39.75"] == rows[1] and len(rows) == 6
     assert "84.50 ± 0.50 (2/3 seeds)" in text  # incomplete cell marked
     assert "Missing cells (1): clip_adapter/eurosat/k16/s3" in text
     assert "Failed cells (1): clip_adapter/dtd/k16/s1" in text
     oracle_part = text.split("tuning: oracle")[1].split("\n## ")[0]
-    assert "ORACLE" in oracle_part and "clip_adapter (oracle)" in oracle_part
+    assert "ORACLE" in oracle_part and "CLIP-Adapter (oracle)" in oracle_part
+    assert "70.00 (n=1)" in oracle_part and "± 0.00" not in text  # one seed: marked, never ± 0.00
     assert "70.00" not in text.split("tuning: oracle")[0]  # the oracle cell never enters the honest table
 
 
@@ -92,11 +97,11 @@ def test_header_lists_backbone_weights_preprocessing_and_prompt_sets(frame):
 def test_average_panel_is_shots_by_method_with_spread_over_per_seed_averages(frame):
     rows = _rows(render(frame, "markdown"), "### Average over 2 datasets")
     assert rows[0] == ["Method", "1-shot", "16-shot"]
-    lp = next(r for r in rows if r[0] == "linear_probe")
+    lp = next(r for r in rows if r[0] == "Linear probe")
     per_seed = [(30 + 50) / 2, (33 + 52) / 2, (36 + 54) / 2]  # seeds 1..3, dtd and eurosat at 1 shot
     assert lp[1] == f"{np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}"
     # clip_adapter 16-shot: dtd has seeds 2,3 and eurosat 1,2, so only seed 2 is common
-    assert next(r for r in rows if r[0] == "clip_adapter")[2] == "75.50 ± 0.00 (1/3 seeds)"
+    assert next(r for r in rows if r[0] == "CLIP-Adapter")[2] == "**75.50 (1/3 seeds)**"
 
 
 def test_json_and_csv_are_machine_readable(frame):
@@ -129,7 +134,7 @@ def test_ci_options_use_the_named_formula(frame):
 
 def test_filters_select_records_and_say_so(frame):
     text = render(frame, "markdown", ReportOptions(filters=Filters(datasets=("dtd",), methods=("clip*",),
-                                                                   backbones=("RN50/*",), tune=("none",))))
+                                                                   backbones=("RN50/*",), tune=("none",)), names={}))
     assert "Records selected with --methods clip* --datasets dtd --backbone RN50/* --tune none." in text
     rows = _rows(text, "## RN50/openai · tuning: none\n")
     assert rows[0] == ["Method", "Shots", "DTD", "Average"] and {r[0] for r in rows[1:]} == {"clip_adapter"}
@@ -141,7 +146,7 @@ def test_filters_select_records_and_say_so(frame):
 def test_seeds_filter_sets_what_a_complete_cell_has(frame):
     text = render(frame, "markdown", ReportOptions(filters=Filters(seeds=(2, 3))))
     assert "66.50 ± 0.50" in text and "66.50 ± 0.50 (" not in text  # dtd/16 has seeds 2 and 3: complete now
-    assert "85.00 ± 0.00 (1/2 seeds)" in text  # eurosat/16 has seed 2 only
+    assert "85.00 (1/2 seeds)" in text  # eurosat/16 has seed 2 only: one seed has no spread
 
 
 def test_differing_settings_are_not_averaged_unless_allowed(tmp_path):
@@ -152,16 +157,16 @@ def test_differing_settings_are_not_averaged_unless_allowed(tmp_path):
     save(tmp_path, record("zero_shot", "eurosat", 1, 1, 0.30, prompts="ensemble"))
     save(tmp_path, record("zero_shot", "eurosat", 1, 2, 0.31, prompts="coop"))
     frame = results_frame(load_results(tmp_path))
-    apart = render(frame, "markdown")
+    apart = render(frame, "markdown", IDS)
     assert apart.count("## RN50/openai · tuning: none") == 2  # preprocessing splits the table
     assert "zero_shot (prompts: coop)" in apart and "zero_shot (prompts: ensemble)" in apart
     assert "generation coop_v1" in apart and "MIXED" not in apart
-    mixed = render(frame, "markdown", ReportOptions(allow_mixed=frozenset({"preprocessing", "prompts"})))
+    mixed = render(frame, "markdown", ReportOptions(allow_mixed=frozenset({"preprocessing", "prompts"}), names={}))
     assert mixed.count("## RN50/openai · tuning: none") == 1
     assert "- MIXED: cells average over differing preprocessing, prompts (--allow-mixed)" in mixed
     assert "mixed: shortest 224px bicubic + squash 224px bicubic" in mixed
     rows = _rows(mixed, "## RN50/openai")
-    assert rows[1] == ["zero_shot", "1", f"44.00 ± {np.std([40, 42, 50]):.2f}", "30.50 ± 0.50 (2/3 seeds)", "37.25"]
+    assert rows[1] == ["zero_shot", "0", f"44.00 ± {np.std([40, 42, 50]):.2f}", "30.50 ± 0.50 (2/3 seeds)", "37.25"]
     with pytest.raises(BenchError, match="--allow-mixed"):
         render(frame, "markdown", ReportOptions(allow_mixed=frozenset({"tune"})))
 
@@ -173,11 +178,11 @@ def test_failed_record_without_identity_joins_its_table(tmp_path):
     save(tmp_path, orphan)
     text = render(results_frame(load_results(tmp_path)), "markdown")
     assert text.count("## RN50/openai") == 1 and "Failed cells (1): zero_shot/dtd/k1/s2" in text
-    assert "40.00 ± 0.00 (1/2 seeds)" in text
+    assert "40.00 (1/2 seeds)" in text
 
 
 def test_transfer_and_base_to_new_tables(frame):
-    text = render(frame, "markdown")
+    text = render(frame, "markdown", IDS)
     shift = _rows(text, "### Distribution shift")
     assert shift[0] == ["Method", "Shots", "Trained on", "Source", "ImageNet-V2", "ImageNet-Sketch",
                         "Average (shift sets)"]
@@ -191,7 +196,7 @@ def test_transfer_and_base_to_new_tables(frame):
 def test_latex_and_html_are_well_formed(frame):
     tex = render(frame, "latex", COMPARE)
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == tex.count(r"\toprule") > 5
-    assert r"clip\_adapter & 1 & 46.00 $\pm$ 0.92" in tex
+    assert r"CLIP-Adapter & 1 & \textbf{46.00 $\pm$ 0.92}" in tex and r"\label{tab:" in tex
     body = [line for line in tex.splitlines() if not line.startswith("%")]
     assert not any(ch in "".join(body) for ch in "±Δ—−")  # every symbol spelled for LaTeX outside comments
     page = render(frame, "html", COMPARE)
@@ -240,7 +245,8 @@ def test_report_of_a_real_run_renders_everywhere(tmp_path, data_root, capsys):
         plot = ["--plot", str(tmp_path / "plots")] if fmt == "markdown" else []
         assert main(["report", "--results", str(results), "--format", fmt, "--compare", "paper", *plot]) == 0
         out = capsys.readouterr().out
-        assert "linear_probe" in out and "bench-tiny/random" in out
+        assert ("Linear probe" if fmt in ("markdown", "latex", "html") else "linear_probe") in out
+        assert "bench-tiny/random" in out and not re.search(r"\bnan\b", out, flags=re.I)  # never a literal nan
     assert "No published number matches these cells (architecture bench-tiny" in render(
         results_frame(load_results(results)), "markdown", ReportOptions(compare_paper=True))
     pngs = sorted(p.name for p in (tmp_path / "plots" / "bench-tiny_random-none").glob("*.png"))
@@ -256,7 +262,7 @@ def test_tuned_cells_with_different_trial_budgets_get_their_own_rows(tmp_path):
         save(tmp_path, record("clip_adapter", "dtd", 1, seed, short, tune="val", trials=20))
         save(tmp_path, record("clip_adapter", "dtd", 1, seed, long, tune="val", trials=50,
                               finished=f"2026-11-23T09:00:0{seed}+00:00"))  # older: must not vanish
-    rows = _rows(render(results_frame(load_results(tmp_path)), "markdown"), "## RN50/openai")
+    rows = _rows(render(results_frame(load_results(tmp_path)), "markdown", IDS), "## RN50/openai")
     assert ["clip_adapter (20 trials)", "1", "61.00 ± 1.00", "61.00"] in rows
     assert ["clip_adapter (50 trials)", "1", "65.00 ± 1.00", "65.00"] in rows
     save(tmp_path / "one", record("clip_adapter", "dtd", 2, 1, 0.70, tune="val", trials=20))
