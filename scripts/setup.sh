@@ -34,4 +34,11 @@ if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } >"$log" 2>&1 \
     || echo "setup: could not install dataset-fashion-mnist; bench demo will use scikit-learn digits" >&2
 fi
+# pdflatex for the test that compiles the LaTeX report of the full default grid (tests/test_report_latex.py;
+# skipped without it): Debian's texlive-latex-base + texlive-latex-recommended (booktabs), about 2 minutes.
+if ! command -v pdflatex >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      texlive-latex-base texlive-latex-recommended; } >"$log" 2>&1 \
+    || echo "setup: could not install texlive; the LaTeX compile test will be skipped" >&2
+fi
 "$VENV/bin/python" -c "import bench, torch, open_clip; print(f'bench {bench.__version__} ready: torch {torch.__version__}, open_clip {open_clip.__version__}, CUDA {torch.cuda.is_available()}')"
