@@ -297,6 +297,9 @@ def run_profile(profile: PerfProfile, device: torch.device, workdir: Path,
     method_rows, data, ctx, timings = _method_rows(profile, backbone, support, views, workdir, options, extraction_s,
                                                    emit)
     rows += method_rows
+    for row in cocoop_rows(data, ctx):
+        emit(row)
+        rows.append(row)
     if profile.grid:
         predicted = grid_rows(profile, data, ctx, timings, centre_rate, rate)
         for row in predicted:
@@ -339,6 +342,44 @@ def _method_rows(profile: PerfProfile, backbone: Backbone, support: LabeledImage
             emit(rows[-2])
             emit(rows[-1])
     return rows, data, ctx, timings
+
+
+COCOOP_TIMED_STEPS = 4  # CoCoOp steps (batch 1: one image x C prompts, forward + backward) actually timed
+
+
+def cocoop_rows(data: FewShotData, ctx: FitContext) -> list[PerfRow]:
+    """CoCoOp's per-image text pass (every image runs its own C prompts through the text tower): seconds per
+    training step and per scored image, timed on a few images and extrapolated to the cell's support and
+    to 1,000 test images."""
+    from bench.methods.cocoop import Cocoop, rows_per_chunk
+    from bench.methods.coop import text_tower
+
+    method = Cocoop()
+    cfg = method.default_config("imagenet", data.shots)
+    few = dataclasses.replace(data, train=FeatureSet(data.train.features[:1, :COCOOP_TIMED_STEPS],
+                                                     data.train.labels[:COCOOP_TIMED_STEPS]))
+    _peak_reset(ctx.device)
+    _sync(ctx.device)
+    start = time.perf_counter()
+    classifier = method.fit(few, dataclasses.replace(cfg, epochs=1, train_views=1), ctx)
+    _sync(ctx.device)
+    per_step = (time.perf_counter() - start) / COCOOP_TIMED_STEPS
+    peak = _peak(ctx.device)
+    rows = rows_per_chunk(text_tower(ctx.backbone.model), int(classifier.learner.eot.max()) + 1, cfg.memory_mb)
+    images = data.val.center[:COCOOP_TIMED_STEPS].to(ctx.device)
+    with torch.no_grad():
+        _sync(ctx.device)
+        start = time.perf_counter()
+        classifier(images)
+        _sync(ctx.device)
+    per_image = (time.perf_counter() - start) / len(images)
+    n, c = len(data.train.labels), data.n_classes
+    memory = f", peak {peak / 2**20:.0f} MiB" if peak is not None else ""
+    return [PerfRow(f"cocoop: one training step (1 image x {c} prompts, forward + backward)", 1e3 * per_step, "ms",
+                    f"{COCOOP_TIMED_STEPS} timed; chunks of {rows} prompts ({cfg.memory_mb} MiB budget){memory}; "
+                    f"the {n}-image cell: {cfg.epochs} epochs x {n} steps = {cfg.epochs * n * per_step / 60:.1f} min"),
+            PerfRow(f"cocoop: scoring one test image ({c} prompts)", 1e3 * per_image, "ms",
+                    f"1,000 test images: {1000 * per_image:.1f} s (zero-shot and CoOp: one matrix product)")]
 
 
 def _classes_subset(data: FewShotData, n_classes: int) -> FewShotData:

@@ -22,6 +22,12 @@ BUILTIN: dict[str, str] = {
     "tip_adapter_f": "bench.methods.tip_adapter:TipAdapterF",
     "lp_pp": "bench.methods.lp_pp:LpPlusPlus",
     "clap": "bench.methods.clap:Clap",
+    "kgcoop": "bench.methods.kgcoop:KgCoop",
+    "prograd": "bench.methods.prograd:ProGrad",
+    "taskres": "bench.methods.taskres:TaskRes",
+    "cocoop": "bench.methods.cocoop:Cocoop",
+    "gda": "bench.methods.gda:Gda",
+    "cross_modal_lp": "bench.methods.cross_modal_lp:CrossModalLp",
 }
 
 
