@@ -14,6 +14,8 @@
 #        BENCH_SLURM_ACCOUNTING (1: slurmdbd + MariaDB. submitit needs sacct to notice a killed job;
 #                                without it a cancelled job's result() blocks forever)
 #        BENCH_SLURM_GPUS (0: fake file-backed gpu GRES, for scheduling only; CUDA_VISIBLE_DEVICES is not set)
+#        BENCH_SLURM_QOS (bench_qos: with accounting, a QOS that root and $SUDO_USER may use; associations
+#                         and QOS are enforced, so sbatch refuses any other --qos, as a site's cluster does)
 # Configs go to /etc/slurm, so sbatch/sacct/submitit find them without SLURM_CONF.
 # Daemons are only ever stopped through their pid file, after /proc/PID/comm confirms which daemon it is.
 set -euo pipefail
@@ -22,6 +24,7 @@ ROOT=${BENCH_SLURM_ROOT:-/tmp/bench-slurm}
 CPUS=${BENCH_SLURM_CPUS:-4}
 ACCOUNTING=${BENCH_SLURM_ACCOUNTING:-1}
 GPUS=${BENCH_SLURM_GPUS:-0}
+QOS=${BENCH_SLURM_QOS:-bench_qos}
 HOST=$(hostname -s)
 ETC=/etc/slurm
 DBPASS=benchslurm
@@ -112,6 +115,7 @@ slurm_conf() {
   mem=$(($(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) - 1024))
   if [[ $ACCOUNTING == 1 ]]; then
     acct=$'AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\nJobAcctGatherType=jobacct_gather/linux'
+    acct+=$'\nAccountingStorageEnforce=associations,limits,qos'
   else
     acct=$'AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none'
   fi
@@ -177,6 +181,16 @@ EOF
   return $changed
 }
 
+add_qos() { # the QOS the integration test submits with (--qos), allowed for root and the sudo user
+  local user
+  waitfor 30 "root's association" sh -c "sacctmgr -n -P show assoc user=root format=user | grep -q root"
+  sacctmgr -n -P show qos format=name | grep -qx "$QOS" || sacctmgr -i add qos "$QOS" >/dev/null
+  for user in root ${SUDO_USER:-}; do
+    [[ $user == root ]] || sacctmgr -n -P show user "$user" | grep -q . || sacctmgr -i add user "$user" account=root >/dev/null
+    sacctmgr -n -P show assoc user="$user" format=qos | grep -qw "$QOS" || sacctmgr -i modify user "$user" set qos+="$QOS" >/dev/null
+  done
+}
+
 node_state() { sinfo -h -n "$HOST" -o %t 2>/dev/null || true; }
 node_ready() { [[ $(node_state) =~ ^(idle|mix|alloc) ]]; }
 
@@ -197,6 +211,7 @@ cmd_up() {
   fi
   alive "$ROOT/slurmctld.pid" || { log "starting slurmctld"; slurmctld; }
   waitfor 30 slurmctld scontrol ping
+  [[ $ACCOUNTING == 1 ]] && add_qos
   alive "$ROOT/slurmd.pid" || { log "starting slurmd"; slurmd -N "$HOST"; }
   for ((i = 0; i < 150; i++)); do
     node_ready && break

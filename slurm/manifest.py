@@ -69,6 +69,7 @@ class Manifest:
     features: tuple[FeatureEntry, ...]
     tasks: tuple[TaskEntry, ...]
     schema: int = MANIFEST_SCHEMA
+    config: dict | None = None  # the content of the --config file the run was given (not its path)
 
     @property
     def folder(self) -> Path:

@@ -17,8 +17,10 @@ Executors (one code path, three ways to run the same jobs):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
+import io
 import shutil
 import subprocess
 import traceback
@@ -54,12 +56,14 @@ _SUBMITIT_CLUSTER = {"processes": "local", "debug": "debug", "slurm": "slurm"}
 @dataclass(frozen=True)
 class SweepOptions:
     """How a sweep is submitted: executor, per-job resources, whether to return right after
-    submitting (slurm only), and seconds between two looks at the jobs."""
+    submitting (slurm only), seconds between two looks at the jobs, and the content of the
+    ``--config`` file the run was given (kept in the manifest; None without one)."""
 
     executor: str = "slurm"
     resources: Resources = Resources()
     detach: bool = False
     poll_s: float = 5.0
+    config: dict | None = None
 
 
 def job_options(options: RunOptions) -> RunOptions:
@@ -91,7 +95,7 @@ def plan_sweep(cells: list[PlannedCell], options: RunOptions, sweep: SweepOption
     return Manifest(sweep_id=sweep_id, created_at=utc_now(), executor=sweep.executor, force=options.force,
                     results_root=str(results_root), log_folder=str(sweep_folder(results_root, sweep_id) / "logs" / "%j"),
                     resources=dataclasses.asdict(sweep.resources), cells=entries, features=tuple(features),
-                    tasks=tuple(tasks))
+                    tasks=tuple(tasks), config=sweep.config)
 
 
 def in_flight(results_root: Path) -> dict[str, str]:
@@ -165,29 +169,57 @@ def submit_slurm(manifest: Manifest, cells: list[PlannedCell], options: RunOptio
     feature_ids: dict[int, str] = {}
     task_ids: dict[int, str] = {}
     try:
-        for f, entry in enumerate(manifest.features):
-            job = _executor(manifest, "slurm", resources, f"bench-features-{entry.dataset}").submit(
-                FeatureTask(), _feature_specs(manifest, cells, f), options)
-            submitted.append(job)
-            feature_ids[f] = job.job_id
-            members = [t for t, task in enumerate(manifest.tasks) if task.feature == f]
-            array = _executor(manifest, "slurm", resources, f"bench-cells-{entry.dataset}", dependency=job.job_id,
-                              timeouts=resources.cells_per_task + 2)
-            jobs = array.map_array(CellTask(), [_specs(cells, manifest.tasks[t].cells) for t in members],
-                                   [options] * len(members))
-            submitted.extend(jobs)
-            task_ids.update({t: j.job_id for t, j in zip(members, jobs, strict=True)})
+        # submitit echoes a refusing sbatch's stderr; it comes back in the exception, said once below
+        with contextlib.redirect_stderr(io.StringIO()):
+            for f, entry in enumerate(manifest.features):
+                job = _executor(manifest, "slurm", resources, f"bench-features-{entry.dataset}").submit(
+                    FeatureTask(), _feature_specs(manifest, cells, f), options)
+                submitted.append(job)
+                feature_ids[f] = job.job_id
+                members = [t for t, task in enumerate(manifest.tasks) if task.feature == f]
+                array = _executor(manifest, "slurm", resources, f"bench-cells-{entry.dataset}",
+                                  dependency=job.job_id, timeouts=resources.cells_per_task + 2)
+                jobs = array.map_array(CellTask(), [_specs(cells, manifest.tasks[t].cells) for t in members],
+                                       [options] * len(members))
+                submitted.extend(jobs)
+                task_ids.update({t: j.job_id for t, j in zip(members, jobs, strict=True)})
     except Exception as exc:  # sbatch said no: take back what went in, report it as a user error
         for job in submitted:
             job.cancel(check=False)
         shutil.rmtree(manifest.folder, ignore_errors=True)  # no manifest yet: only submitit's scripts
-        raise BenchError(f"sbatch refused the sweep's jobs: {str(exc).strip().splitlines()[-1]}",
-                         where="--slurm-profile / --partition / --account / --constraint",
-                         fix="check the names with `sinfo` and `sacctmgr show assoc user=$USER`") from exc
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        said = next((line for line in reversed(lines) if "error" in line.lower()),
+                    lines[-1] if lines else type(exc).__name__)
+        raise BenchError(f"sbatch refused the sweep's jobs, nothing was submitted: {said}",
+                         where=_rejected_option(said, resources),
+                         fix="check the names with `sinfo`, `sacctmgr show qos` and `sacctmgr show assoc user=$USER`; "
+                             "`bench run ... --dry-run` prints the sbatch scripts") from exc
     manifest = manifest.updated({f: {"job_id": i} for f, i in feature_ids.items()},
                                 {t: {"job_id": i} for t, i in task_ids.items()})
     write_manifest(manifest)
     return manifest
+
+
+# words of sbatch's refusals -> the option that caused them
+_REFUSALS = (("qos", "qos"), ("partition", "partition"), ("account", "account"), ("gres", "gres"),
+             ("generic resource", "gres"), ("gpu", "gres"), ("reservation", "reservation"), ("feature", "constraint"),
+             ("constraint", "constraint"), ("exclude", "exclude"), ("node", "exclude"), ("mail", "mail_type"),
+             ("memory", "mem_gb"), ("time limit", "time_min"))
+
+
+def _rejected_option(said: str, resources: Resources) -> str:
+    """The option sbatch's message ``said`` is about, as the flag and value, when it can tell; else every
+    Slurm option the sweep set."""
+    lower = said.lower()
+    for word, name in _REFUSALS:
+        value = getattr(resources, name)
+        if word in lower and value:
+            flag = "--time" if name == "time_min" else "--" + name.replace("_", "-")
+            return f"{flag} {value}"
+    extra = [f"--slurm-param {k}={v}" for k, v in resources.slurm_additional_parameters.items()]
+    given = [f"--{name.replace('_', '-')} {getattr(resources, name)}" for name in
+             ("partition", "account", "constraint", "qos", "gres", "reservation", "exclude") if getattr(resources, name)]
+    return ", ".join(given + extra) or "--slurm-profile"
 
 
 class SlurmTracker:
