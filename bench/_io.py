@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bench.errors import BenchError
 
 TEMP_MAX_AGE_S = 24 * 3600  # a temporary file untouched this long is left over, whoever wrote it
@@ -154,6 +152,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` into a temporary file, then rename into place."""
+    import torch  # here, not at the top: bench.spec and the CLI's parser import this module
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

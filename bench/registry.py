@@ -1,9 +1,11 @@
 """A strict, lazy, read-only registry of plugins found by name.
 
 Built-ins are a plain ``name -> "module:attr"`` mapping; third-party packages add
-entries through an entry-point group (``[project.entry-points."bench.methods"]``).
-Nothing is imported until :meth:`Registry.get` asks for it, so listing names is
-cheap and never touches torch or CUDA.
+entries through an entry-point group (``[project.entry-points."bench.methods"]``), and
+plain files and folders through ``--plugins`` / ``BENCH_PLUGINS`` (:mod:`bench.plugins`),
+with the same duplicate checks. Nothing is imported until :meth:`Registry.get` asks for
+it (plugin files excepted: they are read to learn their names), so listing built-in names
+is cheap and never touches torch or CUDA.
 
 Example::
 
@@ -29,8 +31,8 @@ from bench.errors import BenchError
 
 @dataclass(frozen=True)
 class _Entry:
-    target: str  # "module:attr"
-    origin: str  # "built-in" or "entry point from <distribution>"
+    target: Any  # "module:attr", or the object itself (an entry of a plugin file, already loaded)
+    origin: str  # "built-in", "entry point from <distribution>" or "plugin <path>"
 
 
 class Registry:
@@ -40,7 +42,8 @@ class Registry:
         kind: what the entries are (``"method"``, ``"dataset"``), used in messages.
         builtins: ``name -> "module:attr"`` for the entries this project ships.
         group: entry-point group scanned for third-party entries, or ``None``.
-        plugins: entry points to use instead of scanning ``group`` (tests pass fakes here).
+        plugins: entry points to use instead of scanning ``group`` (tests pass fakes here); when None,
+            the plugin files of ``BENCH_PLUGINS`` for ``group`` are added too (:func:`bench.plugins.plugin_entries`).
 
     Raises:
         BenchError: two entries claim the same name; the message names both origins.
@@ -56,8 +59,13 @@ class Registry:
     ):
         self.kind = kind
         entries = {name: _Entry(target, "built-in") for name, target in builtins.items()}
+        files: Iterable[tuple[str, Any, str]] = ()
         if plugins is None:
             plugins = entry_points(group=group) if group else ()
+            if group:
+                from bench.plugins import plugin_entries
+
+                files = plugin_entries(group)
         for ep in plugins:
             origin = f"entry point {ep.value!r} from {_distribution_name(ep)}"
             if ep.name in entries:
@@ -67,6 +75,12 @@ class Registry:
                     fix=f"rename one of them or uninstall the package that provides {origin}",
                 )
             entries[ep.name] = _Entry(ep.value, origin)
+        for name, obj, path in files:
+            origin = f"plugin {path}"
+            if name in entries:
+                raise BenchError(f"two {kind}s are registered as {name!r}: {entries[name].origin} and {origin}",
+                                 where=path, fix=f"rename the {kind} in {path}")
+            entries[name] = _Entry(obj, origin)
         self._entries: Mapping[str, _Entry] = dict(entries)
 
     def names(self, pattern: str = "*") -> list[str]:
@@ -82,6 +96,8 @@ class Registry:
     def get(self, name: str) -> Any:
         """Import and return the object registered as ``name``."""
         entry = self._entry(name)
+        if not isinstance(entry.target, str):
+            return entry.target
         try:
             return import_target(entry.target)
         except (ImportError, AttributeError) as exc:

@@ -72,8 +72,20 @@ def count_problems(spec: DatasetSpec, expected: Expectations, splits: DatasetSpl
                 f"{len(absent)} class(es) have no training image, first: {splits.classnames[absent[0]]!r} "
                 f"(label {absent[0]})", where=str(splits.source), fix="every class needs training images for few-shot"))
     if expected.n_classes is not None and n != expected.n_classes:
-        problems.append(BenchError(f"{n} classes, expected {expected.n_classes} for {spec.name!r}",
-                                   where=str(splits.source), fix="use the official split file and images of this dataset"))
+        subset = n < expected.n_classes and spec.subset_of is None and not expected.miniature
+        problems.append(BenchError(
+            f"{n} classes, expected {expected.n_classes} for {spec.name!r}", where=str(splits.source),
+            fix=f"a subset of {spec.name}? declare it in a spec file (name, subset_of: {spec.name}, split_file) and "
+                "pass it with --plugins (docs/extending.md); else use the official split file and images"
+            if subset else "use the official split file and images of this dataset"))
+    if spec.classnames is not None and tuple(splits.classnames) != tuple(spec.classnames):
+        first = next((i for i, (a, b) in enumerate(zip(splits.classnames, spec.classnames, strict=False)) if a != b),
+                     min(len(splits.classnames), len(spec.classnames)))
+        found = splits.classnames[first] if first < len(splits.classnames) else "nothing"
+        declared = spec.classnames[first] if first < len(spec.classnames) else "nothing"
+        problems.append(BenchError(f"label {first} is {found!r} in the split file but {declared!r} in the spec's "
+                                   "classnames", where=str(splits.source),
+                                   fix="list the class names in label order, as the split file has them"))
     sizes = split_sizes(spec, splits)
     if expected.split_sizes is not None and sizes != tuple(expected.split_sizes):
         problems.append(BenchError(

@@ -53,6 +53,10 @@ class DatasetSpec:
             per line in label order, that a folder layout must match; ``None`` where classes have no ids.
         downloads: what ``bench data prepare`` fetches, verifies and unpacks.
         manual: instructions for what cannot be downloaded automatically (``None``: nothing).
+        classnames: the class names the split file must hold, in label order (after clean-ups), checked
+            on read; ``None`` to skip (a dataset declared in a spec file may state them).
+        subset_of: the known dataset whose classes and images this one is a subset of (a spec file's
+            ``subset_of``); its prompt sets and clean-ups apply. ``None`` for a dataset of its own.
     """
 
     name: str
@@ -73,6 +77,8 @@ class DatasetSpec:
     class_id_list: str | None = None
     downloads: tuple[Download, ...] = ()
     manual: str | None = None
+    classnames: tuple[str, ...] | None = None
+    subset_of: str | None = None
 
     def templates(self, prompt_set: str) -> tuple[str, ...]:
         """The templates of ``prompt_set``; raises a clear error for an unknown set."""
