@@ -16,7 +16,7 @@ EXAMPLES = """examples:
   bench report --datasets dtd,eurosat --shots 16 --ci
   bench report --compare paper --tolerance 1.0    # published number and delta per cell
   bench report --compare-methods clip_adapter,linear_probe
-  bench report --plot figures/                    # accuracy-vs-shots curves (PNG and SVG)
+  bench report --plot figures/                    # accuracy-vs-shots curves (PNG, SVG, PDF; all.pdf: one figure)
   bench report --params alpha                     # the α --tune chose, per dataset × shots
 """
 
@@ -63,7 +63,8 @@ def add_parser(subparsers) -> None:
                       help="instead of accuracy: the hyperparameters tuning chose (e.g. alpha or alpha,beta) per "
                            "dataset × shots, median over seeds (markdown, csv or json)")
     show.add_argument("--plot", type=Path, default=None, metavar="DIR",
-                      help="also write accuracy-vs-shots curves (PNG and SVG) per dataset and for the average")
+                      help="also write accuracy-vs-shots curves (PNG, SVG and PDF) per dataset, for the average, "
+                           "and all.*: every panel in one figure (CoOp's Figure 3 layout)")
     cmp = p.add_argument_group("comparisons")
     cmp.add_argument("--compare", choices=("paper",), default=None,
                      help="paper: add the published number, Δ and a flag per cell (reports/data/paper_numbers.json)")
@@ -146,7 +147,7 @@ def run(args) -> int:
     else:
         sys.stdout.write(text)
     if args.plot and not args.params:
-        paths = write_plots(prepare(frame, options), args.plot, options.metric, options.ci)
+        paths = write_plots(prepare(frame, options), args.plot, options.metric, options.ci, options.names)
         sys.stderr.write(f"wrote {len(paths)} plot files under {args.plot}\n")
     return 0
 
