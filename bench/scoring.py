@@ -18,12 +18,19 @@ from bench.methods.base import FeatureSet, FitContext
 def score(classifier, data: FeatureSet, device: torch.device, batch_size: int = 8192) -> dict[str, float | None]:
     """top-1, top-5 (None with fewer than 5 classes) and mean per-class recall of the centre view, as fractions.
 
+    A classifier with ``encode_images`` (an adapted image encoder: CLIP-LoRA, MaPLe) is scored on its own
+    features of ``data``'s images, encoded here in batches, not on the frozen cache's.
+
     Args:
         classifier: (B, D) raw image features on ``device`` -> (B, C) logits.
         data: features (V, N, D) (only view 0 is scored) and labels (N,).
     """
     if isinstance(classifier, torch.nn.Module):
         classifier.eval()
+    if hasattr(classifier, "encode_images"):
+        from bench.methods._encoder import encoded_set
+
+        data = encoded_set(classifier.encode_images, data, device)
     chunks = []
     for start in range(0, data.features.shape[1], batch_size):
         chunks.append(classifier(data.center[start:start + batch_size].to(device)).float().cpu())
@@ -47,7 +54,20 @@ def _check_finite(logits: torch.Tensor) -> None:
 def labels_subset(data: FeatureSet, low: int, high: int) -> FeatureSet:
     """The images with labels in ``[low, high)``, relabelled to start at 0."""
     keep = (data.labels >= low) & (data.labels < high)
-    return FeatureSet(data.features[:, keep], data.labels[keep] - low)
+    images = data.images.subset(keep) if data.images is not None else None
+    return FeatureSet(data.features[:, keep], data.labels[keep] - low, images)
+
+
+class RestrictedClassifier:
+    """``classifier``'s logits at ``columns`` only (a shift set's classes); keeps its ``encode_images``."""
+
+    def __init__(self, classifier, columns: torch.Tensor):
+        self.classifier, self.columns = classifier, columns
+        if hasattr(classifier, "encode_images"):
+            self.encode_images = classifier.encode_images
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features).index_select(1, self.columns)
 
 
 def score_base_to_new(classifier, test: FeatureSet, classnames: tuple[str, ...], n_base: int, ctx: FitContext,

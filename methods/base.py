@@ -11,10 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where the pixels of a feature set come from, for methods that run the image encoder themselves.
+
+    Attributes:
+        root: folder the paths are relative to.
+        paths: N image files, in the order of the feature set's rows.
+        preprocessing: the backbone's :class:`bench.backbone.Preprocessing` (size, resize, interpolation,
+            normalisation), so a live view is prepared exactly as the cached centre view.
+    """
+
+    root: Path
+    paths: tuple[str, ...]
+    preprocessing: Any
+
+    def subset(self, keep: torch.Tensor) -> ImageSource:
+        """The images where the (N,) bool mask ``keep`` is true."""
+        return ImageSource(self.root, tuple(p for p, k in zip(self.paths, keep.tolist(), strict=True) if k),
+                           self.preprocessing)
 
 
 @dataclass(frozen=True)
@@ -25,14 +47,19 @@ class FeatureSet:
         features: (V, N, D) float32 raw ``encode_image`` embeddings (not L2-normalised);
             V = 1 for the centre view, V = n for n augmented views.
         labels: (N,) int64 class indices.
+        images: the N images themselves (the runner always attaches them). Methods with
+            ``Needs(images=True)`` train on them; scoring encodes them with a classifier's own
+            ``encode_images`` when it has one (an adapted encoder), instead of using ``features``.
     """
 
     features: torch.Tensor
     labels: torch.Tensor
+    images: ImageSource | None = None
 
     def __post_init__(self):
         assert self.features.dim() == 3 and self.labels.dim() == 1, "features (V, N, D), labels (N,)"
         assert self.features.shape[1] == self.labels.shape[0], "one label per image"
+        assert self.images is None or len(self.images.paths) == len(self.labels), "one image per label"
 
     @property
     def center(self) -> torch.Tensor:
@@ -75,10 +102,15 @@ class Needs:
         train_views: 0 = the centre view, n > 0 = n augmented views per support image.
         augment_scale: RandomResizedCrop area range of the augmented views: Dassl's (0.08, 1) by
             default; Tip-Adapter and LP++ crop with (0.5, 1).
+        images: the method reads pixels (``data.train.images``, ``data.val.images``) and runs the
+            image encoder inside its training step (:mod:`bench.methods._encoder`): live augmentation
+            or an adapted encoder. Its classifier then offers ``encode_images``, and the runner scores
+            val and test images through it rather than through the frozen cache.
     """
 
     train_views: int = 0
     augment_scale: tuple[float, float] = (0.08, 1.0)
+    images: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,9 @@ class FitContext:
         report: ``report(step, val_accuracy)`` for an intermediate few-shot-val score (fraction in [0, 1]),
             or ``None`` when nobody listens. Tuning uses it to prune trials (it may raise
             ``optuna.TrialPruned``); trainable methods call it every few epochs only when it is set.
+        progress_step: ``progress_step(done, total, unit)`` after each training epoch (``"epoch"``) or tuning
+            trial (``"trial"``), or ``None`` when no progress bar shows them. ``methods._train.val_reporter``
+            calls it for the methods that train with it; a method with its own loop may call it too.
     """
 
     backbone: Any
@@ -105,6 +140,7 @@ class FitContext:
     record: Callable[[str, Any], None] = field(default=lambda name, value: None)
     progress: bool = False
     report: Callable[[int, float], None] | None = None
+    progress_step: Callable[[int, int, str], None] | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -113,6 +149,10 @@ class FitContext:
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 """(N, D) raw image features on the fit device -> (N, C) logits.
+
+A classifier that adapted the image encoder (CLIP-LoRA, MaPLe) also offers
+``encode_images(pixels (B, 3, S, S)) -> (B, D)``: its features, which it is then applied to.
+The runner's scoring encodes val/test images with it, batched, once per scored set.
 
 A classifier built from class names (zero-shot weights, prompts, text adapters) may also
 offer ``for_classes(classnames, ctx) -> Classifier``: the same learned parameters applied

@@ -25,7 +25,8 @@ Deviations from the official code:
   random-resized-crop (0.08, 1) + flip), one drawn per image per epoch, instead of re-encoding a
   fresh augmentation every step. This *does* change what is computed: over 50–200 epochs each image is
   seen through at most 10 distinct crops instead of one new crop per epoch, so the training signal is
-  less varied (the image encoder is frozen in CoOp too, so nothing else differs). No switch yet; see
+  less varied (the image encoder is frozen in CoOp too, so nothing else differs). ``augment = "live"``
+  encodes a fresh crop of every image every epoch instead (:mod:`bench.methods._encoder`); see
   docs/fidelity.md.
 - During training the text transformer runs only up to the longest prompt's EOT position: under the
   causal mask no position attends to a later one, so the EOT features are the same as over all 77
@@ -44,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from bench.methods._encoder import check_augment, train_on_live_features
 from bench.methods._train import (
     SGDRecipe,
     accuracy,
@@ -71,6 +73,7 @@ class CoopConfig:
     lr: float = 0.002
     batch_size: int = 32
     weight_decay: float = 5e-4
+    augment: str = "cached"            # "live": a fresh random crop encoded every epoch, as Dassl's loader (official)
 
 
 def text_tower(model: torch.nn.Module) -> torch.nn.Module:
@@ -240,9 +243,13 @@ def _train(learner: PromptLearner, data: FewShotData, cfg: CoopConfig, ctx: FitC
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
     width, length = learner.prefix.shape[-1], int(learner.eot.max()) + 1
     work = 3 * data.n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
+    generator = torch_generator(derive_seed(ctx.seed, "loader"))
+    if cfg.augment == "live":
+        return train_on_live_features([learner.ctx], logits_fn, data.train, cfg.epochs, recipe, generator,
+                                      ctx.backbone, derive_seed(ctx.seed, "augment"), report)
     with cpu_threads_for(ctx.device, work):
-        return train_on_features([learner.ctx], logits_fn, data.train, cfg.epochs, recipe,
-                                 torch_generator(derive_seed(ctx.seed, "loader")), ctx.device, report)
+        return train_on_features([learner.ctx], logits_fn, data.train, cfg.epochs, recipe, generator, ctx.device,
+                                 report)
 
 
 class Coop:
@@ -250,11 +257,16 @@ class Coop:
     version = "1"
     trainable = True
     Config = CoopConfig
+    # bench run --as-published: Dassl's train loader re-augments every support image every epoch
+    as_published: ClassVar[dict[str, Any]] = {"augment": "live"}
 
     def default_config(self, dataset: str, shots: int) -> CoopConfig:
         return CoopConfig(epochs=coop_epochs(dataset, shots))
 
     def needs(self, cfg: CoopConfig) -> Needs:
+        check_augment(cfg.augment, self.name)
+        if cfg.augment == "live":
+            return Needs(images=True)
         return Needs(train_views=cfg.train_views)
 
     def search_space(self, trial: Any, dataset: str, shots: int, cfg: CoopConfig) -> dict[str, Any]:

@@ -23,8 +23,30 @@ def backbone():
     return clip_scaled_backbone()
 
 
+def _image_data(backbone, data_root) -> FewShotData:
+    """The synthetic dataset's images of the first N_CLASSES classes under the toy class names, for methods
+    that train on pixels (``Needs(images=True)``); their features are the centre view's."""
+    from bench.datasets import read_dataset
+    from bench.datasets.catalog import SYNTHETIC
+    from bench.images import center_view, load_rgb
+    from bench.methods.base import ImageSource
+
+    splits = read_dataset(SYNTHETIC, data_root)
+
+    def subset(split, per_class):
+        images = splits.split(split)
+        keep = [i for i, label in enumerate(images.labels)
+                if label < N_CLASSES and images.labels[:i].count(label) < per_class]
+        paths = tuple(images.paths[i] for i in keep)
+        pixels = torch.stack([center_view(load_rgb(splits.image_root / p), backbone.preprocessing) for p in paths])
+        return FeatureSet(backbone.encode_images(pixels)[None], torch.tensor([images.labels[i] for i in keep]),
+                          ImageSource(splits.image_root, paths, backbone.preprocessing))
+
+    return FewShotData("toy", 2, CLASSNAMES, PROMPTS, subset("train", 2), subset("val", 2))
+
+
 @pytest.fixture(scope="module")
-def task(backbone, tmp_path_factory):
+def task(backbone, tmp_path_factory, data_root):
     """A learnable task on which zero-shot is near chance: class means orthogonal-ish to the text embeddings."""
     cache = FeatureCache(tmp_path_factory.mktemp("text"))
     text = lambda templates, classnames: cache.text_features(backbone, classnames, templates)  # noqa: E731
@@ -36,7 +58,9 @@ def task(backbone, tmp_path_factory):
         labels = torch.arange(N_CLASSES).repeat_interleave(per_class)
         return FeatureSet(means[labels][None] + 0.8 * torch.randn(views, len(labels), dim, generator=generator), labels)
 
-    def data(views):
+    def data(views, images=False):
+        if images:  # encoder-in-the-loop methods (CLIP-LoRA, MaPLe, live augmentation) train on pixels
+            return _image_data(backbone, data_root)
         g_state = generator.get_state()
         out = FewShotData("toy", 16, CLASSNAMES, PROMPTS, draw(SUPPORT_PER_CLASS, max(views, 1)), draw(4, 1))
         generator.set_state(g_state)
@@ -47,6 +71,7 @@ def task(backbone, tmp_path_factory):
 
 DETERMINISTIC_BY_DESIGN = {"linear_probe", "lp_pp"}  # full-batch solvers from a data-driven start: nothing to seed
 SHORT_EPOCHS = 3  # for tests that check shapes, determinism and transfer, not what training reaches
+SHORT_ITERS = 1  # the same for methods counting iterations per shot (CLIP-LoRA)
 
 
 def _fit(name, backbone, task, seed=1, short=False):
@@ -55,8 +80,11 @@ def _fit(name, backbone, task, seed=1, short=False):
     cfg = method.default_config("toy", 16)
     if short and hasattr(cfg, "epochs"):
         cfg = dataclasses.replace(cfg, epochs=SHORT_EPOCHS)
+    if short and hasattr(cfg, "n_iters"):
+        cfg = dataclasses.replace(cfg, n_iters=SHORT_ITERS)
     ctx = FitContext(backbone=backbone, device=torch.device("cpu"), seed=seed, text_features=text)
-    return method, cfg, method.fit(make_data(method.needs(cfg).train_views), cfg, ctx)
+    needs = method.needs(cfg)
+    return method, cfg, method.fit(make_data(needs.train_views, needs.images), cfg, ctx)
 
 
 @pytest.mark.parametrize("name", method_registry().names())
@@ -97,8 +125,13 @@ SLOW_BY_DESIGN = {
 }
 
 
+ENCODER_IN_LOOP = {n for n in method_registry().names()
+                   if method_registry().get(n)().needs(method_registry().get(n)().default_config("toy", 16)).images}
+
+
 @pytest.mark.parametrize("name", [n for n in method_registry().names()
-                                  if method_registry().get(n).trainable or n == "tip_adapter"])
+                                  if (method_registry().get(n).trainable or n == "tip_adapter")
+                                  and n not in ENCODER_IN_LOOP])  # learning on images: tests/test_encoder_in_loop.py
 def test_trainable_method_learns_the_task(name, backbone, task):
     """At the paper defaults (training-free Tip-Adapter too: its cache is the support set)."""
     test = task[1]
@@ -172,7 +205,8 @@ def test_fit_never_reads_the_test_split(name, run_options, monkeypatch):
     monkeypatch.setattr(cls, "fit", spy_fit)
     session.cache.image_features = spy_features
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    overrides = {name: (("epochs", SHORT_EPOCHS),)} if "epochs" in fields else {}
+    overrides = ({name: (("epochs", SHORT_EPOCHS),)} if "epochs" in fields
+                 else {name: (("n_iters", SHORT_ITERS),)} if "n_iters" in fields else {})
     summary = run_cells(expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides=overrides), run_options, session)
     assert not summary.failed, summary.failed
     assert ("test", True) not in requested and ("test", False) in requested
