@@ -136,7 +136,7 @@ def report(cells, results_root) -> str:
     table = pd.DataFrame({f"{k} shot{'s' if k > 1 else ''}": [cell(m, k) for m in methods] for k in shots},
                          index=pd.Index(methods, name="method"))
     seeds = ", ".join(map(str, sorted(ok["seed"].unique())))
-    return (f"## {first.spec['dataset']}: top-1 (%) on its {first.data['n_test']} test images\n\n"
-            f"Backbone `{first.backbone['id']}` (weights sha256 `{first.backbone['weights_sha256'][:12]}`), "
-            f"tuning: {first.spec['tune']} (paper defaults), mean ± std over seeds {seeds}.\n\n"
+    return (f"## {first.spec.dataset}: top-1 (%) on its {first.data.n_test} test images\n\n"
+            f"Backbone `{first.backbone.id}` (weights sha256 `{first.backbone.weights_sha256[:12]}`), "
+            f"tuning: {first.spec.tune} (paper defaults), mean ± std over seeds {seeds}.\n\n"
             f"{table.to_markdown(disable_numparse=True)}\n\nEvery cell's record: `bench report --results {results_root}`.\n")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from bench import tuning
 from bench._io import canonical_json, ensure_writable_dir, sha256_json
@@ -35,12 +34,13 @@ from bench.errors import BenchError
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
 from bench.images import CENTER, ViewSpec
 from bench.methods import method_registry
-from bench.methods.base import FeatureSet, FewShotData, FitContext
+from bench.methods.base import FeatureSet, FewShotData, FitContext, ImageSource
+from bench.progress import GridProgress, Step
 from bench.provenance import cluster_ids, environment, utc_now
 from bench.records import backbone_record, data_record, jsonable, peak_memory, prompts_record, relative
 from bench.registry import Registry, import_target
-from bench.results import SCHEMA_VERSION, RunResult, read_result, result_path, write_result
-from bench.scoring import score, score_base_to_new
+from bench.results import RunResult, read_result, result_path, write_result
+from bench.scoring import RestrictedClassifier, score, score_base_to_new
 from bench.seeding import derive_seed
 from bench.spec import RunSpec, apply_overrides
 
@@ -195,7 +195,7 @@ def is_done(cell: PlannedCell) -> bool:
         result = read_result(cell.path)
         expected = cell.spec.to_json()
         return (result.ok and result.run_id == cell.run_id
-                and canonical_json({k: result.spec.get(k) for k in expected}) == canonical_json(expected))
+                and canonical_json({k: result.spec.to_json().get(k) for k in expected}) == canonical_json(expected))
     except (BenchError, ValueError):  # unreadable, or a NaN where the spec has numbers
         return False
 
@@ -218,11 +218,11 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
     pending = [c for c in cells if options.force or not is_done(c)]
     prepared: set[str] = set()
     summary = RunSummary()
-    bar = tqdm(cells, desc="cells", unit="cell", disable=not options.progress)
-    for cell in bar:
-        bar.set_postfix_str(cell.spec.name)
+    progress = GridProgress(len(cells), len(pending), bars=options.progress)  # bars, ETA, or a line per cell
+    for cell in cells:
         if not options.force and is_done(cell):
             summary.skipped.append(cell.spec.name)
+            progress.skip()
             continue
         if cell.spec.backbone not in prepared:  # right before its cells: one backbone in memory at a time
             prepared.add(cell.spec.backbone)
@@ -230,12 +230,16 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
         lock = None if cell.study else try_lock(lock_path(cell))
         if lock is None and not cell.study:
             summary.busy.append(cell.spec.name)
+            progress.skip()
             continue
         try:
             if not options.force and is_done(cell):  # another runner finished it before we got the lock
                 summary.skipped.append(cell.spec.name)
+                progress.skip()
                 continue
-            result = run_cell(cell, session)
+            t0 = time.perf_counter()
+            result = run_cell(cell, session, step=progress.start(cell.spec.name))
+            progress.finish(cell.spec.name, result, time.perf_counter() - t0)
         finally:
             if lock is not None:
                 lock.release()
@@ -244,6 +248,7 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
             continue
         (summary.ran if result.ok else summary.failed).append(
             cell.spec.name if result.ok else (cell.spec.name, result.error["message"]))
+    progress.close()
     return summary
 
 
@@ -294,20 +299,21 @@ def _prepare_or_defer(cells: list[PlannedCell], session: Session) -> None:
         log.warning("feature pre-pass failed; cells extract their own features", exc_info=True)
 
 
-def run_cell(cell: PlannedCell, session: Session) -> RunResult | None:
+def run_cell(cell: PlannedCell, session: Session, *, step: Step | None = None) -> RunResult | None:
     """Run one cell and write its record. User errors (:class:`BenchError`) propagate; other
     exceptions become a ``failed`` record so the rest of the grid goes on. ``None``: a tuned cell
     whose study another worker finished; that worker does the final fit and writes the record.
 
     Writing the ok record is part of the cell: a value JSON cannot hold (a NaN logit scale, an
     infinite diagnostic) makes it a failed record too. A failed redo (``--force``) never replaces an
-    ok record: the failure is returned and reported, and the earlier record stays.
+    ok record: the failure is returned and reported, and the earlier record stays. ``step`` receives
+    the cell's epochs and tuning trials (:class:`bench.progress.GridProgress`).
     """
     started, t0 = utc_now(), time.perf_counter()
     if session.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(session.device)
     try:
-        result = _result(cell, session, _execute(cell, session), started, t0)
+        result = _result(cell, session, _execute(cell, session, step), started, t0)
         _write_record(cell.path, result)
         return result
     except BenchError:
@@ -336,8 +342,8 @@ def _result(cell: PlannedCell, session: Session, record: dict, started: str, t0:
     record["memory"] = peak_memory(session.device)
     record["provenance"] = {**environment(session.device), **cluster_ids(), "started_at": started,
                             "finished_at": utc_now()}
-    return RunResult(schema_version=SCHEMA_VERSION, run_id=cell.run_id, status="failed" if error else "ok",
-                     error=error, **record)
+    return RunResult.build({"run_id": cell.run_id, "status": "failed" if error else "ok", "error": error, **record},
+                           source=str(cell.path))
 
 
 def _write_record(path: Path, result: RunResult) -> None:
@@ -363,7 +369,7 @@ def _spec_record(cell: PlannedCell, session: Session) -> dict:
             "dataset_version": session.dataset_spec(cell.spec.dataset).version}
 
 
-def _execute(cell: PlannedCell, session: Session) -> dict:
+def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> dict:
     spec, config = cell.spec, cell.config
     method = session.method(spec.method)
     dataset = session.dataset_spec(spec.dataset)
@@ -389,7 +395,7 @@ def _execute(cell: PlannedCell, session: Session) -> dict:
     ctx = FitContext(
         backbone=backbone, device=session.device, seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method),
         text_features=lambda templates, classnames: session.cache.text_features(backbone, classnames, templates),
-        record=diagnostics.__setitem__, progress=session.options.progress,
+        record=diagnostics.__setitem__, progress=session.options.progress, progress_step=step,
     )
     load_test = functools.partial(_features, session, backbone, dataset, splits, "test",
                                   tuple(range(len(splits.test))), CENTER)
@@ -458,7 +464,7 @@ def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Bac
         columns = torch.tensor(class_columns(splits.class_ids, target_splits.class_ids, target), device=session.device)
         test = _features(session, backbone, session.dataset_spec(target), target_splits, "test",
                          tuple(range(len(target_splits.test))), CENTER)
-        restricted = session.score(lambda x, columns=columns: classifier(x).index_select(1, columns), test)
+        restricted = session.score(RestrictedClassifier(classifier, columns), test)
         out[target] = {"top1": restricted["top1"], "n_test": len(target_splits.test)}
     return out
 
@@ -495,7 +501,8 @@ def _features(session: Session, backbone: Backbone, dataset: DatasetSpec, splits
     key = _feature_key(backbone, dataset, splits, split, view)
     options = session.options.extract
     features = session.cache.image_features(key, backbone, splits.image_root, images.paths, options)
-    return FeatureSet(features, torch.tensor(images.labels, dtype=torch.int64))
+    source = ImageSource(Path(splits.image_root), tuple(images.paths), backbone.preprocessing)  # issue 19: adapted encoders
+    return FeatureSet(features, torch.tensor(images.labels, dtype=torch.int64), source)
 
 
 def _feature_key(backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str,

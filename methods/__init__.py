@@ -28,6 +28,8 @@ BUILTIN: dict[str, str] = {
     "cocoop": "bench.methods.cocoop:Cocoop",
     "gda": "bench.methods.gda:Gda",
     "cross_modal_lp": "bench.methods.cross_modal_lp:CrossModalLp",
+    "clip_lora": "bench.methods.clip_lora:ClipLora",
+    "maple": "bench.methods.maple:Maple",
 }
 
 

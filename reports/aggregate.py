@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.errors import BenchError
-from bench.results import RunResult
+from bench.results import BackboneInfo, RunResult, Spec
 
 TABLE_KEYS = ["backbone", "weights_sha256", "tune", "preprocessing", "protocol"]
 CELL_KEYS = [*TABLE_KEYS, "label", "dataset", "shots"]
@@ -32,6 +32,7 @@ _DEDUP_KEYS = [*TABLE_KEYS, "method", "prompts", "trials", "dataset", "shots", "
 METRICS = ("top1", "top5", "mean_per_class_recall", "val_top1")
 BASE2NEW_METRICS = ("base_top1", "new_top1", "harmonic_mean")
 TRANSFER_PREFIX = "transfer/"
+MINIATURE_SUFFIX = " (miniature)"  # on the dataset of a miniature's records (never averaged with the real set)
 NO_PROMPTS = "n/a"  # methods without prompts (linear probe); a string so groupby keeps the rows
 MIXABLE = ("backbone", "weights", "preprocessing", "prompts")
 _MIX_COLUMNS = {"backbone": ["backbone", "arch", "weights_sha256"], "weights": ["weights_sha256"],
@@ -39,12 +40,12 @@ _MIX_COLUMNS = {"backbone": ["backbone", "arch", "weights_sha256"], "weights": [
 OPENAI_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
-def method_label(spec: dict) -> str:
-    overrides = spec.get("overrides") or {}
-    if not overrides:
-        return spec["method"]
-    inner = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(overrides.items()))
-    return f"{spec['method']}[{inner}]"
+def method_label(spec: Spec) -> str:
+    """``clip_adapter``, or ``clip_adapter[alpha=0.5]`` for a cell with ``--set`` overrides."""
+    if not spec.overrides:
+        return spec.method
+    inner = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(spec.overrides.items()))
+    return f"{spec.method}[{inner}]"
 
 
 def preprocessing_label(prep: dict | None) -> str:
@@ -85,43 +86,51 @@ def _percent(value) -> float | None:
     return None if value is None else 100.0 * float(value)
 
 
-def paper_arch(backbone: dict, fallback: str) -> str:
+def paper_arch(backbone: BackboneInfo) -> str:
     """The architecture published numbers are matched by (``RN50`` for ``RN50/openai``,
     ``RN50-quickgelu/openai`` and OpenAI's ``RN50.pt``). A build no published number was made with
     (GELU-built OpenAI weights, other tags, random init) keeps its name with a mark, so it matches none.
     Records written before the activation was recorded keep their architecture."""
-    arch = backbone.get("arch") or fallback
-    if "paper_arch" not in backbone:
+    arch = backbone.arch or backbone.id.split("/")[0]
+    if backbone.activation is None:
         return arch
-    if backbone["paper_arch"]:
-        return backbone["paper_arch"]
-    origin, activation = backbone.get("weights_origin"), backbone.get("activation")
-    mark = {"none": "random init", "other": backbone.get("weights")}.get(origin) or activation
+    if backbone.paper_arch:
+        return backbone.paper_arch
+    mark = {"none": "random init", "other": backbone.weights}.get(backbone.weights_origin) or backbone.activation
     return f"{arch} ({mark})"
 
 
+def record_keys(r: RunResult) -> dict:
+    """The columns that place a record in a table (backbone, weights, tuning, method label, cell), shared by
+    the results frame and the parameter frame."""
+    return {
+        "backbone": r.backbone.id,
+        "weights_sha256": (r.backbone.weights_sha256 or "?")[:12],
+        "tune": r.spec.tune,
+        "trials": r.spec.trials,
+        "method": method_label(r.spec),
+        "dataset": r.spec.dataset,
+        "shots": r.spec.shots,
+        "seed": r.spec.seed,
+        "finished_at": r.provenance.finished_at or "",
+    }
+
+
 def _row(r: RunResult) -> dict:
-    prep = (r.data or {}).get("preprocessing")
-    metrics = r.metrics if r.ok else {}
+    prep = r.data.preprocessing
+    metrics = r.metrics.to_json() if r.ok else {}
     row = {
-        "backbone": r.backbone.get("id", r.spec.get("backbone")),
-        "arch": paper_arch(r.backbone, str(r.backbone.get("id", r.spec.get("backbone"))).split("/")[0]),
-        "weights_sha256": (r.backbone.get("weights_sha256") or "?")[:12],
-        "tune": r.spec.get("tune", "none"),
+        **record_keys(r),
+        "arch": paper_arch(r.backbone),
         "preprocessing": preprocessing_label(prep),
         "generation": generation(prep),
-        "protocol": r.spec.get("protocol") or "fewshot",
-        "method": method_label(r.spec),
-        "method_name": r.spec["method"],
-        "prompts": (r.prompts or {}).get("set") or NO_PROMPTS,
-        "trials": int(r.spec.get("trials") or 0),
+        "protocol": r.spec.protocol or "fewshot",
+        "method_name": r.spec.method,
+        "prompts": r.prompts.set if r.prompts else NO_PROMPTS,
         # a miniature of a real layout must never average with the real dataset's numbers
-        "dataset": r.spec["dataset"] + (" (miniature)" if (r.data or {}).get("miniature") else ""),
-        "shots": int(r.spec["shots"]),
-        "seed": int(r.spec["seed"]),
+        "dataset": r.spec.dataset + (" (miniature)" if r.data.miniature else ""),
         "status": r.status,
-        "finished_at": r.provenance.get("finished_at", ""),
-        "error": (r.error or {}).get("message"),
+        "error": r.error.message if r.error else None,
     }
     for name in (*METRICS, *BASE2NEW_METRICS):
         row[name] = _percent(metrics.get(name))
@@ -225,6 +234,9 @@ def filter_frame(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
         keep = np.zeros(len(frame), dtype=bool)
         for column in columns:
             keep |= frame[column].map(lambda v, w=wanted: _matches(v, w)).to_numpy(dtype=bool)
+            if column == "dataset":  # a miniature's rows read "dtd (miniature)": --datasets dtd selects them too
+                names = frame[column].astype(str).str.removesuffix(MINIATURE_SUFFIX)
+                keep |= names.map(lambda v, w=wanted: _matches(v, w)).to_numpy(dtype=bool)
         if not keep.any():
             available = sorted({str(v) for v in frame[columns[0]]})
             raise BenchError(f"no result records match {','.join(map(str, wanted))}", where=flag,

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.reports.aggregate import method_label
+from bench.reports.aggregate import record_keys
 from bench.results import RunResult
 
-TABLE_KEYS = ["backbone", "weights_sha256", "tune", "trials"]
-CELL_KEYS = [*TABLE_KEYS, "method", "param", "dataset", "shots"]
+PARAM_TABLE_KEYS = ["backbone", "weights_sha256", "tune", "trials"]  # a tuned table also splits by trial budget
+CELL_KEYS = [*PARAM_TABLE_KEYS, "method", "param", "dataset", "shots"]
 FORMATS = ("markdown", "csv", "json")
 MODE_LABELS = {"val": "tuned on the few-shot validation split",
                "oracle": "ORACLE — tuned on the test split, not an honest few-shot choice"}
@@ -29,17 +29,8 @@ def params_frame(results: list[RunResult], names: Sequence[str]) -> pd.DataFrame
     """One row per (ok tuned record, requested parameter it chose); the latest record of a cell wins."""
     rows = []
     for r in results:
-        best = (r.tuning or {}).get("best_params") or {}
-        for name in names:
-            if r.ok and name in best:
-                rows.append({
-                    "backbone": r.backbone.get("id", r.spec.get("backbone")),
-                    "weights_sha256": (r.backbone.get("weights_sha256") or "?")[:12],
-                    "tune": r.tuning.get("mode", r.spec.get("tune")), "trials": int(r.spec.get("trials", 0)),
-                    "method": method_label(r.spec), "param": name, "dataset": r.spec["dataset"],
-                    "shots": int(r.spec["shots"]), "seed": int(r.spec["seed"]), "value": best[name],
-                    "finished_at": r.provenance.get("finished_at", ""),
-                })
+        best = r.tuning.best_params or {}
+        rows += [{**record_keys(r), "param": name, "value": best[name]} for name in names if r.ok and name in best]
     frame = pd.DataFrame(rows, columns=[*CELL_KEYS, "seed", "value", "finished_at"])
     frame = frame.sort_values("finished_at").drop_duplicates([*CELL_KEYS, "seed"], keep="last")
     return frame.sort_values([*CELL_KEYS, "seed"]).reset_index(drop=True)
@@ -88,7 +79,7 @@ def _markdown(cells: pd.DataFrame) -> str:
     parts = ["# Tuned hyperparameters", "",
              "The value each tuned cell chose, median over seeds [min–max]; categorical choices show the most "
              "common value (seeds that chose it / seeds).", ""]
-    for (backbone, weights, tune, trials), table in cells.groupby(TABLE_KEYS, sort=True):
+    for (backbone, weights, tune, trials), table in cells.groupby(PARAM_TABLE_KEYS, sort=True):
         seeds = sorted({s for row in table["seeds"] for s in row})
         parts += [f"## {backbone} · tuning: {tune} · {trials} trials", "",
                   f"Backbone `{backbone}` (weights sha256 `{weights}`), {MODE_LABELS.get(tune, tune)}, "

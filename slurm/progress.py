@@ -105,9 +105,9 @@ class RecordReader:
         except BenchError as exc:
             summary = (False, "9999", str(exc))
         else:
-            error = result.error or {}
-            text = error.get("traceback_tail") or f"{error.get('type', '')}: {error.get('message', '')}"
-            summary = (result.ok, str(result.provenance.get("finished_at", "")), "" if result.ok else tail(text))
+            error = result.error
+            text = (error.traceback_tail or f"{error.type}: {error.message}") if error else ""
+            summary = (result.ok, result.provenance.finished_at or "", "" if result.ok else tail(text))
         self._seen[entry.record] = (stamp, summary)
         return summary
 

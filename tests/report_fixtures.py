@@ -8,7 +8,7 @@ on ImageNet with distribution-shift scores, and RN50/openai base-to-new on DTD.
 from pathlib import Path
 
 from bench._io import sha256_json
-from bench.results import SCHEMA_VERSION, RunResult, result_path, write_result
+from bench.results import RunResult, result_path, write_result
 
 SHORTEST = {"resize": "shortest", "image_size": 224, "interpolation": "bicubic"}
 PROMPTS = {"zero_shot": "coop", "clip_adapter": "coop", "linear_probe": None}
@@ -42,8 +42,8 @@ def record(method, dataset, shots, seed, top1, *, tune="none", status="ok", back
     if protocol:
         spec["protocol"] = protocol
     metrics = {"top1": top1, **(extra_metrics or {})} if status == "ok" else {}
-    return RunResult(
-        schema_version=SCHEMA_VERSION, status=status, spec=spec,
+    return RunResult.build(dict(
+        status=status, spec=spec,
         run_id=sha256_json([method, dataset, shots, seed, tune, backbone, prompt_set, protocol, preprocessing,
                             overrides, *([trials] if trials else [])])[:16],
         backbone={"id": backbone, "arch": backbone.split("/")[0], "weights_sha256": weights, "precision": "bf16"},
@@ -51,7 +51,7 @@ def record(method, dataset, shots, seed, top1, *, tune="none", status="ok", back
         timing_s={}, memory={}, provenance={"finished_at": finished or f"2026-11-23T10:{shots:02d}:{seed:02d}+00:00"},
         prompts={"set": prompt_set} if prompt_set else None,
         error=None if status == "ok" else {"type": "RuntimeError", "message": "CUDA out of memory", "traceback_tail": ""},
-    )
+    ))
 
 
 def save(root: Path, r: RunResult) -> None:

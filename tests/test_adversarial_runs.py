@@ -97,7 +97,7 @@ def test_diverged_training_is_a_failed_record_not_ok(run_options):
     ((_, message),) = summary.failed
     assert message.startswith("diverged at epoch ")
     (record,) = _records(run_options.results_root).values()
-    assert record.status == "failed" and record.error["type"] == "NonFiniteError"
+    assert record.status == "failed" and record.error.type == "NonFiniteError"
 
 
 def test_non_finite_logits_are_refused_before_scoring():
@@ -152,7 +152,7 @@ def test_an_unserialisable_record_fails_its_cell_and_the_grid_goes_on(run_option
     assert summary.ran == ["zero_shot/synthetic/k1/s1"]
     ((name, message),) = summary.failed
     assert name == "infinite/synthetic/k1/s1" and "cannot be written" in message
-    statuses = sorted((r.spec["method"], r.status) for r in _records(run_options.results_root).values())
+    statuses = sorted((r.spec.method, r.status) for r in _records(run_options.results_root).values())
     assert statuses == [("infinite", "failed"), ("zero_shot", "ok")]
 
 

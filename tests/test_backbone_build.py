@@ -369,7 +369,7 @@ def test_paper_comparison_matches_every_quickgelu_build_of_openai_rn50_and_no_ge
     results = []
     for backbone, build in builds.items():
         r = record("clip_adapter", "dtd", 16, 1, 0.66, backbone=backbone)
-        results.append(dataclasses.replace(r, backbone={**r.backbone, **build}))
+        results.append(dataclasses.replace(r, backbone=dataclasses.replace(r.backbone, **build)))
     frame = results_frame(results)
     cells = frame.assign(eval_set=frame["dataset"], mean=frame["top1"])
     out = compare(cells, load_paper_numbers(), tolerance=1.0).set_index("backbone")

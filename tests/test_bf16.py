@@ -29,7 +29,7 @@ def test_methods_train_and_score_under_bf16(method, run_options, tmp_path):
     summary = run_cells(specs, options)
     assert summary.ran and not summary.failed
     (record,) = load_results(options.results_root)
-    assert record.backbone["precision"] == "bf16" and 0 <= record.metrics["top1"] <= 1
+    assert record.backbone.precision == "bf16" and 0 <= record.metrics.top1 <= 1
 
 
 def test_precision_is_part_of_the_cell_identity(run_options):
@@ -38,4 +38,4 @@ def test_precision_is_part_of_the_cell_identity(run_options):
     bf16 = RunOptions(**{**run_options.__dict__, "precision": "bf16"})
     assert len(run_cells(specs, bf16).ran) == 1  # not resumed from the fp32 record
     assert len(run_cells(specs, bf16).skipped) == 1
-    assert sorted(r.backbone["precision"] for r in load_results(run_options.results_root)) == ["bf16", "fp32"]
+    assert sorted(r.backbone.precision for r in load_results(run_options.results_root)) == ["bf16", "fp32"]

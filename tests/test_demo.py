@@ -124,10 +124,10 @@ def test_reduced_demo_runs_end_to_end_then_resumes(tmp_path, capsys):
     assert "## digits_fewshot: top-1 (%) on its 450 test images" in out
     records = load_results(tmp_path / "results")
     expected = ("zero_shot", "linear_probe", "coop", "clip_adapter")
-    assert {r.spec["method"] for r in records} == set(expected) and len(records) == 2 * len(expected)
-    assert all(r.ok and r.spec["dataset"] == "digits_fewshot" for r in records)
-    assert all(r.backbone["checkpoint_meta"]["recipe"]["steps"] == 150 for r in records)
-    top1 = {(r.spec["method"], r.spec["shots"]): r.metrics["top1"] for r in records}
+    assert {r.spec.method for r in records} == set(expected) and len(records) == 2 * len(expected)
+    assert all(r.ok and r.spec.dataset == "digits_fewshot" for r in records)
+    assert all(r.backbone.checkpoint_meta["recipe"]["steps"] == 150 for r in records)
+    top1 = {(r.spec.method, r.spec.shots): r.metrics.top1 for r in records}
     assert top1["linear_probe", 16] > top1["linear_probe", 1] + 0.1  # the curve rises with shots
     assert top1["linear_probe", 16] > top1["zero_shot", 16]  # 16 shots of a rare class beat its name
     lp_row = next(line for line in out.splitlines() if line.startswith("| linear_probe"))

@@ -19,7 +19,7 @@ def _run(tmp_path, device: str, name: str, *extra: str) -> dict:
             "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / f"cache-{name}"),
             "--results", str(tmp_path / name)]
     assert main(args) == 0
-    return {(r.spec["method"], r.spec["seed"]): r for r in load_results(tmp_path / name)}
+    return {(r.spec.method, r.spec.seed): r for r in load_results(tmp_path / name)}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -29,15 +29,15 @@ def test_cells_on_the_device_match_fp32_cpu_cells_within_noise(tmp_path, device)
     assert cells.keys() == reference.keys() and len(cells) == 2 * len(METHODS)
     precision = "bf16" if device == "cuda" else "fp32"
     for key, record in cells.items():
-        assert record.ok and record.backbone["precision"] == precision, key
-        assert record.provenance["device"].startswith(device), key
+        assert record.ok and record.backbone.precision == precision, key
+        assert record.provenance.device.startswith(device), key
         if device == "cuda":
             assert record.memory["peak_device_bytes"] > 0, key
     for method in METHODS:  # mean over seeds; 96 test images, bf16 and another summation order
-        ours = sum(cells[method, s].metrics["top1"] for s in (1, 2)) / 2
-        ref = sum(reference[method, s].metrics["top1"] for s in (1, 2)) / 2
+        ours = sum(cells[method, s].metrics.top1 for s in (1, 2)) / 2
+        ref = sum(reference[method, s].metrics.top1 for s in (1, 2)) / 2
         assert abs(ours - ref) <= 0.1, (method, ours, ref)
-    assert cells["zero_shot", 1].metrics["top1"] == pytest.approx(reference["zero_shot", 1].metrics["top1"], abs=0.05)
+    assert cells["zero_shot", 1].metrics.top1 == pytest.approx(reference["zero_shot", 1].metrics.top1, abs=0.05)
 
 
 @pytest.mark.parametrize("device", DEVICES)

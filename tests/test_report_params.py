@@ -3,6 +3,7 @@
 import dataclasses
 
 from bench.reports.params import params_frame, render_params
+from bench.results import TuningInfo
 
 from .report_fixtures import record
 
@@ -10,7 +11,8 @@ from .report_fixtures import record
 def test_params_table_takes_the_median_over_seeds():
     def tuned(seed, params, tune="val", dataset="dtd"):
         r = record("clip_adapter", dataset, 4, seed, 0.5, tune=tune)
-        return dataclasses.replace(r, spec={**r.spec, "trials": 20}, tuning={"mode": tune, "best_params": params})
+        return dataclasses.replace(r, spec=dataclasses.replace(r.spec, trials=20),
+                                   tuning=TuningInfo(mode=tune, best_params=params))
 
     results = [tuned(1, {"alpha": 0.2, "prompts": "coop"}), tuned(2, {"alpha": 0.8, "prompts": "ensemble"}),
                tuned(3, {"alpha": 0.6, "prompts": "ensemble"}), tuned(1, {"alpha": 0.9}, dataset="eurosat"),

@@ -44,7 +44,7 @@ def _cli(tmp_path, data_root, name, *extra):
 
 
 def _metrics(results):
-    return {(r.spec["method"], r.spec["dataset"], r.spec["shots"], r.spec["seed"]): [r.metrics[m] for m in METRICS]
+    return {(r.spec.method, r.spec.dataset, r.spec.shots, r.spec.seed): [r.metrics[m] for m in METRICS]
             for r in load_results(results)}
 
 
@@ -158,12 +158,11 @@ def test_cell_task_checkpoint_resumes_without_redoing_finished_cells(run_options
 
 def _record(path, ok, finished_at):
     spec = {"method": "zero_shot", "dataset": "synthetic", "shots": 1, "seed": 1, "backbone": TINY}
-    write_result(path, RunResult(schema_version=1, run_id="r", status="ok" if ok else "failed", spec=spec, backbone={},
-                                 data={}, config={}, tuning={}, metrics={"top1": 0.5} if ok else {}, timing_s={},
-                                 memory={},
-                                 provenance={"finished_at": finished_at},
-                                 error=None if ok else {"type": "ValueError", "message": "bad",
-                                                        "traceback_tail": "Traceback\nValueError: bad"}))
+    write_result(path, RunResult.build({
+        "run_id": "r", "status": "ok" if ok else "failed", "spec": spec, "backbone": {"id": TINY}, "data": {},
+        "config": {}, "tuning": {"mode": "none"}, "metrics": {"top1": 0.5} if ok else {}, "timing_s": {}, "memory": {},
+        "provenance": {"finished_at": finished_at},
+        "error": None if ok else {"type": "ValueError", "message": "bad", "traceback_tail": "Traceback\nValueError: bad"}}))
 
 
 def test_cell_states_follow_jobs_and_records(tmp_path):

@@ -66,7 +66,7 @@ def _records(results: Path, manifest, task: int) -> list[Path]:
 
 
 def _by_cell(results: Path) -> dict:
-    return {(r.spec["dataset"], r.spec["method"], r.spec["shots"], r.spec["seed"]): r for r in load_results(results)}
+    return {(r.spec.dataset, r.spec.method, r.spec.shots, r.spec.seed): r for r in load_results(results)}
 
 
 def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm_cluster, tmp_path, capsys):
@@ -110,7 +110,7 @@ def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm
     after = _records(results, manifest, 3)
     assert all(p.is_file() for p in after)
     assert {p: p.stat().st_mtime_ns for p in before} == before  # finished cells were not redone
-    restarts = {p: read_result(p).provenance.get("slurm_restart_count") for p in after}
+    restarts = {p: read_result(p).provenance.slurm_restart_count for p in after}
     assert all(restarts[p] is None for p in before)
     assert {restarts[p] for p in after if p not in before} == {"1"}  # the rest ran after the requeue
 
@@ -124,7 +124,7 @@ def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm
     for key, record in local.items():
         assert all(cluster[key].metrics[m] == record.metrics[m] for m in METRICS), key
         assert cluster[key].data == record.data and cluster[key].config == record.config
-        assert cluster[key].provenance["slurm_job_id"] and "slurm_job_id" not in record.provenance
+        assert cluster[key].provenance.slurm_job_id and record.provenance.slurm_job_id is None
     _assert_cells_waited_for_features(find_manifest(results, list_sweeps(results)[0]))
 
 

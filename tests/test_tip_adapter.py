@@ -110,7 +110,7 @@ def test_the_runner_caches_tips_crop_scale_and_records_it(run_options):
     specs = expand_grid(["tip_adapter", "clip_adapter"], ["synthetic"], [1], [1], [TINY],
                         overrides={"clip_adapter": (("epochs", 1),)})
     assert not run_cells(specs, run_options).failed
-    views = {r.spec["method"]: r.data["train_view"] for r in load_results(run_options.results_root)}
+    views = {r.spec.method: r.data.train_view for r in load_results(run_options.results_root)}
     assert views["tip_adapter"]["scale"] == [0.5, 1.0] and views["tip_adapter"]["n_views"] == 10
     assert views["clip_adapter"]["scale"] == [0.08, 1.0]  # Dassl's default, unchanged
     folders = {p.name.split("-")[1] for p in (run_options.cache_root / "features").rglob("train-aug10-*")}

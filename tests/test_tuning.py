@@ -250,10 +250,10 @@ def test_runner_tunes_on_val_then_fits_once_and_reads_test_last(spy_session, run
     tuning = record.tuning
     assert tuning["mode"] == "val" and tuning["scored_on"] == "val" and tuning["trials"] == 3
     assert record.config["alpha"] == tuning["best_params"]["alpha"] == fits[-1]
-    assert record.metrics["val_top1"] == pytest.approx(tuning["best_val_top1"])  # the refit is the best trial
+    assert record.metrics.val_top1 == pytest.approx(tuning["best_val_top1"])  # the refit is the best trial
     assert tuning["storage"] == f"sqlite:///{run_options.results_root.resolve()}/studies.sqlite3"
     assert tuning["study"].startswith(f"clip_adapter/synthetic/k2/s1/{TINY}/val/")
-    assert "tune" in record.timing_s
+    assert record.timing_s.tune is not None
     # the same command again does nothing; a larger budget extends the study
     assert run_cells(_grid("val", 3), run_options, session).skipped == ["clip_adapter/synthetic/k2/s1"]
     run_cells(_grid("val", 5), run_options, session)
@@ -266,11 +266,11 @@ def test_oracle_is_scored_on_test_and_labelled_in_every_report(spy_session, run_
     session, events, fits = spy_session
     run_cells(_grid("oracle", 2), run_options, session)
     run_cells(_grid("val", 2), run_options, session)
-    oracle = next(r for r in load_results(run_options.results_root) if r.spec["tune"] == "oracle")
-    assert oracle.tuning["mode"] == "oracle" and oracle.tuning["scored_on"] == "test"
-    assert "best_test_top1" in oracle.tuning and "best_val_top1" not in oracle.tuning
-    assert oracle.tuning["study"] != next(r for r in load_results(run_options.results_root)
-                                          if r.spec["tune"] == "val").tuning["study"]
+    oracle = next(r for r in load_results(run_options.results_root) if r.spec.tune == "oracle")
+    assert oracle.tuning.mode == "oracle" and oracle.tuning.scored_on == "test"
+    assert oracle.tuning.best_test_top1 is not None and oracle.tuning.best_val_top1 is None
+    assert oracle.tuning.study != next(r for r in load_results(run_options.results_root)
+                                          if r.spec.tune == "val").tuning.study
     assert events[2][0] == "test" and events[2][1] == 0  # oracle: test features reach the objective
 
     accuracy = render(results_frame(load_results(run_options.results_root)), "markdown")
@@ -290,9 +290,10 @@ def test_a_method_with_nothing_to_search_runs_at_its_defaults_in_a_tuned_grid(sp
     summary = run_cells(_grid("val", 3, method="zero_shot"), run_options, session)
     assert len(summary.ran) == 1 and not summary.failed
     (record,) = load_results(run_options.results_root)
-    assert record.spec["tune"] == "val" and record.spec["trials"] == 0
-    assert record.tuning == {"mode": "val", "searched": False, "scored_on": None, "trials": 0,
-                             "note": "zero_shot declares no search space: fitted at its defaults, nothing chosen on val"}
+    assert record.spec.tune == "val" and record.spec.trials == 0
+    assert {k: v for k, v in record.tuning.to_json().items() if v is not None} == {
+        "mode": "val", "searched": False, "trials": 0,
+        "note": "zero_shot declares no search space: fitted at its defaults, nothing chosen on val"}
     assert not (run_options.results_root / "studies.sqlite3").exists()  # no study for it
     # another trial budget finds the same record: nothing was searched
     assert run_cells(_grid("val", 7, method="zero_shot"), run_options, session).skipped == ["zero_shot/synthetic/k2/s1"]
@@ -304,8 +305,8 @@ def test_oracle_base_to_new_trials_are_scored_as_the_record_scores(spy_session, 
     session = spy_session[0]
     run_cells(_grid("oracle", 2, protocol="base2new"), run_options, session)
     (record,) = load_results(run_options.results_root)
-    assert record.metrics["top1"] == record.metrics["base_top1"]
-    assert record.tuning["best_test_top1"] == pytest.approx(record.metrics["top1"])  # the refit is the best trial
+    assert record.metrics.top1 == record.metrics.base_top1
+    assert record.tuning.best_test_top1 == pytest.approx(record.metrics.top1)  # the refit is the best trial
 
 
 def test_bad_tuning_requests_fail_before_any_work(spy_session, run_options):
@@ -337,7 +338,7 @@ def test_cli_tunes_into_a_journal_and_reports_the_chosen_alpha(tmp_path, data_ro
             "--tune", "val", "--trials", "2", "--set", "clip_adapter.epochs=2", "--storage", f"journal:{journal}"]
     assert main(args) == 0
     assert "2 cells run" in capsys.readouterr().out and journal.is_file()
-    assert {r.tuning["storage"] for r in load_results(results)} == {f"journal:{journal.resolve()}"}
+    assert {r.tuning.storage for r in load_results(results)} == {f"journal:{journal.resolve()}"}
     assert main(["report", "--results", str(results), "--params", "alpha", "--format", "json"]) == 0
     (cell,) = json.loads(capsys.readouterr().out)["params"]
     assert cell["param"] == "alpha" and cell["tune"] == "val" and cell["trials"] == 2 and cell["seeds"] == [1, 2]
