@@ -20,7 +20,7 @@ def test_run_then_report_then_resume(tmp_path, data_root, capsys):
     assert len(payload["cells"]) == 4 and payload["missing"] == [] and payload["failed"] == []
     out_file = tmp_path / "table.md"
     assert main(["report", "--results", str(tmp_path / "results"), "--out", str(out_file)]) == 0
-    assert "| linear_probe" in out_file.read_text()
+    assert "| Linear probe" in out_file.read_text()  # the name papers print
 
 
 def test_dry_run_counts_done_cells(tmp_path, data_root, capsys):

@@ -250,7 +250,7 @@ def test_report_of_a_real_run_renders_everywhere(tmp_path, data_root, capsys):
     assert "No published number matches these cells (architecture bench-tiny" in render(
         results_frame(load_results(results)), "markdown", ReportOptions(compare_paper=True))
     pngs = sorted(p.name for p in (tmp_path / "plots" / "bench-tiny_random-none").glob("*.png"))
-    assert pngs == ["average.png", "synthetic.png"]
+    assert pngs == ["all.png", "average.png", "synthetic.png"]
     assert main(["report", "--results", str(results), "--format", "csv", "--compare-methods",
                  "linear_probe,zero_shot"]) == 0
     table = pd.read_csv(StringIO(capsys.readouterr().out))
@@ -266,7 +266,7 @@ def test_tuned_cells_with_different_trial_budgets_get_their_own_rows(tmp_path):
     assert ["clip_adapter (20 trials)", "1", "61.00 ± 1.00", "61.00"] in rows
     assert ["clip_adapter (50 trials)", "1", "65.00 ± 1.00", "65.00"] in rows
     save(tmp_path / "one", record("clip_adapter", "dtd", 2, 1, 0.70, tune="val", trials=20))
-    one_budget = _rows(render(results_frame(load_results(tmp_path / "one")), "markdown"), "## RN50/openai")
+    one_budget = _rows(render(results_frame(load_results(tmp_path / "one")), "markdown", IDS), "## RN50/openai")
     assert one_budget[1][0] == "clip_adapter"  # a single budget adds nothing to the label
 
 
