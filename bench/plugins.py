@@ -38,16 +38,17 @@ def plugin_paths() -> list[str]:
 
 @contextlib.contextmanager
 def activated(paths: list[str]) -> Iterator[None]:
-    """Add ``paths`` (relative to the working folder) to ``BENCH_PLUGINS`` while the block runs, so the
-    registries of this process and of the jobs it starts (subprocesses, Slurm jobs) include them."""
-    if not paths:
+    """Add ``paths`` (relative to the working folder) to ``BENCH_PLUGINS``, every path made absolute, while the
+    block runs, so the registries of this process and of the jobs it starts (subprocesses, Slurm jobs, which
+    inherit the environment) include them."""
+    if not paths and not plugin_paths():
         yield
         return
     for path in paths:
         if not Path(path).exists():
             raise BenchError("plugin not found", where=path, fix="pass an existing .py file, folder or spec file")
     before = os.environ.get(PLUGINS_ENV)
-    merged = [*plugin_paths(), *(str(Path(p).resolve()) for p in paths)]
+    merged = [str(Path(p).resolve()) for p in (*plugin_paths(), *paths)]  # absolute: jobs may start elsewhere
     os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(merged))
     _clear_registries()
     try:

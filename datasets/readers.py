@@ -23,9 +23,9 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from bench._io import sha256_file, sha256_json
 from bench.datasets.spec import DatasetSpec, DatasetSplits, Expectations, LabeledImages, expectations
 from bench.errors import BenchError
+from bench.fileio import sha256_file, sha256_json
 
 EMPTY = LabeledImages((), ())
 
@@ -78,10 +78,11 @@ def count_problems(spec: DatasetSpec, expected: Expectations, splits: DatasetSpl
             fix=f"a subset of {spec.name}? declare it in a spec file (name, subset_of: {spec.name}, split_file) and "
                 "pass it with --plugins (docs/extending.md); else use the official split file and images"
             if subset else "use the official split file and images of this dataset"))
-    if spec.classnames is not None and tuple(splits.classnames) != tuple(spec.classnames):
-        first = next((i for i, (a, b) in enumerate(zip(splits.classnames, spec.classnames, strict=False)) if a != b),
-                     min(len(splits.classnames), len(spec.classnames)))
-        found = splits.classnames[first] if first < len(splits.classnames) else "nothing"
+    written = tuple(splits.raw_classnames or splits.classnames)  # as the split file writes them
+    if spec.classnames is not None and tuple(spec.classnames) not in (written, tuple(splits.classnames)):
+        first = next((i for i, (a, b) in enumerate(zip(written, spec.classnames, strict=False)) if a != b),
+                     min(len(written), len(spec.classnames)))
+        found = written[first] if first < len(written) else "nothing"
         declared = spec.classnames[first] if first < len(spec.classnames) else "nothing"
         problems.append(BenchError(f"label {first} is {found!r} in the split file but {declared!r} in the spec's "
                                    "classnames", where=str(splits.source),

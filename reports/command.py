@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ def add_parser(subparsers) -> None:
     from bench.reports.blocks import METRIC_TITLES
     from bench.reports.formats import FORMATS
     from bench.reports.tables import CI_CHOICES
+    from bench.run_config import add_folder_argument
 
     p = subparsers.add_parser("report", help="tables, curves, paper deltas and paired tests from result records",
                               description="Aggregate result records (mean ± std over seeds) into tables, curves and "
@@ -33,8 +33,7 @@ def add_parser(subparsers) -> None:
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--format", default="markdown", choices=FORMATS)
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
-    p.add_argument("--results", type=Path, default=Path(os.environ.get("BENCH_RESULTS_DIR", "results")),
-                   help="results folder (default: ./results, or BENCH_RESULTS_DIR)")
+    add_folder_argument(p, "results", "results folder")
     which = p.add_argument_group("which records (comma lists; names accept fnmatch patterns)")
     which.add_argument("--methods", help="method names or labels, e.g. zero_shot,clip_adapter*")
     which.add_argument("--datasets", help="e.g. dtd,eurosat")
@@ -129,7 +128,7 @@ def method_names(value: str | None) -> dict[str, str]:
 
 
 def run(args) -> int:
-    from bench._io import atomic_write_bytes
+    from bench.fileio import atomic_write_bytes
     from bench.reports.aggregate import results_frame
     from bench.reports.plots import write_plots
     from bench.reports.tables import prepare, render
