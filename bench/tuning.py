@@ -230,7 +230,7 @@ def tune(method: Any, data: FewShotData, config: Any, ctx: FitContext, ref: Stud
     with _quiet_optuna():
         defaults = _default_params(method, config, data.dataset, data.shots)
         outcome = run_study(ref, _trial_objective(method, data, config, ctx, objective), default_params=defaults,
-                            warmup_steps=warmup)
+                            warmup_steps=warmup, step=ctx.progress_step)
     if not outcome.closed_here:
         raise FinalFitElsewhere(ref.name)
     finished = finished_trials(outcome.study)
@@ -243,12 +243,13 @@ def tune(method: Any, data: FewShotData, config: Any, ctx: FitContext, ref: Stud
 
 
 def run_study(ref: StudyRef, objective: Callable[[optuna.Trial], float], *, default_params: dict[str, Any],
-              warmup_steps: int = 0) -> StudyOutcome:
+              warmup_steps: int = 0, step: Callable[[int, int, str], None] | None = None) -> StudyOutcome:
     """Create or load the study and run trials one at a time until it holds ``ref.trials`` finished ones.
 
     The paper default goes in first (``default_params``, when the study is new). Trials that
     other workers are running do not count, so a killed worker never blocks a study; workers
-    that run concurrently may overshoot the target by one trial each.
+    that run concurrently may overshoot the target by one trial each. ``step(finished, target, "trial")``
+    follows the study after each trial.
     """
     study = optuna.create_study(study_name=ref.name, storage=open_storage(ref.storage), direction="maximize",
                                 sampler=TrialSeededTPE(ref.seed), pruner=_pruner(warmup_steps), load_if_exists=True)
@@ -261,9 +262,13 @@ def run_study(ref: StudyRef, objective: Callable[[optuna.Trial], float], *, defa
         trial.set_user_attr("worker", worker)
         return objective(trial)
 
+    def counted(study: optuna.Study, trial: FrozenTrial) -> None:
+        if step is not None:
+            step(min(len(finished_trials(study)), ref.trials), ref.trials, "trial")
+
     ran = 0
     while len(finished_trials(study)) < ref.trials:
-        study.optimize(tagged, n_trials=1)
+        study.optimize(tagged, n_trials=1, callbacks=[counted])
         ran += 1
     closer = finished_trials(study)[ref.trials - 1].user_attrs.get("worker")
     return StudyOutcome(study, ran, closed_here=ran == 0 or closer == worker)
@@ -334,7 +339,8 @@ def _trial_objective(method: Any, data: FewShotData, config: Any, ctx: FitContex
                      objective: Objective) -> Callable[[optuna.Trial], float]:
     def run_trial(trial: optuna.Trial) -> float:
         trial_config = _apply(method, config, method.search_space(trial, data.dataset, data.shots, config))
-        trial_ctx = dataclasses.replace(ctx, record=_ignore, progress=False, report=_pruning_report(trial))
+        trial_ctx = dataclasses.replace(ctx, record=_ignore, progress=False, report=_pruning_report(trial),
+                                        progress_step=None)  # the bar counts trials, not a trial's epochs
         try:
             return objective.score(method.fit(data, trial_config, trial_ctx))
         except NonFiniteError as exc:  # a diverged trial is a bad point of the search, not a failed cell
