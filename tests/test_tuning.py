@@ -277,7 +277,7 @@ def test_oracle_is_scored_on_test_and_labelled_in_every_report(spy_session, run_
     sections = accuracy.split("## ")[1:]
     oracle_part = next(part for part in sections if part.startswith("bench-tiny/random · tuning: oracle"))
     honest_part = next(part for part in sections if part.startswith("bench-tiny/random · tuning: val"))
-    assert "tuning: oracle" in oracle_part and "ORACLE" in oracle_part and "clip_adapter[epochs=4] (oracle)" in oracle_part
+    assert "tuning: oracle" in oracle_part and "ORACLE" in oracle_part and "CLIP-Adapter [epochs=4] (oracle)" in oracle_part
     assert "tuning: val" in honest_part and "ORACLE" not in honest_part and "(oracle)" not in honest_part
     params = render_params(params_frame(load_results(run_options.results_root), ["alpha"]), "markdown")
     oracle_part, honest_part = params.split("## ")[1:3]
