@@ -380,6 +380,9 @@ def _overrides(raw: Any, wrong) -> tuple[str, ...]:
     if isinstance(raw, list) and all(isinstance(i, str) for i in raw):
         return tuple(raw)
     if isinstance(raw, dict) and all(isinstance(v, dict) for v in raw.values()):
-        return tuple(f"{method}.{name}={json.dumps(value)}" for method, fields in raw.items()
-                     for name, value in fields.items())
+        try:
+            return tuple(f"{method}.{name}={json.dumps(value, allow_nan=False)}" for method, fields in raw.items()
+                         for name, value in fields.items())
+        except (TypeError, ValueError):  # a YAML date, NaN, ...: not a config value
+            raise wrong("a mapping {method: {field: value}} of numbers, strings, booleans or lists") from None
     raise wrong("a list of METHOD.FIELD=VALUE strings or a mapping {method: {field: value}}")
