@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench._io import process_alive
+from bench.fileio import process_alive
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0  # ten missed heartbeats: the holder is gone, whichever machine it ran on

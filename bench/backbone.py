@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from bench._io import sha256_file
 from bench.errors import BenchError
+from bench.fileio import sha256_file
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HUB_WEIGHTS = "hub"

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``bench`` command line: parse → build frozen specs → call a library function → print.
 
 Subcommands: ``run`` (a grid of cells), ``methods`` (registered methods with their config
@@ -11,86 +12,50 @@ import argparse
 import dataclasses
 import errno
 import importlib
+import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from bench.errors import BenchError
 
 # Subcommands that live beside their feature: each module has ``add_parser(subparsers)``.
 FEATURE_COMMANDS: tuple[str, ...] = (
-    "bench.demo",
+    "bench.tools.demo",
     "bench.reports.command",
+    "bench.reports.export",
     "bench.datasets.cli",
     "bench.slurm.cli",
-    "bench.perf",
+    "bench.tools.perf",
     "bench.weights",
 )
-DEFAULT_METHODS = "zero_shot,linear_probe,coop,clip_adapter"  # the four methods of the CLIP-Adapter paper
-DEFAULT_DATASETS = "synthetic"
+def add_folder_options(parser: argparse.ArgumentParser) -> None:
+    """``--data-root``, ``--cache-dir``, ``--results`` with their one set of defaults (bench.run_config.FOLDERS)."""
+    from bench.run_config import add_folder_arguments
 
-
-def _env_path(var: str, default: str) -> Path:
-    return Path(os.environ.get(var, default))
-
-
-def _add_paths(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("folders (also set by BENCH_DATA_ROOT, BENCH_CACHE_DIR, BENCH_RESULTS_DIR)")
-    group.add_argument("--data-root", type=Path, default=_env_path("BENCH_DATA_ROOT", "data"),
-                       help="datasets live in DATA_ROOT/<dataset folder> (default: ./data)")
-    group.add_argument("--cache-dir", type=Path, default=_env_path("BENCH_CACHE_DIR", "cache"),
-                       help="features, few-shot indices (default: ./cache)")
-    group.add_argument("--results", type=Path, default=_env_path("BENCH_RESULTS_DIR", "results"),
-                       help="one JSON record per cell (default: ./results)")
+    add_folder_arguments(parser)
 
 
 def _add_run(sub) -> None:
-    from bench.spec import DEFAULT_BACKBONE, PROTOCOLS, TUNE_MODES
+    from bench.run_config import add_run_options
 
     p = sub.add_parser("run", help="run methods × datasets × shots × seeds; finished cells are skipped",
-                       description="Run a grid of cells. Cells with an ok record are skipped (resume); --force redoes them.")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list, fnmatch patterns or 'all' (default: {DEFAULT_METHODS})")
-    p.add_argument("--datasets", default=DEFAULT_DATASETS,
-                   help="comma list, fnmatch patterns or 'all' (the eleven few-shot datasets; default: synthetic)")
-    p.add_argument("--protocol", default="fewshot", choices=PROTOCOLS,
-                   help="fewshot (all classes) or base2new (CoCoOp: train on the first half of the classes, "
-                        "score base and new classes)")
-    p.add_argument("--shift", default="", metavar="SETS",
-                   help="also score imagenet cells on these distribution-shift sets: comma list of imagenet_v2, "
-                        "imagenet_sketch, imagenet_a, imagenet_r, or 'all' (those whose data is present)")
-    p.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
-    p.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help="ARCH/WEIGHTS, comma-separated for several: RN50/openai, ViT-B-16/laion2b_s34b_b88k, "
-                        f"ARCH/random, ARCH//path/to/ckpt.pt (default: {DEFAULT_BACKBONE})")
-    p.add_argument("--tune", default="none", choices=TUNE_MODES,
-                   help="hyperparameter search: none (paper defaults), val (Optuna on the few-shot val split), "
-                        "oracle (scored on test; results labelled ORACLE)")
-    p.add_argument("--trials", type=int, default=0, help="finished trials per study with --tune val|oracle (e.g. 20)")
-    p.add_argument("--storage", default=None, metavar="URL",
-                   help="Optuna study storage: an RDB URL (postgresql://..., sqlite:///FILE) or journal:PATH for "
-                        "shared filesystems (default: sqlite in the results folder)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.FIELD=VALUE",
-                   help="override a method config field, e.g. clip_adapter.alpha=0.5 (repeatable)")
-    p.add_argument("--as-published", action="store_true",
-                   help="set every selected method to its official code's behaviour where ours differs (each "
-                        "method's as_published overrides, e.g. tip_adapter_f.precision=fp16; see docs/fidelity.md); "
-                        "they act as --set items, recorded and shown in report rows; an explicit --set wins")
-    p.add_argument("--sampling", default="dassl", choices=("dassl", "dassl_repeat"),
-                   help="few-shot subsets: dassl (Dassl's default: a class smaller than K is taken whole) or "
-                        "dassl_repeat (Dassl's repeat=True: drawn with replacement to K); recorded as split_protocol")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="encoder precision (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--workers", type=_non_negative_int, default=None, help="image-decoding processes (default: min(8, CPUs) on CUDA, 0 on CPU)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="images per encoder forward during feature extraction")
-    p.add_argument("--force", action="store_true", help="redo cells that already have a record")
-    p.add_argument("--dry-run", action="store_true", help="print the cells and how many are done, then exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_paths(p)
-    importlib.import_module("bench.slurm.cli").add_run_arguments(p)  # --executor and the cluster-sweep flags
+                       description="Run a grid of cells. Cells with an ok record are skipped (resume); --force "
+                                   "redoes them. Every option can also come from --config FILE (YAML or JSON).")
+    add_run_options(p)  # every option, defined once in bench.run_config.RunConfig
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON document")
     p.set_defaults(func=_cmd_run)
+
+
+def run_config_from_args(args):
+    """The :class:`~bench.run_config.RunConfig` of ``bench run``: defaults < --config file < flags given."""
+    from bench.run_config import RunConfig, option_fields, resolve
+
+    names = {f.name for f in option_fields()}
+    given = {name: value for name, value in vars(args).items() if name in names}
+    config, content = resolve(given, args.config)
+    assert isinstance(config, RunConfig)
+    return config, content
 
 
 def _specs_from_args(args):
@@ -107,7 +72,7 @@ def _specs_from_args(args):
     backbones = list(dict.fromkeys(b.strip() for b in args.backbone.split(",") if b.strip()))
     if not backbones:
         raise BenchError("no backbone named", where="--backbone", fix="e.g. --backbone RN50/openai")
-    overrides = [*as_published_overrides(methods), *args.overrides] if args.as_published else args.overrides
+    overrides = [*as_published_overrides(methods), *args.overrides] if args.as_published else list(args.overrides)
     return expand_grid(methods, datasets, shots, seeds, backbones, tune=args.tune, trials=args.trials,
                        overrides=parse_overrides(overrides), protocol=args.protocol, shift=shift)
 
@@ -144,22 +109,39 @@ def _run_options(args):
     )
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(cli_args) -> int:
+    from bench.plugins import activated
+    from bench.spec import check_unrepeated
+
+    check_unrepeated(getattr(cli_args, "overrides", []))  # on the command line; a flag may still override the --config file
+    args, content = run_config_from_args(cli_args)  # every option, from the flags and the --config file
+    with activated(args.plugin_paths()):
+        return _run(args, content, as_json=getattr(cli_args, "json", False))
+
+
+def _run(args, content, *, as_json: bool = False) -> int:
     from bench.runner import Session, is_done, plan_cells, run_cells
     from bench.slurm.cli import run_sweep, sweep_requested
 
     specs = _specs_from_args(args)
     options = _run_options(args)
     if sweep_requested(args):  # --executor processes|debug|slurm: the same cells as jobs
-        return run_sweep(args, specs, options)
+        return run_sweep(args, specs, options, content)
     session = Session(options)
     if args.dry_run:
         from bench.build_plan import locate_backbones
 
-        for line in locate_backbones([s.backbone for s in specs], download=False):
-            print(f"backbone {line}")
+        located = locate_backbones([s.backbone for s in specs], download=False)
         cells = plan_cells(specs, session, dry_run=True)  # reads only: works on a read-only results folder
         done = sum(is_done(c) for c in cells)
+        if as_json:
+            plan = [{"cell": c.spec.name, "backbone": c.spec.backbone, "done": is_done(c), "record": str(c.path)}
+                    for c in cells]
+            print(json.dumps({"backbones": located, "cells": plan, "total": len(cells), "done": done,
+                              "todo": len(cells) - done}, indent=2))
+            return 0
+        for line in located:
+            print(f"backbone {line}")
         for cell in cells:
             print(f"{'done' if is_done(cell) else 'todo'}  {cell.spec.name}  {cell.spec.backbone}  -> {cell.path}")
         print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run")
@@ -176,20 +158,6 @@ def _cmd_run(args) -> int:
     return 1 if summary.failed else 0
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative; pass 0 (decode in this process) or more")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number; pass 1 or more")
-    return value
-
-
 def _add_methods(sub) -> None:
     p = sub.add_parser("methods", help="list methods with their config fields and defaults",
                        description="Methods with their config fields and defaults; with --dataset, the defaults "
@@ -197,10 +165,20 @@ def _add_methods(sub) -> None:
     p.add_argument("names", nargs="?", default="all", help="method name(s), comma-separated, or 'all'")
     p.add_argument("--dataset", help="show the defaults default_config gives this dataset's cells")
     p.add_argument("--shots", type=int, default=16, help="with --dataset: the shot count (default: 16)")
+    p.add_argument("--json", action="store_true", help="print the methods as one JSON document")
+    p.add_argument("--plugins", default="", metavar="PATHS",
+                   help="also list the methods of these plugin files and folders (comma list; also BENCH_PLUGINS)")
     p.set_defaults(func=_cmd_methods)
 
 
 def _cmd_methods(args) -> int:
+    from bench.plugins import activated
+
+    with activated([p.strip() for p in args.plugins.split(",") if p.strip()]):
+        return _list_methods(args)
+
+
+def _list_methods(args) -> int:
     from bench.methods import method_registry
     from bench.tuning import search_distributions, searchable
 
@@ -209,6 +187,10 @@ def _cmd_methods(args) -> int:
         from bench.datasets import dataset_registry
 
         dataset_registry().get(args.dataset)  # an unknown name fails with did-you-mean
+    if args.json:
+        print(json.dumps([_method_json(registry, name, args.dataset, args.shots) for name in registry.expand(args.names)],
+                         indent=2, default=repr))
+        return 0
     for name in registry.expand(args.names):
         method = registry.get(name)()
         doc = (type(method).__doc__ or sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
@@ -236,6 +218,21 @@ def _cmd_methods(args) -> int:
     return 0
 
 
+def _method_json(registry, name: str, dataset: str | None, shots: int) -> dict:
+    """One method for ``bench methods --json``: version, origin, summary, config defaults (of the cell with
+    ``dataset``), what --as-published sets and what --tune searches."""
+    from bench.tuning import search_distributions, searchable
+
+    method = registry.get(name)()
+    doc = (type(method).__doc__ or sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
+    config = method.default_config(dataset, shots) if dataset else method.Config()
+    space = search_distributions(method, config, dataset or "synthetic", shots) if searchable(method) else {}
+    return {"name": name, "version": str(method.version), "origin": registry.origin(name),
+            "summary": doc[0] if doc else "", "config": dataclasses.asdict(config),
+            "per_cell_defaults": _per_cell_defaults(method), "as_published": dict(getattr(method, "as_published", {})),
+            "search": {k: _distribution(v) for k, v in space.items()}}
+
+
 def _distribution(distribution) -> str:
     """An Optuna distribution as ``[low, high]`` (``log``) or ``{a, b}``."""
     if hasattr(distribution, "choices"):
@@ -251,15 +248,82 @@ def _per_cell_defaults(method) -> list[str]:
             if any(getattr(method.default_config(d, k), f.name) != getattr(generic, f.name) for d, k in probes)]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description="Few-shot CLIP adaptation benchmark harness.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_run(sub)
-    _add_methods(sub)
+# One line per feature command, so `bench --help` lists them without importing their modules (which import
+# torch): a command's module is imported only when that command runs. A module of FEATURE_COMMANDS missing
+# here is imported for every command line (slow, but it works).
+LAZY_COMMANDS: dict[str, dict[str, str]] = {
+    "bench.tools.demo": {"demo": "pretrain a small CLIP on real images, run few-shot methods on its rare classes, "
+                           "print the report"},
+    "bench.reports.command": {"report": "tables, curves, paper deltas and paired tests from result records"},
+    "bench.datasets.cli": {"data": "list, check and prepare datasets; export few-shot index files"},
+    "bench.slurm.cli": {"status": "progress of a sweep submitted with --executor slurm|processes|debug"},
+    "bench.tools.perf": {"perf": "benchmark extraction and per-cell training speed against re-encoding"},
+    "bench.weights": {"weights": "pre-download backbone weights (for offline nodes) or show where they are"},
+    "bench.reports.export": {"export": "result records into W&B (offline), MLflow (file store) or TensorBoard event "
+                                       "files"},
+}
+CORE_COMMANDS = {"run": "run methods × datasets × shots × seeds; finished cells are skipped",
+                 "methods": "list methods with their config fields and defaults"}
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}    success
+  {EXIT_FAILED_CELLS}    bench run (or a sweep) finished, but some cells failed (their records say why)
+  {EXIT_USAGE}    usage error: a bad option, value, name or file (one line on stderr, nothing run)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGINT); finished cells are kept and skipped next time
+  {EXIT_PIPE}  the reader of stdout went away (bench report | head)
+
+shell completion: pip install 'clip-fewshot-bench[completion]' (argcomplete), then
+  eval "$(register-python-argcomplete bench)"
+"""
+ALL_COMMANDS = None  # build_parser(ALL_COMMANDS): every subcommand in full (completion, docs, tests)
+
+
+def build_parser(command: str | None = ALL_COMMANDS) -> argparse.ArgumentParser:
+    """The ``bench`` parser. With ``command``, only that subcommand is built in full and the others are
+    one-line entries (their modules are not imported); ``bench --help`` passes ``""``: none in full."""
+    import bench
+
+    parser = argparse.ArgumentParser(prog="bench", description="Few-shot CLIP adaptation benchmark harness.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (also after the command)")
+    parser.add_argument("--version", action="version", version=f"bench {bench.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    full = (lambda name: True) if command is ALL_COMMANDS else (lambda name: name == command)
+    for name, add in (("run", _add_run), ("methods", _add_methods)):
+        if full(name):
+            add(sub)
+        else:
+            sub.add_parser(name, help=CORE_COMMANDS[name], add_help=False)
     for module in FEATURE_COMMANDS:
-        importlib.import_module(module).add_parser(sub)
+        names = LAZY_COMMANDS.get(module)
+        if names is None or any(full(name) for name in names):
+            importlib.import_module(module).add_parser(sub)
+        else:
+            for name, text in names.items():
+                sub.add_parser(name, help=text, add_help=False)
+    _accept_global_options(parser)
     return parser
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after the command too (``bench run -v``), in every subcommand and sub-subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not {"-v", "--verbose"} & set(child._option_string_actions):
+                    child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                       help="debug logging")
+                _accept_global_options(child)
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option); ``""`` for none, and
+    :data:`ALL_COMMANDS` for an unknown word (argparse then says what the choices are)."""
+    known = {*CORE_COMMANDS, *(n for names in LAZY_COMMANDS.values() for n in names)}
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in known else ALL_COMMANDS
+    return ""
 
 
 # errors the machine gives for a file the user named or a disk it filled: one line, not a traceback
@@ -276,7 +340,9 @@ def environment_error(exc: OSError) -> BenchError:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(ALL_COMMANDS if "_ARGCOMPLETE" in os.environ else _command_of(argv))
+    _autocomplete(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -284,18 +350,29 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except BrokenPipeError:  # `bench report | head`: the reader left; say nothing more (Python's recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
         print(f"bench: error: {environment_error(exc)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("bench: interrupted; finished cells are saved and will be skipped next time", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `bench report | head`: the reader left; say nothing more (Python's recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return EXIT_INTERRUPTED
+
+
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion through argcomplete where it is installed (the ``completion`` extra); else nothing."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 if __name__ == "__main__":

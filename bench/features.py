@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench._io import atomic_torch_save, atomic_write_json, clean_stale_temps, sha256_bytes, sha256_json
 from bench.backbone import Backbone, Preprocessing
 from bench.errors import BenchError, NonFiniteError
+from bench.fileio import atomic_torch_save, atomic_write_json, clean_stale_temps, sha256_bytes, sha256_json
 from bench.images import ImageViews, ViewSpec
 
 FEATURE_SCHEMA = 1

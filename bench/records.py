@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from bench._io import sha256_json
 from bench.backbone import Backbone
 from bench.datasets.spec import DatasetSpec, DatasetSplits
 from bench.datasets.splits import VAL_SHOTS_CAP, FewShotIndices
+from bench.fileio import sha256_json
 from bench.images import ViewSpec
 from bench.methods.base import FewShotData
 from bench.provenance import peak_host_rss_bytes

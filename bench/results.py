@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench._io import atomic_write_json
 from bench.errors import BenchError
+from bench.fileio import atomic_write_json
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # v1 files have the same sections; v2 only states that they are typed

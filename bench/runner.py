@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from bench import tuning
-from bench._io import canonical_json, ensure_writable_dir, sha256_json
 from bench._locks import try_lock
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device, resolve_precision
 from bench.datasets import dataset_registry, read_dataset
@@ -32,6 +31,7 @@ from bench.datasets.splits import (
 from bench.datasets.subsets import class_columns, indices_with_labels, n_base_classes
 from bench.errors import BenchError
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
+from bench.fileio import canonical_json, ensure_writable_dir, sha256_json
 from bench.images import CENTER, ViewSpec
 from bench.methods import method_registry
 from bench.methods.base import FeatureSet, FewShotData, FitContext, ImageSource

@@ -28,7 +28,7 @@ def score(classifier, data: FeatureSet, device: torch.device, batch_size: int = 
     if isinstance(classifier, torch.nn.Module):
         classifier.eval()
     if hasattr(classifier, "encode_images"):
-        from bench.methods._encoder import encoded_set
+        from bench.methods.encoder_training import encoded_set
 
         data = encoded_set(classifier.encode_images, data, device)
     chunks = []

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench._io import sha256_json
 from bench.errors import BenchError
+from bench.fileio import sha256_json
 
 ALL_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -111,6 +111,20 @@ def parse_overrides(items: Iterable[str]) -> dict[str, tuple[tuple[str, Any], ..
             value = raw
         by_method.setdefault(method, {})[field_name] = value
     return {m: tuple(sorted(fields.items())) for m, fields in by_method.items()}
+
+
+def check_unrepeated(items: Iterable[str], *, flag: str = "--set") -> None:
+    """Refuse two items for one ``METHOD.FIELD`` (``--set a.x=1 --set a.x=2``): which one was meant is unknowable.
+
+    Layers are another matter: a flag may override a config file's item or an ``--as-published`` one.
+    """
+    seen: dict[str, str] = {}
+    for item in items:
+        target = item.partition("=")[0].strip()
+        if target in seen:
+            raise BenchError(f"{target} is set twice ({seen[target]!r} and {item!r})", where=flag,
+                             fix=f"keep one {flag} {target}=VALUE")
+        seen[target] = item
 
 
 def apply_overrides(config: Any, overrides: Iterable[tuple[str, Any]], *, method: str) -> Any:

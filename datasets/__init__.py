@@ -36,8 +36,8 @@ BUILTIN: dict[str, str] = {
     "imagenet_a": "bench.datasets.catalog:IMAGENET_A",
     "imagenet_r": "bench.datasets.catalog:IMAGENET_R",
     # the demo's real images (bench demo)
-    "fashion_mnist_fewshot": "bench.datasets.catalog:FASHION_MNIST_FEWSHOT",
-    "digits_fewshot": "bench.datasets.catalog:DIGITS_FEWSHOT",
+    "fashion_mnist_fewshot": "bench.datasets.demo_data:FASHION_MNIST_FEWSHOT",
+    "digits_fewshot": "bench.datasets.demo_data:DIGITS_FEWSHOT",
 }
 
 

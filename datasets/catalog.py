@@ -11,7 +11,6 @@ verified byte for byte, so ``bench data check`` prints the computed hash instead
 
 from __future__ import annotations
 
-from bench.datasets.demo_data import CAPTION_TEMPLATES, DIGITS_SPLIT_FILE, FASHION_MNIST_SPLIT_FILE
 from bench.datasets.prompts import prompt_sets
 from bench.datasets.spec import DatasetSpec, Download
 
@@ -248,28 +247,4 @@ IMAGENET_R = _shift_spec(
     downloads=(Download("imagenet-r.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
                         "md5:a61312130a589d0ca1a8fca1f2bd3337",
                         members=(("imagenet-r", "imagenet-r"),)),),
-)
-
-# bench demo's targets (bench.datasets.demo_data): five classes of a real source that the demo CLIP
-# was not pretrained on, generated from a Debian package or scikit-learn (no download).
-FASHION_MNIST_FEWSHOT = DatasetSpec(
-    name="fashion_mnist_fewshot",
-    version="1",
-    folder="fashion_mnist_fewshot",
-    image_dir="images",
-    split_file=FASHION_MNIST_SPLIT_FILE,
-    prompts={"coop": ("a photo of a {}.",), "ensemble": CAPTION_TEMPLATES},
-    generator="bench.datasets.demo_data:generate_fashion_mnist",
-    n_classes=5,
-)
-
-DIGITS_FEWSHOT = DatasetSpec(
-    name="digits_fewshot",
-    version="1",
-    folder="digits_fewshot",
-    image_dir="images",
-    split_file=DIGITS_SPLIT_FILE,
-    prompts={"coop": ("a photo of a {}.",), "ensemble": CAPTION_TEMPLATES},
-    generator="bench.datasets.demo_data:generate_digits",
-    n_classes=5,
 )

@@ -15,11 +15,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bench._io import sha256_file
 from bench.datasets import read_dataset
 from bench.datasets.readers import count_problems, split_sizes
 from bench.datasets.spec import DatasetSpec, DatasetSplits, expectations
 from bench.errors import BenchError
+from bench.fileio import sha256_file
 
 EXAMPLES = 5
 

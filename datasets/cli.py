@@ -11,18 +11,21 @@
 from __future__ import annotations
 
 import argparse
-import os
+import json
 from pathlib import Path
 
 from bench.errors import BenchError
 
 
 def add_parser(subparsers) -> None:
+    from bench.run_config import add_folder_argument
+
     p = subparsers.add_parser("data", help="list, check and prepare datasets; export few-shot index files",
                               description="Datasets: what is known and present, checks, downloads, index files.")
     sub = p.add_subparsers(dest="data_command", required=True)
     _add(sub, "list", _cmd_list, "known datasets, whether their data is present, sizes").add_argument(
         "--du", action="store_true", help="also measure the disk usage of present datasets")
+    sub.choices["list"].add_argument("--json", action="store_true", help="print the list as one JSON document")
     check = _add(sub, "check", _cmd_check, "every listed image present and decodable, class count, sizes, sha256")
     check.add_argument("names", help="dataset name(s), comma-separated, or 'all' (those present)")
     check.add_argument("--no-decode", action="store_true", help="only check that the listed files exist")
@@ -37,21 +40,20 @@ def add_parser(subparsers) -> None:
     export.add_argument("--out", type=Path, required=True, help="folder to write <dataset>/<protocol>/shot_K-seed_S.json")
     export.add_argument("--sampling", default="dassl", choices=("dassl", "dassl_repeat"),
                         help="few-shot sampling, as bench run --sampling (default: dassl)")
-    export.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("BENCH_CACHE_DIR", "cache")),
-                        help="the cache whose index files are exported (drawn there first if absent)")
+    add_folder_argument(export, "cache_dir", "the cache whose index files are exported (drawn there first if absent)")
     imported = _add(sub, "import-splits", _cmd_import,
                     "use exported few-shot index files, checked against the split files here")
     imported.add_argument("folder", type=Path, help="a folder written by export-splits")
-    imported.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("BENCH_CACHE_DIR", "cache")),
-                          help="the cache bench run reads index files from (default: ./cache, or BENCH_CACHE_DIR)")
+    add_folder_argument(imported, "cache_dir", "the cache bench run reads index files from")
     mini = _add(sub, "miniature", _cmd_miniature, "write miniatures of the real layouts (few classes, tiny images)")
     mini.add_argument("names", nargs="?", default="all", help="dataset name(s), comma-separated, or 'all'")
 
 
 def _add(sub, name: str, func, help_text: str) -> argparse.ArgumentParser:
+    from bench.run_config import add_folder_argument
+
     p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-    p.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA_ROOT", "data")),
-                   help="datasets live in DATA_ROOT/<dataset folder> (default: ./data, or BENCH_DATA_ROOT)")
+    add_folder_argument(p, "data_root")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=func)
     return p
@@ -108,6 +110,10 @@ def _cmd_list(args) -> int:
             status += f" ({_disk_usage(args.data_root / spec.folder)})"
         rows.append((name, _kind(spec), str(spec.n_classes or "-"), sizes, _download_kind(spec), status,
                      str(args.data_root / spec.folder)))
+    if args.json:
+        keys = ("name", "kind", "classes", "sizes", "download", "status", "folder")
+        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows[1:]], indent=2))
+        return 0
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -168,9 +174,9 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from bench._io import atomic_write_bytes
     from bench.datasets import read_dataset
     from bench.datasets.splits import load_or_create_fewshot
+    from bench.fileio import atomic_write_bytes
     from bench.spec import ALL_SHOTS, parse_int_list
 
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)

@@ -8,7 +8,7 @@ A *source* is ten labeled classes of small grayscale images with a train and a t
   where the Debian package is absent; its train/test parts are a seeded per-class split.
 
 Each source's classes are cut in two halves, the way a web-scale CLIP knows some concepts well and
-others barely: the demo CLIP (:mod:`bench.demo_clip`) is pretrained on captioned train images of all
+others barely: the demo CLIP (:mod:`bench.tools.demo_clip`) is pretrained on captioned train images of all
 ten classes, but of five *rare* classes it sees only ``rare_images`` images each. The few-shot
 *target* dataset is the five rare classes, drawn from images the pretraining never saw (test from the
 source's test part, train and val from train images held out of pretraining). Its zero-shot accuracy
@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench._io import atomic_write_bytes, sha256_file
+from bench.datasets.spec import DatasetSpec
 from bench.errors import BenchError
+from bench.fileio import atomic_write_bytes, sha256_file
 from bench.seeding import derive_seed, numpy_generator
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -278,3 +279,28 @@ def generate_fashion_mnist(dataset_dir: Path) -> Path:
 def generate_digits(dataset_dir: Path) -> Path:
     """Generator of ``digits_fewshot``: the digits 5-9, rare in the fallback demo CLIP's pretraining."""
     return write_target(dataset_dir, DIGITS, DIGITS_SPLIT_FILE)
+
+
+# bench demo's targets, registered from here (not from the catalog of real datasets): five classes of a real source that the demo CLIP
+# was not pretrained on, generated from a Debian package or scikit-learn (no download).
+FASHION_MNIST_FEWSHOT = DatasetSpec(
+    name="fashion_mnist_fewshot",
+    version="1",
+    folder="fashion_mnist_fewshot",
+    image_dir="images",
+    split_file=FASHION_MNIST_SPLIT_FILE,
+    prompts={"coop": ("a photo of a {}.",), "ensemble": CAPTION_TEMPLATES},
+    generator="bench.datasets.demo_data:generate_fashion_mnist",
+    n_classes=5,
+)
+
+DIGITS_FEWSHOT = DatasetSpec(
+    name="digits_fewshot",
+    version="1",
+    folder="digits_fewshot",
+    image_dir="images",
+    split_file=DIGITS_SPLIT_FILE,
+    prompts={"coop": ("a photo of a {}.",), "ensemble": CAPTION_TEMPLATES},
+    generator="bench.datasets.demo_data:generate_digits",
+    n_classes=5,
+)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench._io import atomic_write_bytes, atomic_write_json
 from bench.datasets.readers import official_class_ids
 from bench.datasets.spec import MINIATURE_MARKER, DatasetSpec
 from bench.errors import BenchError
+from bench.fileio import atomic_write_bytes, atomic_write_json
 from bench.seeding import derive_seed
 
 PER_CLASS = {"train": 4, "val": 2, "test": 2}

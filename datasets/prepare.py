@@ -17,11 +17,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._io import atomic_write_bytes, atomic_write_json
 from bench.datasets import read_dataset
 from bench.datasets.download import fetch, unpack, verify
 from bench.datasets.spec import DatasetSpec, Download
 from bench.errors import BenchError
+from bench.fileio import atomic_write_bytes, atomic_write_json
 
 DOWNLOADS = ".downloads"
 STATE_FILE = "state.json"

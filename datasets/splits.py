@@ -27,7 +27,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from bench.datasets.readers import (
     check_counts,
     check_images_exist,
@@ -37,6 +36,7 @@ from bench.datasets.readers import (
 )
 from bench.datasets.spec import DatasetSpec, DatasetSplits, LabeledImages, expectations
 from bench.errors import BenchError
+from bench.fileio import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from bench.seeding import derive_seed
 
 SAMPLINGS = ("dassl", "dassl_repeat")  # Dassl's current default (repeat=False); repeat=True

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench._io import atomic_write_bytes
+from bench.fileio import atomic_write_bytes
 
 CLASSNAMES = (
     "red_stripes", "green_stripes", "blue_stripes", "yellow_stripes",

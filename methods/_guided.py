@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.methods._train import SGDRecipe, accuracy, cpu_threads_for, train_on_features, val_reporter
 from bench.methods.base import FewShotData, FitContext, embed_classes, prompt_templates
 from bench.methods.coop import PromptLearner, text_tower
+from bench.methods.training import SGDRecipe, accuracy, cpu_threads_for, train_on_features, val_reporter
 from bench.seeding import derive_seed, torch_generator
 
 OFFICIAL = "official"

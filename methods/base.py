@@ -103,7 +103,7 @@ class Needs:
         augment_scale: RandomResizedCrop area range of the augmented views: Dassl's (0.08, 1) by
             default; Tip-Adapter and LP++ crop with (0.5, 1).
         images: the method reads pixels (``data.train.images``, ``data.val.images``) and runs the
-            image encoder inside its training step (:mod:`bench.methods._encoder`): live augmentation
+            image encoder inside its training step (:mod:`bench.methods.encoder_training`): live augmentation
             or an adapted encoder. Its classifier then offers ``encode_images``, and the runner scores
             val and test images through it rather than through the frozen cache.
     """

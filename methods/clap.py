@@ -43,7 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._train import (
+from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
+from bench.methods.tip_adapter import default_prompts
+from bench.methods.training import (
     SGDRecipe,
     accuracy,
     cpu_threads_for,
@@ -51,8 +53,6 @@ from bench.methods._train import (
     train_on_features,
     val_reporter,
 )
-from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
-from bench.methods.tip_adapter import default_prompts
 from bench.seeding import derive_seed, torch_generator
 
 CONSTRAINTS = ("l2", "none")

@@ -26,7 +26,7 @@ Defaults and where they come from:
   hard-codes RN50's 1024).
 - Optimiser: the official code trains with CoOp's config (README: "follow CoOp's command"): SGD
   lr 0.002, batch 32, cosine, 1 warm-up epoch at 1e-5, epochs by shots
-  (:func:`bench.methods._train.coop_epochs`; ImageNet 50 as CoOp's ImageNet configs, whereas
+  (:func:`bench.methods.training.coop_epochs`; ImageNet 50 as CoOp's ImageNet configs, whereas
   Tip-Adapter's Table 1 times CLIP-Adapter at 200 ImageNet epochs: ``--set clip_adapter.epochs=200``).
 - Augmentation: CoOp's random-resized-crop + flip, taken from ``train_views`` = 10 cached views per
   image (one drawn per epoch) instead of re-encoding every epoch; ``augment = "live"`` encodes a fresh
@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._encoder import check_augment, train_on_live_features
-from bench.methods._train import (
+from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
+from bench.methods.encoder_training import check_augment, train_on_live_features
+from bench.methods.training import (
     SGDRecipe,
     accuracy,
     coop_epochs,
@@ -52,7 +53,6 @@ from bench.methods._train import (
     train_on_features,
     val_reporter,
 )
-from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
 from bench.seeding import derive_seed, torch_generator
 
 BRANCHES = ("visual", "text", "both")

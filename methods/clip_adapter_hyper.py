@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.methods._train import coop_epochs
 from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
 from bench.methods.clip_adapter import (
     ALPHA_BY_DATASET,
@@ -43,6 +42,7 @@ from bench.methods.clip_adapter import (
     fit_adapters,
     seeded_adapter,
 )
+from bench.methods.training import coop_epochs
 from bench.seeding import derive_seed
 
 

@@ -4,7 +4,7 @@ CVPR 2024 workshops).
 Every query, key and value projection of every transformer block, text and vision, gets a trainable
 low-rank update ``ΔW = s · B A`` (A: (r, W), B: (W, r), ``s = alpha / sqrt(r)``), with dropout on
 the update's input. Each step runs the whole text encoder over the C class prompts and the image
-encoder over a batch of freshly augmented images (:mod:`bench.methods._encoder`); the loss is
+encoder over a batch of freshly augmented images (:mod:`bench.methods.encoder_training`); the loss is
 cross-entropy on ``logit_scale · cos(image, text)``. The returned classifier keeps the adapters:
 test images go through its ``encode_images`` (the adapted image encoder), and class names through the
 adapted text encoder (``for_classes``: base-to-new).
@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._encoder import (
+from bench.methods.base import FewShotData, FitContext, Needs
+from bench.methods.encoder_training import (
     cosine_annealing,
     encoded_set,
     epochs_for_steps,
@@ -55,8 +56,7 @@ from bench.methods._encoder import (
     vision_blocks,
     wrapped,
 )
-from bench.methods._train import accuracy, val_reporter
-from bench.methods.base import FewShotData, FitContext, Needs
+from bench.methods.training import accuracy, val_reporter
 from bench.seeding import derive_seed, torch_generator
 
 ENCODERS = ("text", "vision", "both")

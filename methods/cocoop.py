@@ -10,7 +10,7 @@ prompts ``[SOT][v1 + π]…[vM + π][name][.][EOT]`` and its own class text feat
 
 Defaults (the c4/ctxv1 config): ``ctx_init = "a photo of a"`` (M = 4), SGD lr 0.002, momentum 0.9, weight
 decay 5e-4, **batch 1**, **10 epochs**, cosine schedule with one warm-up epoch at 1e-5 (the recipe in
-:mod:`bench.methods._train`), last-epoch model, 16 shots in the paper (the same recipe at every K here).
+:mod:`bench.methods.training`), last-epoch model, 16 shots in the paper (the same recipe at every K here).
 
 Every image needs its own pass of C prompts through the text transformer: the official code loops over
 the images of a batch. Here the (images × classes) prompts run as one batch, truncated after the longest
@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from bench.methods._train import SGDRecipe, accuracy, cpu_threads_for, train_on_features, val_reporter
 from bench.methods.base import FewShotData, FitContext, Needs
 from bench.methods.coop import (
     CoopConfig,
@@ -46,6 +45,7 @@ from bench.methods.coop import (
     init_context,
     text_tower,
 )
+from bench.methods.training import SGDRecipe, accuracy, cpu_threads_for, train_on_features, val_reporter
 from bench.seeding import derive_seed, torch_generator
 
 ACTIVATION_FLOATS = 16  # floats per token, layer and width unit one prompt keeps for backward (estimate)

@@ -16,7 +16,7 @@ Defaults and where they come from (CoOp ``train.py``, ``configs/trainers/CoOp/rn
   With ``csc`` and a phrase, every class starts from the phrase (CoOp ignores ``csc`` then).
 - SGD lr 0.002, momentum 0.9, weight decay 5e-4, batch 32, cosine schedule, 1 warm-up epoch at a
   constant 1e-5; epochs by shots: 50 (1 shot), 100 (2/4), 200 (8/16), ImageNet 50 — the shared
-  recipe in :mod:`bench.methods._train`, which also keeps EuroSAT 1/2-shot (fewer images than a
+  recipe in :mod:`bench.methods.training`, which also keeps EuroSAT 1/2-shot (fewer images than a
   batch) training instead of yielding an empty loader.
 - Last-epoch model (Dassl ``TEST.FINAL_MODEL = last_step``).
 
@@ -26,7 +26,7 @@ Deviations from the official code:
   fresh augmentation every step. This *does* change what is computed: over 50–200 epochs each image is
   seen through at most 10 distinct crops instead of one new crop per epoch, so the training signal is
   less varied (the image encoder is frozen in CoOp too, so nothing else differs). ``augment = "live"``
-  encodes a fresh crop of every image every epoch instead (:mod:`bench.methods._encoder`); see
+  encodes a fresh crop of every image every epoch instead (:mod:`bench.methods.encoder_training`); see
   docs/fidelity.md.
 - During training the text transformer runs only up to the longest prompt's EOT position: under the
   causal mask no position attends to a later one, so the EOT features are the same as over all 77
@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._encoder import check_augment, train_on_live_features
-from bench.methods._train import (
+from bench.methods.base import FewShotData, FitContext, Needs
+from bench.methods.encoder_training import check_augment, train_on_live_features
+from bench.methods.training import (
     SGDRecipe,
     accuracy,
     coop_epochs,
@@ -54,7 +55,6 @@ from bench.methods._train import (
     train_on_features,
     val_reporter,
 )
-from bench.methods.base import FewShotData, FitContext, Needs
 from bench.seeding import derive_seed, torch_generator
 
 POSITIONS = ("end", "middle", "front")

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._train import cpu_threads_for
 from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
 from bench.methods.tip_adapter import default_prompts
+from bench.methods.training import cpu_threads_for
 from bench.seeding import derive_seed, torch_generator
 
 LR_GRID = (1e-3, 1e-4)             # HYPER_DICT['linear']

@@ -35,9 +35,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.methods._train import accuracy, check_loss, cpu_threads_for
 from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
 from bench.methods.tip_adapter import TIP_AUGMENT_SCALE, default_prompts, train_dtype
+from bench.methods.training import accuracy, check_loss, cpu_threads_for
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ keeps them: test images go through its ``encode_images`` (the prompted image enc
 names through the prompted text encoder (``for_classes``: base-to-new, MaPLe's main protocol).
 
 The prompts enter through forward pre-hooks on open_clip's ``ln_pre`` and transformer blocks
-(:func:`bench.methods._encoder.pre_hooks`), installed only while a MaPLe forward runs.
+(:func:`bench.methods.encoder_training.pre_hooks`), installed only while a MaPLe forward runs.
 
 Defaults, each read in muzairkhattak/multimodal-prompt-learning (snapshot 69bce21, 2023-07-24):
 - ``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``: ``N_CTX: 2``, ``CTX_INIT: "a photo of a"``,
@@ -43,7 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._encoder import (
+from bench.methods.base import FewShotData, FitContext, Needs
+from bench.methods.clip_lora import AdaptedEncoderClassifier
+from bench.methods.coop import PromptLearner, text_tower
+from bench.methods.encoder_training import (
     encoded_set,
     grad_checkpointing,
     image_features,
@@ -55,10 +58,7 @@ from bench.methods._encoder import (
     train_steps,
     vision_blocks,
 )
-from bench.methods._train import SGDRecipe, accuracy, dassl_lr, make_optimizer, val_reporter
-from bench.methods.base import FewShotData, FitContext, Needs
-from bench.methods.clip_lora import AdaptedEncoderClassifier
-from bench.methods.coop import PromptLearner, text_tower
+from bench.methods.training import SGDRecipe, accuracy, dassl_lr, make_optimizer, val_reporter
 from bench.seeding import derive_seed, torch_generator
 
 DEEP_PROMPT_STD = 0.02  # trainers/maple.py: nn.init.normal_(single_para, std=0.02)

@@ -40,7 +40,6 @@ from bench.methods._guided import (
     prompt_logits,
     train_context,
 )
-from bench.methods._train import coop_epochs
 from bench.methods.base import FewShotData, FitContext, Needs
 from bench.methods.coop import (
     CoopConfig,
@@ -50,6 +49,7 @@ from bench.methods.coop import (
     init_context,
     text_tower,
 )
+from bench.methods.training import coop_epochs
 from bench.seeding import derive_seed, torch_generator
 
 # ProGrad.public/trainers/prograd.py CUSTOM_TEMPLATES, keyed by bench dataset name

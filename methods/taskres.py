@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._train import SGDRecipe, accuracy, cpu_threads_for, train_on_features, val_reporter
 from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
+from bench.methods.training import SGDRecipe, accuracy, cpu_threads_for, train_on_features, val_reporter
 from bench.seeding import derive_seed, torch_generator
 
 IMAGENET_LIKE = frozenset({"imagenet"})

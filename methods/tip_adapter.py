@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods._train import Batches, accuracy, check_loss, cpu_threads_for, run_epoch
 from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
+from bench.methods.training import Batches, accuracy, check_loss, cpu_threads_for, run_epoch
 from bench.seeding import derive_seed, torch_generator
 
 TIP_AUGMENT_SCALE = (0.5, 1.0)

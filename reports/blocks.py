@@ -27,7 +27,9 @@ METHOD_ORDER = ("zero_shot", "linear_probe", "coop", "clip_adapter", "clip_adapt
 METHOD_NAMES = {
     "zero_shot": "Zero-shot CLIP", "linear_probe": "Linear probe", "linear_probe_zs": "ZS-LP", "coop": "CoOp",
     "clip_adapter": "CLIP-Adapter", "clip_adapter_hyper": "CLIP-Adapter (hypernetwork)", "tip_adapter": "Tip-Adapter",
-    "tip_adapter_f": "Tip-Adapter-F", "lp_pp": "LP++", "clap": "CLAP",
+    "tip_adapter_f": "Tip-Adapter-F", "lp_pp": "LP++", "clap": "CLAP", "cocoop": "CoCoOp", "kgcoop": "KgCoOp",
+    "prograd": "ProGrad", "taskres": "TaskRes", "gda": "GDA", "cross_modal_lp": "Cross-modal LP",
+    "clip_lora": "CLIP-LoRA", "maple": "MaPLe",
 }
 METRIC_TITLES = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "mean_per_class_recall": "Mean per-class recall",
                  "val_top1": "Top-1 accuracy on the few-shot validation split"}

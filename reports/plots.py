@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench._io import atomic_write_bytes
+from bench.fileio import atomic_write_bytes
 from bench.reports.aggregate import (
     aggregate,
     dataset_average,

@@ -27,7 +27,7 @@ pip() { "$VENV/bin/python" -m pip "$@" >"$log" 2>&1 || { cat "$log" >&2; echo "s
 pip install -q --upgrade pip "setuptools>=77" wheel
 # shellcheck disable=SC2086
 [[ $BENCH_TORCH == skip ]] || pip install -q $BENCH_TORCH
-pip install -q -e ".[test,demo]"
+pip install -q -e ".[test,demo,tensorboard]"
 # bench demo's real images: Debian's Fashion-MNIST (30 MB), where apt and root are at hand; elsewhere the demo
 # falls back to scikit-learn's digits and says so.
 if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then

@@ -1,4 +1,5 @@
-"""CLI of cluster sweeps: the executor flags of ``bench run`` and the ``bench status`` subcommand.
+"""CLI of cluster sweeps: ``bench run`` with a sweep executor (its options, like every ``bench run`` option,
+are defined once in :class:`bench.run_config.RunConfig`) and the ``bench status`` subcommand.
 
 ``bench run --executor slurm [--slurm-profile NAME] [--partition P --gpus-per-task 1 --time 60 ...]``
 submits the grid (see :mod:`bench.slurm.sweep`) and follows it; ``--detach`` returns right after
@@ -9,57 +10,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import json
 import sys
 from pathlib import Path
 
 from bench.errors import BenchError
 
-# Flags that only mean something for a sweep, with their argparse types (None = not given).
-_RESOURCE_FLAGS = {"partition": str, "gpus_per_task": int, "cpus_per_task": int, "mem_gb": float, "time": int,
-                   "account": str, "constraint": str, "cells_per_task": int, "array_parallelism": int}
 
+def sweep_requested(args) -> bool:
+    """True for ``--executor processes|debug|slurm``; sweep-only options with the local executor are an error.
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The executor flags of ``bench run``."""
-    group = parser.add_argument_group("executors and cluster sweeps (flags override the --slurm-profile)")
-    group.add_argument("--executor", default="local", choices=("local", "processes", "debug", "slurm"),
-                       help="local: in this process (default); processes: one local subprocess per job; "
-                            "debug: the sweep's jobs in this process; slurm: a job array on Slurm via submitit")
-    group.add_argument("--slurm-profile", default=None, metavar="NAME|FILE.json",
-                       help="resources from slurm/profiles: gpu_short (default for slurm), gpu_long, cpu_debug "
-                            "(default for processes/debug), or a .json file with the same fields")
-    group.add_argument("--partition", help="Slurm partition")
-    group.add_argument("--gpus-per-task", type=int, help="GPUs per job")
-    group.add_argument("--cpus-per-task", type=int, help="CPUs per job (also the image-decoding workers on GPU jobs)")
-    group.add_argument("--mem-gb", type=float, help="host memory per job, GB")
-    group.add_argument("--time", type=int, metavar="MINUTES", help="wall time per job; a task that reaches it "
-                       "checkpoints and requeues itself")
-    group.add_argument("--account", help="Slurm account")
-    group.add_argument("--constraint", help="Slurm node constraint, e.g. a100")
-    group.add_argument("--cells-per-task", type=int, help="cells run one after another in one array task")
-    group.add_argument("--array-parallelism", type=int, help="array tasks (or local processes) at once")
-    group.add_argument("--detach", action="store_true", help="return after submitting (slurm); follow later with "
-                       "`bench status --watch`")
-    group.add_argument("--poll", type=float, default=None, metavar="SECONDS",
-                       help="seconds between two looks at the jobs (default: 5 for slurm, 1 otherwise)")
+    ``args`` is a :class:`bench.run_config.RunConfig` (flags and --config file together).
+    """
+    from bench.run_config import SWEEP_ONLY, RunConfig, flag_of, option_fields
 
-
-def sweep_requested(args: argparse.Namespace) -> bool:
-    """True for ``--executor processes|debug|slurm``; sweep-only flags with the local executor are an error."""
     if args.executor != "local":
         return True
-    given = [name for name in (*_RESOURCE_FLAGS, "slurm_profile", "poll") if getattr(args, name) is not None]
-    given += ["detach"] if args.detach else []
+    defaults = RunConfig(data_root=args.data_root, cache_dir=args.cache_dir, results=args.results)
+    given = [flag_of(f) for f in option_fields() if f.name in SWEEP_ONLY
+             and getattr(args, f.name) != getattr(defaults, f.name)]
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise BenchError(f"{flags} only apply to sweeps", where="--executor local",
+        raise BenchError(f"{', '.join(given)} only apply to sweeps", where="--executor local",
                          fix="add --executor slurm (or processes), or drop those flags")
     return False
 
 
-def sweep_options(args: argparse.Namespace):
-    """SweepOptions from the flags: the profile, then every flag that was given."""
+def sweep_options(args, content: dict | None = None):
+    """SweepOptions from a :class:`bench.run_config.RunConfig`: the profile, then every option that was given."""
+    from bench.run_config import RESOURCE_OPTIONS
     from bench.slurm.resources import DEFAULT_PROFILE, load_profile, with_overrides
     from bench.slurm.sweep import SweepOptions
 
@@ -67,22 +45,27 @@ def sweep_options(args: argparse.Namespace):
         raise BenchError("only Slurm sweeps can detach", where="--detach",
                          fix="drop --detach; processes and debug sweeps run inside this command")
     base = load_profile(args.slurm_profile or DEFAULT_PROFILE[args.executor])
-    flags = {name: getattr(args, name) for name in _RESOURCE_FLAGS}
-    flags["time_min"] = flags.pop("time")
+    flags = {name: getattr(args, name) for name in RESOURCE_OPTIONS}
+    flags["slurm_additional_parameters"] = flags["slurm_additional_parameters"] or None
+    flags["setup"] = flags["setup"] or None
     resources = with_overrides(base, **flags)
     poll = args.poll if args.poll is not None else (5.0 if args.executor == "slurm" else 1.0)
-    return SweepOptions(executor=args.executor, resources=resources, detach=args.detach, poll_s=poll)
+    return SweepOptions(executor=args.executor, resources=resources, detach=args.detach, poll_s=poll,
+                        config=content)
 
 
-def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
-    """``bench run --executor processes|debug|slurm``: plan, submit, follow (or detach)."""
+def run_sweep(args, specs: list, options, content: dict | None = None) -> int:
+    """``bench run --executor processes|debug|slurm``: plan, submit, follow (or detach).
+
+    ``args`` is the run's :class:`bench.run_config.RunConfig`; ``content`` the --config file's content (into the
+    sweep manifest)."""
     from bench.runner import Session, plan_cells
     from bench.slurm import progress, sweep
     from bench.slurm.resources import describe
 
-    config = sweep_options(args)
+    config = sweep_options(args, content)
     if args.workers is None:  # decide for the job's node, not for this (login) node
-        workers = min(8, config.resources.cpus_per_task) if config.resources.gpus_per_task else 0
+        workers = min(8, config.resources.cpus_per_task) if config.resources.uses_gpus else 0
         options = dataclasses.replace(options, extract=dataclasses.replace(options.extract, num_workers=workers))
     cells = plan_cells(specs, Session(options), dry_run=args.dry_run)
     if config.executor == "slurm":  # the nodes read the weights from the cache: fetch or fail before submitting
@@ -106,6 +89,8 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
         for cell, entry in zip(cells, manifest.cells, strict=True):
             where = "done" if entry.task is None else f"task {entry.task}"
             print(f"{'todo' if entry.task is not None else 'done'}  {cell.spec.name}  {cell.spec.backbone}  ({where})")
+        if config.executor == "slurm" and manifest.tasks:
+            _print_scripts(manifest, config.resources)
         return 0
     if not pending:
         print(f"nothing to submit; records in {args.results}")
@@ -125,6 +110,19 @@ def run_sweep(args: argparse.Namespace, specs: list, options) -> int:
         print(f"stopped following; the jobs go on. Reattach with: bench status --results {args.results} --watch")
         return 130
     return _summary(statuses, args.results)
+
+
+def _print_scripts(manifest, resources) -> None:
+    """The sbatch scripts of the first feature job and its cell array, as submitit would submit them."""
+    from bench.slurm.resources import sbatch_script
+
+    dataset = manifest.features[0].dataset
+    size = sum(task.feature == 0 for task in manifest.tasks)
+    for title, name, array, dependency in (
+            ("feature job", f"bench-features-{dataset}", None, None),
+            (f"cell array ({size} task(s); afterok on the feature job)", f"bench-cells-{dataset}", size, "<FEATURE_JOB_ID>")):
+        print(f"--- sbatch script: {title} ---")
+        print(sbatch_script(resources, name=name, folder=manifest.log_folder, array_size=array, dependency=dependency))
 
 
 def _without_cells_in_flight(cells: list, results_root: Path) -> list:
@@ -157,18 +155,36 @@ def _summary(statuses: list, results: Path) -> int:
     return 1 if failed else 0
 
 
+def _status_json(manifest) -> int:
+    """``bench status --json``: one look at the sweep (no --watch), as a JSON document; exit 1 when it
+    finished with failed cells, as without --json."""
+    from bench.slurm import progress, sweep
+
+    tracker = sweep.attach(manifest)
+    tracker.step()
+    statuses = progress.cell_statuses(manifest, *tracker.states(), progress.RecordReader(Path(manifest.results_root)))
+    counts = progress.count(statuses)
+    print(json.dumps({"sweep": manifest.sweep_id, "executor": manifest.executor, "submitted": manifest.created_at,
+                      "counts": counts, "finished": progress.is_finished(counts),
+                      "cells": [{"cell": s.entry.name, "backbone": s.entry.backbone, "state": s.state,
+                                 "detail": s.detail, "record": s.entry.record} for s in statuses]}, indent=2))
+    return 1 if progress.is_finished(counts) and counts["failed"] + counts["unknown"] else 0
+
+
 def add_parser(subparsers) -> None:
     """``bench status``."""
+    from bench.run_config import add_folder_argument
+
     p = subparsers.add_parser("status", help="progress of a sweep submitted with --executor slurm|processes|debug",
                               description="Show a sweep's cells as submitted / running / done / failed, from its "
                                           "manifest in the results folder, the job states and the records; failed "
                                           "cells show the end of their traceback.")
-    p.add_argument("--results", type=Path, default=Path(os.environ.get("BENCH_RESULTS_DIR", "results")),
-                   help="results folder the sweep writes into (default: ./results)")
+    add_folder_argument(p, "results", "results folder the sweep writes into")
     p.add_argument("--sweep", default=None, help="sweep id (default: the latest one)")
     p.add_argument("--watch", action="store_true", help="follow until no cell is submitted or running")
     p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="with --watch: seconds between looks")
     p.add_argument("--list", action="store_true", help="list the sweeps in the results folder")
+    p.add_argument("--json", action="store_true", help="print the sweep's cells and counts (or --list) as JSON")
     p.set_defaults(func=_cmd_status)
 
 
@@ -177,10 +193,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from bench.slurm.manifest import find_manifest, list_sweeps
 
     if args.list:
-        for sweep_id in list_sweeps(args.results):
+        for sweep_id in [json.dumps(list_sweeps(args.results))] if args.json else list_sweeps(args.results):
             print(sweep_id)
         return 0
     manifest = find_manifest(args.results, args.sweep)
+    if args.json:
+        return _status_json(manifest)
     print(f"sweep {manifest.sweep_id} ({manifest.executor}, submitted {manifest.created_at}): "
           f"{len(manifest.tasks)} array task(s); logs in {Path(manifest.log_folder).parent}")
     tracker = sweep.attach(manifest)

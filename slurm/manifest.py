@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench._io import atomic_write_json, sha256_json
 from bench.errors import BenchError
+from bench.fileio import atomic_write_json, sha256_json
 
 MANIFEST_SCHEMA = 1
 SWEEPS_FOLDER = ".sweeps"

@@ -7,7 +7,7 @@ on ImageNet with distribution-shift scores, and RN50/openai base-to-new on DTD.
 
 from pathlib import Path
 
-from bench._io import sha256_json
+from bench.fileio import sha256_json
 from bench.results import RunResult, result_path, write_result
 
 SHORTEST = {"resize": "shortest", "image_size": 224, "interpolation": "bicubic"}

@@ -280,7 +280,7 @@ def test_bad_input_is_one_line_naming_the_file(data_root, tmp_path, monkeypatch,
     import torch
     from PIL import Image
 
-    from bench import _io
+    from bench import fileio
     from bench.backbone import BackboneRef, load_backbone
     from bench.datasets import read_dataset
     from bench.datasets.catalog import SYNTHETIC
@@ -362,7 +362,7 @@ def test_bad_input_is_one_line_naming_the_file(data_root, tmp_path, monkeypatch,
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(_io, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(fileio, "atomic_write_bytes", full_disk)
     _one_line_error(capsys, ["report", "--results", str(results), "--out", str(tmp_path / "t.md")],
                     f"{tmp_path / 't.md'}: No space left on device", "free space")
     monkeypatch.undo()

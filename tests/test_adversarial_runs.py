@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from bench import _io
+from bench import fileio
 from bench.datasets.catalog import SYNTHETIC
 from bench.datasets.splits import read_split_file
 from bench.errors import BenchError, NonFiniteError
@@ -224,8 +224,8 @@ def test_temp_files_of_killed_writers_are_removed_and_folders_fsynced(tmp_path, 
             fsynced_folders.append((info.st_dev, info.st_ino))
         real_fsync(fd)
 
-    monkeypatch.setattr(_io.os, "fsync", spy)
-    _io.atomic_write_json(tmp_path / "e.json", {"ok": True})
+    monkeypatch.setattr(fileio.os, "fsync", spy)
+    fileio.atomic_write_json(tmp_path / "e.json", {"ok": True})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name, "e.json"])
     assert (tmp_path.stat().st_dev, tmp_path.stat().st_ino) in fsynced_folders
 

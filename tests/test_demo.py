@@ -11,8 +11,11 @@ from PIL import Image
 
 from bench.backbone import BackboneRef, Preprocessing, load_backbone
 from bench.datasets.demo_data import FASHION_MNIST_FILES, load_source
-from bench.demo import choose_source
-from bench.demo_clip import (
+from bench.errors import BenchError
+from bench.images import center_view
+from bench.seeding import torch_generator
+from bench.tools.demo import choose_source
+from bench.tools.demo_clip import (
     DEMO_ARCH,
     contrastive_loss,
     ensure_demo_clip,
@@ -21,9 +24,6 @@ from bench.demo_clip import (
     random_crops,
     recipe_for,
 )
-from bench.errors import BenchError
-from bench.images import center_view
-from bench.seeding import torch_generator
 
 
 def test_auto_source_falls_back_to_digits_with_a_notice(tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from bench.datasets import dataset_registry
-from bench.datasets.catalog import FASHION_MNIST_FEWSHOT
 from bench.datasets.demo_data import (
     FASHION_MNIST,
+    FASHION_MNIST_FEWSHOT,
     FASHION_MNIST_FILES,
     load_source,
     pretraining_images,

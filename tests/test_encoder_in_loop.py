@@ -22,7 +22,7 @@ from bench.datasets.catalog import SYNTHETIC
 from bench.errors import BenchError
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
 from bench.images import CENTER
-from bench.methods import _encoder
+from bench.methods import encoder_training
 from bench.methods.base import FeatureSet, FewShotData, FitContext, ImageSource
 from bench.methods.clip_lora import ClipLora
 from bench.methods.maple import Maple, MaplePrompts
@@ -78,7 +78,7 @@ def test_clip_lora_at_initialisation_is_zero_shot(splits, backbone):
     zero_shot = ZeroShot().fit(data, ZeroShot().default_config("synthetic", 2), _ctx(backbone))
     test = _set(splits, backbone, "test")
     with torch.no_grad():
-        adapted = lora(_encoder.encoded_set(lora.encode_images, test, CPU).center)
+        adapted = lora(encoder_training.encoded_set(lora.encode_images, test, CPU).center)
         frozen = zero_shot(test.center)
     assert torch.equal(adapted, frozen)
     assert all(torch.count_nonzero(m.B[s] if hasattr(m.B, "keys") else m.B) == 0
@@ -91,7 +91,7 @@ def test_clip_lora_with_trained_b_is_not_zero_shot(splits, backbone):
     cfg = dataclasses.replace(ClipLora().default_config("synthetic", 2), n_iters=2, lr=1e-2)
     lora = ClipLora().fit(data, cfg, _ctx(backbone))
     test = _set(splits, backbone, "test")
-    assert not torch.equal(_encoder.encoded_set(lora.encode_images, test, CPU).features, test.features)
+    assert not torch.equal(encoder_training.encoded_set(lora.encode_images, test, CPU).features, test.features)
 
 
 def test_maple_with_zero_length_prompts_is_the_frozen_encoder(splits, backbone):
@@ -99,7 +99,7 @@ def test_maple_with_zero_length_prompts_is_the_frozen_encoder(splits, backbone):
     test = _set(splits, backbone, "test")
     with torch.no_grad():
         with prompts.installed(backbone.model):
-            prompted = _encoder.image_features(backbone, _pixels(splits, backbone, test))
+            prompted = encoder_training.image_features(backbone, _pixels(splits, backbone, test))
         text = prompts.text_features(backbone, splits.classnames)
     assert torch.equal(prompted, test.center)
     frozen_text = backbone.encode_text(backbone.tokenize([f"a photo of a {c}." for c in splits.classnames]))
@@ -110,7 +110,7 @@ def test_maple_prompts_change_both_encoders(splits, backbone):
     prompts = MaplePrompts(backbone, Maple.Config(), seed=1)
     test = _set(splits, backbone, "test")
     with torch.no_grad(), prompts.installed(backbone.model):
-        prompted = _encoder.image_features(backbone, _pixels(splits, backbone, test))
+        prompted = encoder_training.image_features(backbone, _pixels(splits, backbone, test))
     assert prompted.shape == test.center.shape and not torch.allclose(prompted, test.center)
     assert prompts.depth == 2  # the paper's depth 9, clipped to the tiny model's 2 layers
 
@@ -128,7 +128,7 @@ def test_clip_lora_on_a_resnet_adapts_the_attention_pool(data_root):
     cfg = dataclasses.replace(ClipLora().default_config("synthetic", 2), n_iters=0)
     lora = ClipLora().fit(data, cfg, _ctx(resnet))
     test = _set(splits, resnet, "test")
-    assert torch.equal(_encoder.encoded_set(lora.encode_images, test, CPU).features, test.features)
+    assert torch.equal(encoder_training.encoded_set(lora.encode_images, test, CPU).features, test.features)
 
 
 def _pixels(splits, backbone, data: FeatureSet) -> torch.Tensor:
@@ -143,11 +143,11 @@ def test_live_views_without_augmentation_are_the_cached_features(splits, backbon
     cached = cache.image_features(key, backbone, splits.image_root, train.paths,
                                   ExtractOptions(batch_size=128, progress=False))
     source = ImageSource(splits.image_root, tuple(train.paths), backbone.preprocessing)
-    live = _encoder.live_features(backbone, source, _encoder.live_view(seed=0, epoch=0, augment=False))
+    live = encoder_training.live_features(backbone, source, encoder_training.live_view(seed=0, epoch=0, augment=False))
     assert torch.equal(live.half().float(), cached[0])  # the cache stores float16
-    augmented = _encoder.live_features(backbone, source, _encoder.live_view(seed=0, epoch=0))
-    again = _encoder.live_features(backbone, source, _encoder.live_view(seed=0, epoch=0))
-    next_epoch = _encoder.live_features(backbone, source, _encoder.live_view(seed=0, epoch=1))
+    augmented = encoder_training.live_features(backbone, source, encoder_training.live_view(seed=0, epoch=0))
+    again = encoder_training.live_features(backbone, source, encoder_training.live_view(seed=0, epoch=0))
+    next_epoch = encoder_training.live_features(backbone, source, encoder_training.live_view(seed=0, epoch=1))
     assert torch.equal(augmented, again) and not torch.equal(augmented, next_epoch)
 
 
@@ -231,13 +231,13 @@ def test_no_activation_survives_a_step(batch_size, n_classes, splits, backbone):
     def loss_fn(pixels, y):
         text = lora.text_features(backbone, classnames)
         with lora.installed(backbone.model):
-            image = _encoder.image_features(backbone, pixels)
-        return torch.nn.functional.cross_entropy(_encoder.normalised_logits(100.0, image, text), y)
+            image = encoder_training.image_features(backbone, pixels)
+        return torch.nn.functional.cross_entropy(encoder_training.normalised_logits(100.0, image, text), y)
 
     saved = _SavedTensors()
     lora.train()
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-        _encoder.train_steps(params, optimizer, loss_fn, source, labels, epochs=3, batch_size=batch_size,
+        encoder_training.train_steps(params, optimizer, loss_fn, source, labels, epochs=3, batch_size=batch_size,
                              generator=torch_generator(0), seed=0, device=CPU, after_step=saved.after_step)
     assert len(saved.bytes_after_step) >= 3
     assert set(saved.bytes_after_step) == {0}, saved.bytes_after_step

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench._io import atomic_write_bytes, current_umask
 from bench.cli import main
+from bench.fileio import atomic_write_bytes, current_umask
 
 from .conftest import TINY
 

@@ -2,7 +2,15 @@
 
 import pytest
 
-from bench.grid_cost import GRID_SHOTS, StepCosts, affine, cell_steps, grid_seconds, paper_datasets, steps
+from bench.tools.grid_cost import (
+    GRID_SHOTS,
+    StepCosts,
+    affine,
+    cell_steps,
+    grid_seconds,
+    paper_datasets,
+    steps,
+)
 
 
 def test_coop_steps_per_seed_match_the_reference_count():

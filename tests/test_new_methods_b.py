@@ -319,7 +319,7 @@ def test_new_methods_are_registered():
 
 
 def test_perf_times_cocoops_per_image_text_pass(backbone):
-    from bench.perf import COCOOP_TIMED_STEPS, cocoop_rows
+    from bench.tools.perf import COCOOP_TIMED_STEPS, cocoop_rows
 
     data = clustered_data(NAMES, 2, 1)
     rows = cocoop_rows(data, toy_context(backbone))

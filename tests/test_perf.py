@@ -34,7 +34,7 @@ def test_every_profile_names_real_models_and_methods():
 
     from bench.backbone import bundled_configs
     from bench.methods import method_registry
-    from bench.perf import PROFILES
+    from bench.tools.perf import PROFILES
 
     for name, profile in PROFILES.items():
         arch = profile.backbone.split("/")[0]

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.methods._train import cpu_threads_for
 from bench.methods.tip_adapter import (
     TIP_AUGMENT_SCALE,
     TipAdapter,
@@ -14,6 +13,7 @@ from bench.methods.tip_adapter import (
     TipAdapterF,
     search_ratios,
 )
+from bench.methods.training import cpu_threads_for
 from bench.methods.zero_shot import ZeroShot
 from tests.toy import clip_scaled_backbone, clustered_data, toy_context
 

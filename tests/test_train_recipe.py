@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from bench.methods._train import (
+from bench.methods.base import FitContext
+from bench.methods.training import (
     SGDRecipe,
     batches,
     coop_epochs,
@@ -14,7 +15,6 @@ from bench.methods._train import (
     val_reporter,
     view_batches,
 )
-from bench.methods.base import FitContext
 
 
 def test_coop_epochs_by_shots():

@@ -5,9 +5,9 @@ A cell is timed over its first ``timed_steps`` optimiser steps and extrapolated 
 peak RSS). Each row's note compares our per-step work with the official code's: the same encoders run
 forward and backward in both; what differs is stated (precision, MaPLe's truncated text length).
 
-Kept apart from :mod:`bench.perf` (being reorganised for issue 17): :func:`encoder_rows` takes the
-support JPEGs and backbone :func:`bench.perf.run_profile` already made, so wiring it in is one call.
-Run alone: ``python -m bench.perf_encoder --profile cpu|gpu``.
+Kept apart from :mod:`bench.tools.perf` (being reorganised for issue 17): :func:`encoder_rows` takes the
+support JPEGs and backbone :func:`bench.tools.perf.run_profile` already made, so wiring it in is one call.
+Run alone: ``python -m bench.tools.perf_encoder --profile cpu|gpu``.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def encoder_rows(backbone: Backbone, root: Path, support: LabeledImages, n_class
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.perf import make_jpegs
+    from bench.tools.perf import make_jpegs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="auto", choices=("auto", *PROFILES))

@@ -36,7 +36,6 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bench._io import atomic_torch_save, atomic_write_json, sha256_json
 from bench.backbone import Preprocessing, bundled_config
 from bench.datasets.demo_data import (
     CAPTION_TEMPLATES,
@@ -46,6 +45,7 @@ from bench.datasets.demo_data import (
     pretraining_images,
     source_files,
 )
+from bench.fileio import atomic_torch_save, atomic_write_json, sha256_json
 from bench.seeding import derive_seed, torch_generator
 
 DEMO_ARCH = "bench-demo"

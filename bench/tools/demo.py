@@ -5,7 +5,7 @@
    (``fashion_mnist_fewshot`` or ``digits_fewshot``, :mod:`bench.datasets.demo_data`), generated
    under the data root from images the pretraining does not use.
 3. Backbone: a small CLIP pretrained here on all ten classes' captions, five of them rare
-   (:mod:`bench.demo_clip`), cached under ``<cache>/demo_clip`` by its recipe digest:
+   (:mod:`bench.tools.demo_clip`), cached under ``<cache>/demo_clip`` by its recipe digest:
    ``bench-demo/<checkpoint path>``.
 4. The grid: zero-shot, linear probe, CoOp and CLIP-Adapter, 1–16 shots, three
    seeds, through the ordinary runner (records under ``--results``, finished cells resumed).
@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench._io import ensure_writable_dir
 from bench.datasets.demo_data import SOURCES, fashion_mnist_available, fashion_mnist_dir
 from bench.errors import BenchError
+from bench.fileio import ensure_writable_dir
 
 DEMO_METHODS = ("zero_shot", "linear_probe", "coop", "clip_adapter")
 TARGET_DATASET = {"fashion_mnist": "fashion_mnist_fewshot", "digits": "digits_fewshot"}
 
 
 def add_parser(subparsers) -> None:
-    from bench.cli import _add_paths
+    from bench.cli import add_folder_options
 
     p = subparsers.add_parser(
         "demo", help="pretrain a small CLIP on real images, run few-shot methods on its rare classes, print the report",
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--force", action="store_true", help="redo cells that already have a record")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_paths(p)
+    add_folder_options(p)
     p.set_defaults(func=run)
 
 
@@ -64,11 +64,11 @@ def choose_source(requested: str) -> tuple[str, str | None]:
 
 def run(args: argparse.Namespace) -> int:
     from bench.backbone import resolve_device
-    from bench.demo_clip import DEMO_ARCH, ensure_demo_clip, recipe_for
     from bench.features import ExtractOptions
     from bench.methods import method_registry
     from bench.runner import RunOptions, Session, plan_cells, run_cells
     from bench.spec import ALL_SHOTS, expand_grid, parse_int_list
+    from bench.tools.demo_clip import DEMO_ARCH, ensure_demo_clip, recipe_for
 
     t0 = time.perf_counter()
     if args.steps is not None and args.steps < 1:

@@ -32,16 +32,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench._io import atomic_write_bytes
 from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device
 from bench.datasets.spec import LabeledImages
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
-from bench.grid_cost import GRID_METHODS
+from bench.fileio import atomic_write_bytes
 from bench.images import CENTER, ImageViews, ViewSpec
 from bench.methods import method_registry
 from bench.methods.base import FeatureSet, FewShotData, FitContext
 from bench.provenance import environment
 from bench.seeding import derive_seed, torch_generator
+from bench.tools.grid_cost import GRID_METHODS
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class PerfProfile:
         workers, batch_size: DataLoader processes and images per encoder forward.
         timed_epochs: per method, the epochs actually trained; the cell's time is scaled to its
             configured epochs (compute per epoch is constant), so a long schedule fits a short session.
-        grid: also predict the full paper grid (:mod:`bench.grid_cost`) from the measured per-step
+        grid: also predict the full paper grid (:mod:`bench.tools.grid_cost`) from the measured per-step
             costs, timing CoOp at a tenth of the classes too (its step cost grows with C).
     """
 
@@ -184,7 +184,7 @@ class MethodTiming:
 def time_method(name: str, data: FewShotData, ctx: FitContext, overrides: dict,
                 timed_epochs: int | None = None) -> MethodTiming:
     """Fit one ImageNet-configured cell from cached features, for ``timed_epochs`` of its epochs if given."""
-    from bench.grid_cost import steps
+    from bench.tools.grid_cost import steps
 
     method = method_registry().get(name)()
     cfg = dataclasses.replace(method.default_config("imagenet", data.shots),
@@ -212,7 +212,7 @@ def time_reencoding(backbone: Backbone, root: Path, images: LabeledImages, param
     Args:
         params: what the optimiser updates. logits_fn: (B, D) raw image features -> (B, C) logits.
     """
-    from bench.methods._train import SGDRecipe, batches, dassl_lr
+    from bench.methods.training import SGDRecipe, batches, dassl_lr
 
     recipe = SGDRecipe()
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
@@ -393,8 +393,8 @@ def _classes_subset(data: FewShotData, n_classes: int) -> FewShotData:
 
 def grid_rows(profile: PerfProfile, data: FewShotData, ctx: FitContext, timings: dict[str, MethodTiming],
               centre_rate: float, augmented_rate: float) -> list[PerfRow]:
-    """The paper grid predicted from this run's per-step costs (:func:`bench.grid_cost.grid_seconds`)."""
-    from bench.grid_cost import StepCosts, grid_seconds
+    """The paper grid predicted from this run's per-step costs (:func:`bench.tools.grid_cost.grid_seconds`)."""
+    from bench.tools.grid_cost import StepCosts, grid_seconds
 
     if not set(GRID_METHODS) <= set(timings):
         return []
@@ -450,7 +450,7 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd_perf(args) -> int:
-    from bench._io import atomic_write_bytes, atomic_write_json
+    from bench.fileio import atomic_write_bytes, atomic_write_json
 
     device = resolve_device(args.device)
     name = args.profile if args.profile != "auto" else ("gpu" if device.type == "cuda" else "cpu")

@@ -205,12 +205,15 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def val_reporter(ctx: FitContext, val_accuracy: Callable[[], float], epochs: int,
                  every: int = 10) -> Callable[[int], None] | None:
     """An ``on_epoch_end`` that hands the few-shot val accuracy to ``ctx.report`` every ``every`` epochs
-    and after the last one, or ``None`` when nobody listens (no extra evaluation then)."""
-    if ctx.report is None:
+    and after the last one, and the epoch count to ``ctx.progress_step``; ``None`` when nobody listens
+    (no extra evaluation then)."""
+    if ctx.report is None and ctx.progress_step is None:
         return None
 
     def on_epoch_end(epoch: int) -> None:
-        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+        if ctx.progress_step is not None:
+            ctx.progress_step(epoch + 1, epochs, "epoch")
+        if ctx.report is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
             with torch.no_grad():
                 score = val_accuracy()
             ctx.report(epoch + 1, score)

@@ -55,7 +55,7 @@ class StepCosts:
 
 def steps(n_images: int, batch_size: int, epochs: int) -> int:
     """Optimiser steps of one cell: its epochs times the batches the training loader makes of N images."""
-    from bench.methods._train import batches_per_epoch
+    from bench.methods.training import batches_per_epoch
 
     return epochs * batches_per_epoch(n_images, batch_size)
 

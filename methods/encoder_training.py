@@ -167,7 +167,7 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
 def epoch_order(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:
     """One epoch's shuffled index batches. ``drop_last``: Dassl's rule (drop the partial batch only when a
     full one exists); ``False``: keep it (CLIP-LoRA's loader, ``drop_last=False``)."""
-    from bench.methods._train import batches
+    from bench.methods.training import batches
 
     if drop_last:
         return batches(n, batch_size, generator)
@@ -208,7 +208,7 @@ def train_steps(
         after_step: called with the 0-based step index after every optimiser step (per-step schedules).
         work: multiply-adds per step, roughly (:func:`step_work`): a small problem trains on one CPU thread.
     """
-    from bench.methods._train import cpu_threads_for
+    from bench.methods.training import cpu_threads_for
 
     labels = labels.to(device)
     losses: list[float] = []
@@ -253,7 +253,7 @@ def step_work(model: torch.nn.Module, batch_size: int, n_classes: int) -> int:
 
 def epochs_for_steps(n: int, batch_size: int, steps: int, drop_last: bool = False) -> int:
     """Epochs a loader over ``n`` images needs to give ``steps`` batches."""
-    from bench.methods._train import batches_per_epoch
+    from bench.methods.training import batches_per_epoch
 
     per_epoch = batches_per_epoch(n, batch_size) if drop_last else math.ceil(n / batch_size)
     return math.ceil(steps / max(per_epoch, 1))
@@ -285,7 +285,7 @@ def train_on_live_features(params: list[torch.nn.Parameter], logits_fn: Callable
                            train: FeatureSet, epochs: int, recipe, generator: torch.Generator, backbone, seed: int,
                            on_epoch_end: Callable[[int], None] | None = None,
                            scale: tuple[float, float] = (0.08, 1.0)) -> list[float]:
-    """:func:`bench.methods._train.train_on_features` with live augmentation (``augment="live"``): every
+    """:func:`bench.methods.training.train_on_features` with live augmentation (``augment="live"``): every
     epoch, each support image is encoded anew by the frozen encoder through one fresh random crop (what
     Dassl's loader does every epoch), instead of one of its cached views being drawn.
 
@@ -295,7 +295,7 @@ def train_on_live_features(params: list[torch.nn.Parameter], logits_fn: Callable
     Args:
         logits_fn: (B, D) raw image features -> (B, C) logits. train: the support set with its images.
     """
-    from bench.methods._train import check_loss, dassl_lr, make_optimizer, run_epoch
+    from bench.methods.training import check_loss, dassl_lr, make_optimizer, run_epoch
 
     if train.images is None:
         raise BenchError("live augmentation needs the support images and got none", where="FewShotData.train.images",
