@@ -75,9 +75,9 @@ def count_problems(spec: DatasetSpec, expected: Expectations, splits: DatasetSpl
         subset = n < expected.n_classes and spec.subset_of is None and not expected.miniature
         problems.append(BenchError(
             f"{n} classes, expected {expected.n_classes} for {spec.name!r}", where=str(splits.source),
-            fix=f"a subset of {spec.name}? declare it in a spec file (name, subset_of: {spec.name}, split_file) and "
-                "pass it with --plugins (docs/extending.md); else use the official split file and images"
-            if subset else "use the official split file and images of this dataset"))
+            fix="use the official split file and images of this dataset" + (
+                f", or declare the subset: a spec file with name, subset_of: {spec.name} and split_file, passed "
+                "with --plugins (docs/extending.md)" if subset else "")))
     written = tuple(splits.raw_classnames or splits.classnames)  # as the split file writes them
     if spec.classnames is not None and tuple(spec.classnames) not in (written, tuple(splits.classnames)):
         first = next((i for i, (a, b) in enumerate(zip(written, spec.classnames, strict=False)) if a != b),
