@@ -2,7 +2,9 @@
 options after the command, --json outputs, documented exit codes, repeated --set, report filters on
 miniature records."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -83,3 +85,14 @@ def test_report_dataset_filter_matches_miniature_records(tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path), "--datasets", "dtd", "--format", "json"]) == 0
     cells = json.loads(capsys.readouterr().out)["cells"]
     assert {c["dataset"] for c in cells} == {"dtd (miniature)"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("argcomplete") is None, reason="the completion extra is not installed")
+def test_shell_completion_through_argcomplete(tmp_path):
+    out = tmp_path / "completions"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": "bench report --for", "COMP_POINT": "18",
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    code = "import sys\nsys.argv = ['bench']\nfrom bench.cli import main\nmain()"
+    subprocess.run([sys.executable, "-c", code], env=env, timeout=120, check=True, pass_fds=(),
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    assert out.read_text().split() == ["--format"]
