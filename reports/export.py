@@ -215,6 +215,8 @@ WRITERS = {"tensorboard": write_tensorboard, "wandb": write_wandb, "mlflow": wri
 # -- command -----------------------------------------------------------------------------------
 
 def add_parser(subparsers) -> None:
+    from bench.run_config import add_folder_argument
+
     p = subparsers.add_parser(
         "export", help="result records into W&B (offline), MLflow (file store) or TensorBoard event files",
         description="Write result records into an experiment tracker's own files, without network: one run per "
@@ -228,8 +230,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--per", default="cell", choices=PER, help="one run per cell (default) or per sweep table")
     p.add_argument("--project", default="clip-fewshot-bench", help="W&B project, MLflow experiment, TensorBoard folder")
     p.add_argument("--out", type=Path, default=Path("runs"), help="where the tracker's files go (default: ./runs)")
-    p.add_argument("--results", type=Path, default=Path(os.environ.get("BENCH_RESULTS_DIR", "results")),
-                   help="results folder (default: ./results, or BENCH_RESULTS_DIR)")
+    add_folder_argument(p, "results", "results folder")
     p.set_defaults(func=run)
 
 
