@@ -142,3 +142,11 @@ def test_sweep_only_options_from_a_file_need_a_sweep_executor(tmp_path, capsys):
     grid.write_text("qos: normal\nsetup: [module load cuda]\n")
     assert main(["run", "--config", str(grid)]) == 2
     assert "--qos, --setup only apply to sweeps" in capsys.readouterr().err
+
+
+def test_folder_defaults_are_declared_only_in_run_config():
+    root = Path(__file__).resolve().parent.parent
+    sources = [p for d in ("bench", "datasets", "reports", "slurm", "methods") for p in (root / d).rglob("*.py")]
+    declaring = sorted(str(p.relative_to(root)) for p in sources if p.name != "run_config.py"
+                       and any(f.env in p.read_text() for f in FOLDERS.values()))
+    assert declaring == [], "declare folder defaults through bench.run_config.FOLDERS / add_folder_argument"
