@@ -21,8 +21,9 @@ DATASET_TITLES = {
     "imagenet_r": "ImageNet-R",
 }
 STANDARD_DATASETS = tuple(list(DATASET_TITLES)[:11])
-METHOD_ORDER = ("zero_shot", "linear_probe", "coop", "clip_adapter", "clip_adapter_hyper", "tip_adapter",
-                "tip_adapter_f", "lp_pp", "clap")
+METHOD_ORDER = ("zero_shot", "linear_probe", "linear_probe_zs", "coop", "cocoop", "kgcoop", "prograd", "maple",
+                "clip_adapter", "clip_adapter_hyper", "tip_adapter", "tip_adapter_f", "taskres", "gda", "lp_pp",
+                "cross_modal_lp", "clap", "clip_lora")
 # The names the papers print (CoOp, CLIP-Adapter, Tip-Adapter, LP++, CLAP); ``bench report --names`` overrides them.
 METHOD_NAMES = {
     "zero_shot": "Zero-shot CLIP", "linear_probe": "Linear probe", "linear_probe_zs": "ZS-LP", "coop": "CoOp",
