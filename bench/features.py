@@ -36,6 +36,7 @@ from bench.backbone import Backbone, Preprocessing
 from bench.errors import BenchError, NonFiniteError
 from bench.fileio import atomic_torch_save, atomic_write_json, clean_stale_temps, sha256_bytes, sha256_json
 from bench.images import ImageViews, ViewSpec
+from bench.progress import bars_on
 
 FEATURE_SCHEMA = 1
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class FeatureCache:
         )
         chunks, written = [], 0
         bar = tqdm(total=len(paths), desc=f"features {key.dataset}/{key.split} {key.view.name}", unit="img",
-                   disable=not options.progress, leave=False)
+                   disable=not bars_on(options.progress), leave=False)
         with bar:
             for views, errors in loader:
                 bad = [e for e in errors if e]

@@ -24,6 +24,12 @@ from tqdm.auto import tqdm
 Step = Callable[[int, int, str], None]  # (done, total, unit): after each epoch ("epoch") or trial ("trial")
 
 
+def bars_on(wanted: bool, stream: TextIO | None = None) -> bool:
+    """Whether to draw a progress bar: wanted (no ``--no-progress``) and ``stream`` (stderr) is a terminal.
+    A Slurm log or a pipe gets no bar, so no carriage returns and escape codes end up in it."""
+    return wanted and (stream or sys.stderr).isatty()
+
+
 def format_seconds(seconds: float | None) -> str:
     """``"42 s"``, ``"26m 57s"``, ``"3h 05m"``; ``"?"`` before anything finished."""
     if seconds is None:
@@ -54,7 +60,7 @@ class GridProgress:
 
     def __init__(self, total: int, todo: int, *, bars: bool = True, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
-        self.interactive = bars and self.stream.isatty()
+        self.interactive = bars_on(bars, self.stream)
         self.todo, self.done = todo, 0
         self.durations: list[float] = []
         self._cell: tqdm | None = None
