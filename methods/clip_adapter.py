@@ -204,3 +204,101 @@ class ClipAdapter:
         model = AdapterClassifier(visual, text, cfg.alpha, cfg.beta, means, ctx.logit_scale, templates).to(ctx.device)
         fit_adapters(model, data, cfg, ctx)
         return model
+
+
+class StackedAdapters(torch.nn.Module):
+    """S adapters of one shape as stacked weights: (S, B, D) -> (S, B, D), each slice its own adapter."""
+
+    def __init__(self, adapters: list[Adapter]):
+        super().__init__()
+        self.down = torch.nn.Parameter(torch.stack([a.fc[0].weight.detach() for a in adapters]))  # (S, D/r, D)
+        self.up = torch.nn.Parameter(torch.stack([a.fc[2].weight.detach() for a in adapters]))    # (S, D, D/r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.relu(x @ self.down.transpose(1, 2)) @ self.up.transpose(1, 2))
+
+    def unstack(self, dim: int, reduction: int) -> list[Adapter]:
+        out = []
+        for down, up in zip(self.down.detach(), self.up.detach(), strict=True):
+            adapter = Adapter(dim, reduction).to(down.device)
+            adapter.fc[0].weight.data.copy_(down)
+            adapter.fc[2].weight.data.copy_(up)
+            out.append(adapter)
+        return out
+
+
+def fit_many(data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitContext]) -> list[AdapterClassifier]:
+    """Train the cells of one config (seeds, or trials of one α) as one stacked model (issue 22): the same
+    adapters, initialisations, batches and SGD steps as :meth:`ClipAdapter.fit` per cell, the cells' losses
+    summed so each cell's gradient is its own. Features are (S, B, D) batched products instead of (B, D)
+    ones, so results agree with one-at-a-time fits to float rounding, not bit for bit
+    (``tests/test_batched_cells.py``). Falls back to one fit per cell where the cells cannot share steps:
+    another support size or view count, live augmentation, or a listener for intermediate val scores.
+    """
+    from bench.methods.training import check_loss, dassl_lr, make_optimizer, view_batches
+
+    shapes = {tuple(d.train.features.shape) for d in data}
+    if (len(shapes) != 1 or cfg.augment != "cached" or any(c.report is not None for c in ctxs)
+            or len({d.classnames for d in data}) != 1):
+        return [ClipAdapter().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
+    check_branch(cfg.branch, "clip_adapter")
+    ctx, device = ctxs[0], ctxs[0].device
+    templates = prompt_templates(data[0], cfg.prompts)
+    means = class_text_means(ctx, data[0].classnames, templates)
+    dim = means.shape[1]
+    visual = (StackedAdapters([seeded_adapter(dim, cfg.reduction, derive_seed(c.seed, "init")) for c in ctxs]).to(device)
+              if cfg.branch != "text" else None)
+    text = (StackedAdapters([seeded_adapter(dim, cfg.reduction, derive_seed(c.seed, "init", "text")) for c in ctxs])
+            .to(device) if cfg.branch != "visual" else None)
+    scale = ctx.logit_scale
+
+    def logits(x: torch.Tensor) -> torch.Tensor:  # (S, B, D) -> (S, B, C)
+        if visual is not None:
+            x = cfg.alpha * visual(x) + (1 - cfg.alpha) * x
+        w = means.expand(len(ctxs), -1, -1)
+        if text is not None:
+            w = cfg.beta * text(w) + (1 - cfg.beta) * w
+        return scale * F.normalize(x, dim=-1) @ F.normalize(w, dim=-1).transpose(1, 2)
+
+    params = [p for m in (visual, text) if m is not None for p in m.parameters()]
+    recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, recipe)
+    features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
+    labels = torch.stack([d.train.labels for d in data]).to(device)      # (S, N)
+    generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
+    n_views, n = features.shape[1:3]
+    cells = torch.arange(len(ctxs), device=device)[:, None]
+    losses: list[torch.Tensor] = []
+    work = len(ctxs) * ((cfg.batch_size + data[0].n_classes) * dim * (dim // cfg.reduction) * 2
+                        + cfg.batch_size * dim * data[0].n_classes)
+    with cpu_threads_for(device, work), torch.enable_grad():
+        for epoch in range(cfg.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = dassl_lr(epoch, cfg.epochs, recipe)
+            plans = [view_batches(n_views, n, recipe.batch_size, g) for g in generators]
+            total, count = torch.zeros(len(ctxs), device=device), 0
+            for steps in zip(*plans, strict=True):
+                views = torch.stack([v for v, _ in steps]).to(device)
+                index = torch.stack([i for _, i in steps]).to(device)
+                y = labels[cells, index]
+                out = logits(features[cells, views, index])
+                per_cell = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+                optimizer.zero_grad(set_to_none=True)
+                per_cell.sum().backward()
+                optimizer.step()
+                total, count = total + per_cell.detach() * index.shape[1], count + index.shape[1]
+            losses.append(total / max(count, 1))
+            for value in losses[-1]:
+                check_loss(value, epoch)
+            for c in ctxs:
+                if c.progress_step is not None:
+                    c.progress_step(epoch + 1, cfg.epochs, "epoch")
+    visuals = visual.unstack(dim, cfg.reduction) if visual is not None else [None] * len(ctxs)
+    texts = text.unstack(dim, cfg.reduction) if text is not None else [None] * len(ctxs)
+    out = []
+    for s, c in enumerate(ctxs):
+        model = AdapterClassifier(visuals[s], texts[s], cfg.alpha, cfg.beta, means, scale, templates).to(device)
+        model.eval()
+        c.record("train_loss_first_last", [float(losses[0][s]), float(losses[-1][s])] if losses else [])
+        out.append(model)
+    return out
