@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -206,25 +206,44 @@ def lock_path(cell: PlannedCell) -> Path:
 
 
 def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None = None) -> RunSummary:
-    """Run every cell that has no ok record (all of them with ``options.force``).
-
-    A cell runs under its lock file (:mod:`bench._locks`), so runners started together on one
-    results folder run each cell once: a cell another live runner holds is left to it (``busy``),
-    and a cell finished while this runner waited for it is skipped. Tuned cells take no lock: their
-    workers fill one study together by design (:mod:`bench.tuning`).
-    """
+    """Plan ``specs`` and run every cell that has no ok record (all of them with ``options.force``)."""
     session = session or Session(options)
-    cells = plan_cells(specs, session)
-    pending = [c for c in cells if options.force or not is_done(c)]
+    return run_planned(plan_cells(specs, session), session, options)
+
+
+def run_planned(cells: list[PlannedCell], session: Session, options: RunOptions | None = None, *,
+                done_before: Collection[str] = (), prepare: bool = True,
+                on_ran: Callable[[PlannedCell], None] | None = None) -> RunSummary:
+    """The cell loop of every runner: ``bench run`` in-process and each Slurm array task.
+
+    Finished cells are skipped; features are extracted right before a backbone's first cell
+    (``prepare``; a Slurm task's feature job did it already). A cell runs under its lock file
+    (:mod:`bench._locks`), so runners started together on one results folder run each cell once: a
+    cell another live runner holds is left to it (``busy``), and a cell finished while this runner
+    waited for it is skipped. Tuned cells take no lock: their workers fill one study together by
+    design (:mod:`bench.tuning`).
+
+    Args:
+        options: ``force`` and ``progress`` for this run (default: the session's).
+        done_before: run ids an earlier attempt of this task finished (a requeued Slurm task): skipped
+            even with ``--force``.
+        on_ran: told of every cell this loop ran (whatever its outcome).
+    """
+    options = options or session.options
+
+    def finished(cell: PlannedCell) -> bool:
+        return cell.run_id in done_before or (not options.force and is_done(cell))
+
+    pending = [c for c in cells if not finished(c)]
     prepared: set[str] = set()
     summary = RunSummary()
     progress = GridProgress(len(cells), len(pending), bars=options.progress)  # bars, ETA, or a line per cell
     for cell in cells:
-        if not options.force and is_done(cell):
+        if finished(cell):
             summary.skipped.append(cell.spec.name)
             progress.skip()
             continue
-        if cell.spec.backbone not in prepared:  # right before its cells: one backbone in memory at a time
+        if prepare and cell.spec.backbone not in prepared:  # right before its cells: one backbone in memory
             prepared.add(cell.spec.backbone)
             _prepare_or_defer([c for c in pending if c.spec.backbone == cell.spec.backbone], session)
         lock = None if cell.study else try_lock(lock_path(cell))
@@ -243,11 +262,13 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
         finally:
             if lock is not None:
                 lock.release()
+        if on_ran is not None:
+            on_ran(cell)
         if result is None:
             summary.deferred.append(cell.spec.name)
             continue
         (summary.ran if result.ok else summary.failed).append(
-            cell.spec.name if result.ok else (cell.spec.name, result.error["message"]))
+            cell.spec.name if result.ok else (cell.spec.name, result.error.message))
     progress.close()
     return summary
 

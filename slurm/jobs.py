@@ -13,13 +13,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import submitit
 
-from bench.progress import GridProgress
-from bench.runner import RunOptions, Session, is_done, plan_cells, prepare_features, run_cell
+from bench.runner import RunOptions, Session, plan_cells, prepare_features, run_planned
 from bench.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -50,21 +48,9 @@ class CellTask(submitit.helpers.Checkpointable):
 
     def __call__(self, specs: tuple[RunSpec, ...], options: RunOptions) -> dict[str, Any]:
         session = Session(options)
-        summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": [], "deferred": []}
-        cells = plan_cells(list(specs), session)
-        todo = [c for c in cells if c.run_id not in self.finished and (options.force or not is_done(c))]
-        progress = GridProgress(len(cells), len(todo), bars=False)  # a job's log: one line per finished cell
-        for cell in cells:
-            if cell.run_id in self.finished or (not options.force and is_done(cell)):
-                summary["skipped"].append(cell.spec.name)
-                continue
-            t0 = time.perf_counter()
-            result = run_cell(cell, session)
-            progress.finish(cell.spec.name, result, time.perf_counter() - t0)
-            self.finished.append(cell.run_id)
-            if result is None:  # a tuned cell whose study another worker closed: that worker writes it
-                summary["deferred"].append(cell.spec.name)
-                continue
-            summary["ran" if result.ok else "failed"].append(cell.spec.name)
-        log.info("cell task done: %s", {k: len(v) for k, v in summary.items()})
-        return summary
+        summary = run_planned(plan_cells(list(specs), session), session, options, done_before=set(self.finished),
+                              prepare=False, on_ran=lambda cell: self.finished.append(cell.run_id))
+        out = {"ran": summary.ran, "skipped": summary.skipped, "failed": [name for name, _ in summary.failed],
+               "deferred": summary.deferred, "busy": summary.busy}
+        log.info("cell task done: %s", {k: len(v) for k, v in out.items()})
+        return out

@@ -16,12 +16,12 @@ import pytest
 import submitit
 from submitit.core.utils import DelayedSubmission, cloudpickle_dump
 
+from bench import runner
 from bench.cli import main
 from bench.errors import BenchError
 from bench.results import RunResult, load_results, write_result
 from bench.runner import Session, plan_cells, prepare_features, run_cells
 from bench.seeding import derive_seed
-from bench.slurm import jobs
 from bench.slurm.jobs import CellTask
 from bench.slurm.manifest import CellEntry, FeatureEntry, Manifest, TaskEntry, find_manifest, read_manifest
 from bench.slurm.progress import JobState, RecordReader, cell_statuses, count, job_log_detail, slurm_phase
@@ -135,23 +135,23 @@ def test_prepare_features_leaves_nothing_for_the_cells_to_encode(run_options):
 def test_cell_task_checkpoint_resumes_without_redoing_finished_cells(run_options, tmp_path, monkeypatch):
     specs = tuple(_grid())
     options = dataclasses.replace(run_options, force=True)  # so only the checkpoint can say what is finished
-    task, pickle_path, real_run_cell = CellTask(), tmp_path / "checkpoint.pkl", jobs.run_cell
+    task, pickle_path, real_run_cell = CellTask(), tmp_path / "checkpoint.pkl", runner.run_cell
 
-    def preempted_on_second_cell(cell, session):
+    def preempted_on_second_cell(cell, session, **kwargs):
         if task.finished:  # what submitit's USR2 handler does: checkpoint, then exit
             task.checkpoint(specs, options).dump(pickle_path)
             raise SystemExit(-1)
-        return real_run_cell(cell, session)
+        return real_run_cell(cell, session, **kwargs)
 
-    monkeypatch.setattr(jobs, "run_cell", preempted_on_second_cell)
+    monkeypatch.setattr(runner, "run_cell", preempted_on_second_cell)
     with pytest.raises(SystemExit):
         task(specs, options)
     (first,) = load_results(options.results_root)
     stamp = next(options.results_root.rglob("k01-*.json")).stat().st_mtime_ns
-    monkeypatch.setattr(jobs, "run_cell", real_run_cell)
+    monkeypatch.setattr(runner, "run_cell", real_run_cell)
     summary = DelayedSubmission.load(pickle_path).result()  # the requeued task
     assert summary == {"ran": ["zero_shot/synthetic/k2/s1"], "skipped": ["zero_shot/synthetic/k1/s1"], "failed": [],
-                       "deferred": []}
+                       "deferred": [], "busy": []}
     assert next(options.results_root.rglob("k01-*.json")).stat().st_mtime_ns == stamp
     assert len(CellTask()(specs, options)["ran"]) == 2  # without the checkpoint, force redoes both
 
@@ -234,19 +234,19 @@ def test_a_crashing_task_and_a_failing_cell_are_reported_and_the_rest_finish(tmp
                                                                              monkeypatch):
     from bench.methods.zero_shot import ZeroShot
 
-    real_run_cell, real_fit = jobs.run_cell, ZeroShot.fit
+    real_run_cell, real_fit = runner.run_cell, ZeroShot.fit
 
-    def crash_on_k1_s2(cell, session):  # the whole task dies, as on a BenchError or a segfault
+    def crash_on_k1_s2(cell, session, **kwargs):  # the whole task dies, as on a BenchError or a segfault
         if (cell.spec.shots, cell.spec.seed) == (1, 2):
             raise RuntimeError("node on fire")
-        return real_run_cell(cell, session)
+        return real_run_cell(cell, session, **kwargs)
 
     def fail_on_k2_s2(self, data, cfg, ctx):  # one cell fails: a failed record, the task goes on
         if data.shots == 2 and ctx.seed == derive_seed(2, "synthetic", 2, "zero_shot"):
             raise ValueError("bad prompts")
         return real_fit(self, data, cfg, ctx)
 
-    monkeypatch.setattr(jobs, "run_cell", crash_on_k1_s2)
+    monkeypatch.setattr(runner, "run_cell", crash_on_k1_s2)
     monkeypatch.setattr(ZeroShot, "fit", fail_on_k2_s2)
     args = ["--methods", "zero_shot", "--shots", "1,2", "--seeds", "1,2,3", "--executor", "debug",
             "--cells-per-task", "3"]
