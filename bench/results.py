@@ -374,3 +374,66 @@ def load_results(results_root: Path) -> list[RunResult]:
     if not root.is_dir():
         raise BenchError("results folder not found", where=str(root), fix="run `bench run` first or pass --results")
     return [read_result(p) for p in sorted(root.rglob("k*-s*-*.json")) if not p.name.startswith(".")]
+
+
+# --- Feature extraction passes (issue 23) -------------------------------------------------------------------
+# ``bench run`` encodes every image its cells read in a pre-pass (bench.runner.prepare_features) before any
+# cell starts, so no cell's ``timing_s`` holds that time. Each pre-pass of one backbone x dataset appends an
+# ExtractionPass to <results>/<backbone slug>/<dataset>/extraction.json; reports add them to the cells' totals.
+
+EXTRACTION_FILE = "extraction.json"
+EXTRACTION_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ExtractionPass(Section):
+    """One feature pre-pass over a backbone x dataset (what the cells of one ``bench run`` read)."""
+
+    NAME: ClassVar[str] = "extraction pass"
+    backbone: str                        # ARCH/WEIGHTS as given on the command line
+    dataset: str
+    seconds: float                       # wall-clock seconds of the pass (cache reads included)
+    images_encoded: int                  # images pushed through the image encoder (0: all cached)
+    images_per_s: float | None           # images_encoded / seconds; None when nothing was encoded
+    finished_at: str                     # UTC, ISO 8601
+    run_ids: list = field(default_factory=list)  # the cells the pass prepared features for
+
+
+def extraction_path(results_root: Path, backbone_slug: str, dataset: str) -> Path:
+    return Path(results_root) / backbone_slug / dataset / EXTRACTION_FILE
+
+
+def read_extraction_passes(path: Path) -> list[ExtractionPass]:
+    """The passes in one extraction file (strict, as records are)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise BenchError(f"not valid JSON ({exc})", where=str(path), fix="delete it (bench run rewrites it)") from exc
+    if not isinstance(raw, dict) or raw.get("schema_version") != EXTRACTION_SCHEMA or set(raw) != {
+            "schema_version", "passes"} or not isinstance(raw["passes"], list):
+        raise BenchError(f"not an extraction file of schema {EXTRACTION_SCHEMA}", where=str(path),
+                         fix="delete it (bench run rewrites it)")
+    return [ExtractionPass.from_json(p, str(path)) for p in raw["passes"]]
+
+
+def append_extraction_pass(results_root: Path, backbone_slug: str, entry: ExtractionPass) -> Path:
+    """Add ``entry`` to its backbone x dataset file (read, append, atomic rewrite)."""
+    path = extraction_path(results_root, backbone_slug, entry.dataset)
+    passes = read_extraction_passes(path) if path.is_file() else []
+    atomic_write_json(path, {"schema_version": EXTRACTION_SCHEMA,
+                             "passes": [p.to_json() for p in (*passes, entry)]})
+    return path
+
+
+def load_extraction_passes(results_root: Path) -> list[ExtractionPass]:
+    """Every extraction pass recorded under ``results_root``."""
+    return [p for path in sorted(Path(results_root).rglob(EXTRACTION_FILE)) for p in read_extraction_passes(path)]
+
+
+def grid_wall_seconds(results: list[RunResult], passes: list[ExtractionPass]) -> dict[str, float]:
+    """What a grid took: the cells' own ``timing_s.total`` plus the extraction passes that prepared them
+    (a pass counts when it prepared at least one of ``results``); ``total`` = cells + extraction."""
+    ids = {r.run_id for r in results}
+    cells = sum(r.timing_s.total or 0.0 for r in results)
+    extraction = sum(p.seconds for p in passes if ids & set(p.run_ids))
+    return {"cells": cells, "extraction": extraction, "total": cells + extraction}

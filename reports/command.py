@@ -138,8 +138,10 @@ def run(args) -> int:
     if args.params:
         text = _params_report(args)
     else:
-        frame = results_frame(load_results(args.results))
+        results = load_results(args.results)
+        frame = results_frame(results)
         text = render(frame, args.format, options)
+        sys.stderr.write(wall_time_line(results, args.results))
     if args.out:
         atomic_write_bytes(args.out, text.encode())
         sys.stderr.write(f"wrote {args.out}\n")
@@ -149,6 +151,16 @@ def run(args) -> int:
         paths = write_plots(prepare(frame, options), args.plot, options.metric, options.ci, options.names)
         sys.stderr.write(f"wrote {len(paths)} plot files under {args.plot}\n")
     return 0
+
+
+def wall_time_line(results, results_root) -> str:
+    """One line for stderr: the grid's wall time, its cells' ``timing_s.total`` plus the feature pre-passes
+    that prepared them (:func:`bench.results.grid_wall_seconds`; issue 23)."""
+    from bench.results import grid_wall_seconds, load_extraction_passes
+
+    wall = grid_wall_seconds(results, load_extraction_passes(results_root))
+    return (f"grid wall time: {wall['total']:.1f} s = {wall['cells']:.1f} s in {len(results)} cells + "
+            f"{wall['extraction']:.1f} s feature extraction (pre-pass)\n")
 
 
 def _params_report(args) -> str:
