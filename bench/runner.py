@@ -24,11 +24,10 @@ from bench.backbone import Backbone, BackboneRef, load_backbone, resolve_device,
 from bench.datasets import dataset_registry, read_dataset
 from bench.datasets.spec import DatasetSpec, DatasetSplits
 from bench.datasets.splits import (
-    FewShotIndices,
     load_or_create_fewshot,
     split_protocol,
 )
-from bench.datasets.subsets import class_columns, indices_with_labels, n_base_classes
+from bench.datasets.subsets import class_columns
 from bench.errors import BenchError
 from bench.features import ExtractOptions, FeatureCache, ImageFeatureKey
 from bench.fileio import canonical_json, ensure_writable_dir, sha256_json
@@ -36,11 +35,19 @@ from bench.images import CENTER, ViewSpec
 from bench.methods import method_registry
 from bench.methods.base import FeatureSet, FewShotData, FitContext, ImageSource
 from bench.progress import GridProgress, Step
+from bench.protocols import check_shift, get_protocol
 from bench.provenance import cluster_ids, environment, utc_now
 from bench.records import backbone_record, data_record, jsonable, peak_memory, prompts_record, relative
 from bench.registry import Registry, import_target
-from bench.results import RunResult, read_result, result_path, write_result
-from bench.scoring import RestrictedClassifier, score, score_base_to_new
+from bench.results import (
+    ExtractionPass,
+    RunResult,
+    append_extraction_pass,
+    read_result,
+    result_path,
+    write_result,
+)
+from bench.scoring import RestrictedClassifier, score
 from bench.seeding import derive_seed
 from bench.spec import RunSpec, apply_overrides
 
@@ -174,14 +181,8 @@ def _warn_random_weights_on_real_data(specs: list[RunSpec], session: Session) ->
 
 def _data_sha256(spec: RunSpec, session: Session) -> str:
     """Identity of the data a cell reads (its split file or listing, and its shift sets'), read once here."""
-    dataset = session.dataset_spec(spec.dataset)
-    if dataset.test_only:
-        raise BenchError(f"{spec.dataset!r} is a test-only distribution-shift set", where="--datasets",
-                         fix=f"score classifiers trained on it with --datasets {dataset.shift_of} --shift {spec.dataset}")
-    for target in spec.shift:
-        if session.dataset_spec(target).shift_of != spec.dataset or spec.protocol != "fewshot":
-            raise BenchError(f"{target!r} cannot be scored for {spec.name}", where="--shift",
-                             fix="shift sets score classifiers trained on imagenet with --protocol fewshot")
+    check_shift(session.dataset_spec(spec.dataset), tuple(session.dataset_spec(t) for t in spec.shift), spec.protocol,
+                spec.name)
     return sha256_json({name: session.splits(name).source_sha256 for name in (spec.dataset, *spec.shift)})
 
 
@@ -291,6 +292,7 @@ def prepare_features(cells: list[PlannedCell], session: Session) -> int:
     for cell in cells:
         groups.setdefault((cell.spec.backbone, cell.spec.dataset), []).append(cell)
     for (backbone_name, dataset_name), group in groups.items():
+        t0, encoded = time.perf_counter(), session.cache.images_encoded
         dataset, splits = session.dataset_spec(dataset_name), session.splits(dataset_name)
         wanted: dict[tuple[str, ViewSpec], set[int]] = {}
         for cell in group:
@@ -306,7 +308,20 @@ def prepare_features(cells: list[PlannedCell], session: Session) -> int:
             images = splits.split(split).subset(tuple(sorted(indices)))
             session.cache.ensure_image_features(_feature_key(backbone, dataset, splits, split, view), backbone,
                                                 splits.image_root, images.paths, session.options.extract)
+        _record_extraction(group, session, time.perf_counter() - t0, session.cache.images_encoded - encoded)
     return session.cache.images_encoded - before
+
+
+def _record_extraction(group: list[PlannedCell], session: Session, seconds: float, encoded: int) -> None:
+    """Issue 23: the pre-pass time of one backbone x dataset, which no cell's ``timing_s`` holds, appended to
+    ``<results>/<backbone slug>/<dataset>/extraction.json`` (:class:`bench.results.ExtractionPass`)."""
+    if encoded == 0:  # everything was cached: nothing this grid paid for
+        return
+    spec = group[0].spec
+    entry = ExtractionPass(backbone=spec.backbone, dataset=spec.dataset, seconds=round(seconds, 4),
+                           images_encoded=encoded, images_per_s=round(encoded / max(seconds, 1e-9), 2),
+                           finished_at=utc_now(), run_ids=sorted({cell.run_id for cell in group}))
+    append_extraction_pass(session.options.results_root, BackboneRef.parse(spec.backbone).slug, entry)
 
 
 def _prepare_or_defer(cells: list[PlannedCell], session: Session) -> None:
@@ -397,7 +412,8 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
     splits = session.splits(spec.dataset)
     fewshot = load_or_create_fewshot(splits, dataset, spec.shots, spec.seed, session.options.cache_root,
                                      session.options.sampling)
-    classnames, train_idx, val_idx = _cell_classes(spec, splits, fewshot)
+    protocol = get_protocol(spec.protocol)
+    classnames, train_idx, val_idx = protocol.classes(splits, fewshot)
     backbone = session.backbone(spec.backbone)
     timing: dict[str, float] = {}
 
@@ -420,7 +436,11 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
     )
     load_test = functools.partial(_features, session, backbone, dataset, splits, "test",
                                   tuple(range(len(splits.test))), CENTER)
-    score_test = functools.partial(_score_test, ctx=ctx, spec=spec, splits=splits, session=session)
+
+    def score_test(classifier, *, test: FeatureSet) -> dict[str, Any]:
+        return protocol.score(classifier, test, splits, session.score, ctx=ctx,
+                              eval_batch_size=session.options.eval_batch_size)
+
     t = time.perf_counter()
     config, tuning_record = _tuned(cell, session, method, data, ctx, load_test, score_test)
     if spec.tune != "none":
@@ -452,28 +472,6 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
         "memory": {},
         "provenance": {},
     }
-
-
-def _cell_classes(spec: RunSpec, splits: DatasetSplits,
-                  fewshot: FewShotIndices) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
-    """(class names, support indices, val indices) a method sees: all classes, or the base half (base2new).
-
-    As CoCoOp, the subsets are drawn over all classes first, then restricted to the base classes.
-    """
-    if spec.protocol == "fewshot":
-        return splits.classnames, fewshot.train, fewshot.val
-    m = n_base_classes(len(splits.classnames))
-    return (splits.classnames[:m], indices_with_labels(splits.train, fewshot.train, 0, m),
-            indices_with_labels(splits.val, fewshot.val, 0, m))
-
-
-def _score_test(classifier, *, ctx: FitContext, spec: RunSpec, splits: DatasetSplits, test: FeatureSet,
-                session: Session) -> dict[str, Any]:
-    """Test metrics; with base2new, CoCoOp's base / new / harmonic-mean scores (:mod:`bench.scoring`)."""
-    if spec.protocol == "fewshot":
-        return session.score(classifier, test)
-    n_base = n_base_classes(len(splits.classnames))
-    return score_base_to_new(classifier, test, splits.classnames, n_base, ctx, session.options.eval_batch_size)
 
 
 def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Backbone,
@@ -533,12 +531,8 @@ def _feature_key(backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits
 
 
 def _protocol_record(spec: RunSpec, splits: DatasetSplits, session: Session) -> dict:
-    """The class split of base2new and the data of each shift set, for the record."""
-    out: dict[str, Any] = {"protocol": spec.protocol}
-    if spec.protocol == "base2new":
-        n, m = len(splits.classnames), n_base_classes(len(splits.classnames))
-        out |= {"n_base_classes": m, "n_new_classes": n - m,
-                "n_test_base": sum(label < m for label in splits.test.labels)}
+    """The protocol's part of the data section, and the data of each shift set."""
+    out: dict[str, Any] = get_protocol(spec.protocol).record(splits)
     if spec.shift:
         out["transfer"] = {t: {"source": relative(session.splits(t).source, session.options.data_root),
                                "source_sha256": session.splits(t).source_sha256,

@@ -16,12 +16,13 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.fileio import sha256_json
+from bench.protocols import PROTOCOLS as _PROTOCOLS
 
 ALL_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_BACKBONE = "bench-tiny/random"
 TUNE_MODES = ("none", "val", "oracle")
-PROTOCOLS = ("fewshot", "base2new")  # base2new: CoCoOp's base-to-new generalisation
+PROTOCOLS = tuple(_PROTOCOLS)  # fewshot, base2new (CoCoOp's base-to-new generalisation): bench.protocols
 
 
 @dataclass(frozen=True)

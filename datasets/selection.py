@@ -15,6 +15,13 @@ def is_present(spec: DatasetSpec, data_root: Path) -> bool:
     return (folder / spec.split_file).is_file() and (folder / spec.image_dir).is_dir()
 
 
+def refuse_test_only(spec: DatasetSpec) -> None:
+    """A test-only distribution-shift set cannot be trained on: one error saying how to score it."""
+    if spec.test_only:
+        raise BenchError(f"{spec.name!r} is a test-only distribution-shift set", where="--datasets",
+                         fix=f"score classifiers trained on it with --datasets {spec.shift_of} --shift {spec.name}")
+
+
 def fewshot_datasets(requested: str, registry: Registry) -> list[str]:
     """``--datasets`` -> names. ``all`` is every real few-shot dataset (the eleven: no generated set, no
     test-only set); patterns skip test-only sets; naming a test-only set is an error."""
@@ -23,9 +30,8 @@ def fewshot_datasets(requested: str, registry: Registry) -> list[str]:
         explicit = item != "all" and not any(ch in item for ch in "*?[")
         for name in registry.expand(item):
             spec = registry.get(name)
-            if spec.test_only and explicit:
-                raise BenchError(f"{name!r} is a test-only distribution-shift set", where="--datasets",
-                                 fix=f"score classifiers trained on it with --datasets {spec.shift_of} --shift {name}")
+            if explicit:
+                refuse_test_only(spec)
             if spec.test_only or (item == "all" and spec.generator) or name in out:
                 continue
             out.append(name)

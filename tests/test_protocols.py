@@ -192,3 +192,21 @@ def test_cli_prepare_imagenet_writes_the_class_list_and_prints_the_manual_steps(
     assert f"{root / 'imagenet'}/images/train/<wnid>/*.JPEG" in out and "manual steps needed for: imagenet" in out
     lines = (root / "imagenet/classnames.txt").read_text().splitlines()
     assert len(lines) == 1000 and lines[0] == "n01440764 tench"
+
+
+def test_protocols_live_in_one_module_and_are_looked_up_by_name(data_root):
+    from bench.datasets.catalog import SYNTHETIC
+    from bench.datasets.spec import DatasetSplits
+    from bench.datasets.splits import load_or_create_fewshot, read_split_file
+    from bench.protocols import PROTOCOLS, get_protocol
+    from bench.spec import PROTOCOLS as CLI_PROTOCOLS
+
+    assert tuple(PROTOCOLS) == CLI_PROTOCOLS == ("fewshot", "base2new")
+    with pytest.raises(BenchError, match="unknown protocol 'cross_dataset'.*fewshot, base2new"):
+        get_protocol("cross_dataset")
+    splits: DatasetSplits = read_split_file(SYNTHETIC, data_root)
+    fewshot = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, data_root / "cache")
+    names, train, _ = get_protocol("base2new").classes(splits, fewshot)
+    assert names == splits.classnames[:4] and {splits.train.labels[i] for i in train} == {0, 1, 2, 3}
+    assert get_protocol("fewshot").classes(splits, fewshot)[1] == fewshot.train
+    assert get_protocol("base2new").record(splits)["n_new_classes"] == 4
