@@ -66,7 +66,7 @@ def test_shift_logits_are_restricted_to_the_sets_classes(run_options, miniature_
     """ImageNet-R's images are scored over R's columns only: a huge logit on a class R lacks changes nothing."""
     import torch
 
-    from bench.runner import _score_shift
+    from bench.cell import _score_shift
 
     session = Session(_options(run_options, miniature_root))
     imagenet, r = session.splits("imagenet"), session.splits("imagenet_r")
