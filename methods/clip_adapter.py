@@ -269,8 +269,8 @@ def fit_many(data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitCont
     n_views, n = features.shape[1:3]
     cells = torch.arange(len(ctxs), device=device)[:, None]
     losses: list[torch.Tensor] = []
-    work = len(ctxs) * ((cfg.batch_size + data[0].n_classes) * dim * (dim // cfg.reduction) * 2
-                        + cfg.batch_size * dim * data[0].n_classes)
+    # the threads of one cell's fit (one thread for small problems on the CPU), so timings compare
+    work = (cfg.batch_size + data[0].n_classes) * dim * (dim // cfg.reduction) * 2 + cfg.batch_size * dim * data[0].n_classes
     with cpu_threads_for(device, work), torch.enable_grad():
         for epoch in range(cfg.epochs):
             for group in optimizer.param_groups:

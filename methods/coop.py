@@ -290,3 +290,84 @@ class Coop:
         if cfg.csc:
             return PromptClassifier(features, ctx.logit_scale)  # class-specific context: tied to these classes
         return TransferablePromptClassifier(features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position)
+
+
+def _stacked_prompts(learner: PromptLearner, ctx: torch.Tensor, length: int) -> torch.Tensor:
+    """(S·C, length, W) prompt embeddings of S unified contexts ``ctx`` (S, M, W) around ``learner``'s tokens."""
+    n_cells, n_classes, width = ctx.shape[0], learner.prefix.shape[0], ctx.shape[-1]
+    expand = (n_cells, n_classes, -1, -1)
+    end = torch.cat([learner.prefix.expand(*expand), ctx[:, None].expand(*expand),
+                     learner.suffix[:, :length - 1 - ctx.shape[1]].expand(*expand)], dim=2)
+    if learner.position != "end":
+        end = end.gather(2, learner.order[:, :length, None].expand(*expand[:2], -1, width))
+    return end.flatten(0, 1)
+
+
+def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -> list[PromptClassifier]:
+    """Train the cells of one config (seeds, or trials of one config) as one stacked model (issue 22): each
+    cell keeps its own context init, batches and loss, and every step runs the text transformer once over
+    the S·C prompts of all cells instead of S times over C. Agrees with :meth:`Coop.fit` per cell to float
+    rounding with the same predictions (``tests/test_batched_cells.py``). Falls back to one fit per cell
+    where steps cannot be shared: class-specific contexts, live augmentation, other support shapes or class
+    names, or a listener for intermediate val scores."""
+    from bench.methods.training import check_loss, dassl_lr, make_optimizer, view_batches
+
+    if (cfg.csc or cfg.augment != "cached" or len({tuple(d.train.features.shape) for d in data}) != 1
+            or len({d.classnames for d in data}) != 1 or any(c.report is not None for c in ctxs)):
+        return [Coop().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
+    ctx0, device = ctxs[0], ctxs[0].device
+    inits = [init_context(ctx0.backbone, cfg, data[0].n_classes, torch_generator(derive_seed(c.seed, "init")))
+             for c in ctxs]
+    ctx_text = inits[0][1]
+    learner = build_prompt_learner(ctx0.backbone, data[0].classnames, inits[0][0], ctx_text, cfg.class_token_position)
+    stacked = torch.nn.Parameter(torch.stack([v for v, _ in inits]).to(device))  # (S, M, W)
+    tower, scale, n_cells = text_tower(ctx0.backbone.model), ctx0.logit_scale, len(ctxs)
+    length = int(learner.eot.max()) + 1
+    eot = learner.eot.repeat(n_cells)
+    recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer([stacked], recipe)
+    features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
+    labels = torch.stack([d.train.labels for d in data]).to(device)      # (S, N)
+    generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
+    n_views, n = features.shape[1:3]
+    cells = torch.arange(n_cells, device=device)[:, None]
+    width = learner.prefix.shape[-1]
+    # one cell's work: the same thread policy as its own fit, so timings compare
+    work = 3 * data[0].n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
+    losses: list[torch.Tensor] = []
+    with cpu_threads_for(device, work), torch.enable_grad():
+        for epoch in range(cfg.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = dassl_lr(epoch, cfg.epochs, recipe)
+            plans = [view_batches(n_views, n, recipe.batch_size, g) for g in generators]
+            total, count = torch.zeros(n_cells, device=device), 0
+            for steps in zip(*plans, strict=True):
+                views = torch.stack([v for v, _ in steps]).to(device)
+                index = torch.stack([i for _, i in steps]).to(device)
+                y = labels[cells, index]
+                with ctx0.backbone.autocast():
+                    text = encode_prompt_embeddings(tower, _stacked_prompts(learner, stacked, length), eot)
+                text = F.normalize(text.float(), dim=-1).view(n_cells, -1, text.shape[-1])
+                out = scale * F.normalize(features[cells, views, index], dim=-1) @ text.transpose(1, 2)
+                per_cell = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+                optimizer.zero_grad(set_to_none=True)
+                per_cell.sum().backward()
+                optimizer.step()
+                total, count = total + per_cell.detach() * index.shape[1], count + index.shape[1]
+            losses.append(total / max(count, 1))
+            for value in losses[-1]:
+                check_loss(value, epoch)
+            for c in ctxs:
+                if c.progress_step is not None:
+                    c.progress_step(epoch + 1, cfg.epochs, "epoch")
+    out = []
+    for s, c in enumerate(ctxs):
+        cell = build_prompt_learner(c.backbone, data[s].classnames, stacked[s].detach().clone(), ctx_text,
+                                    cfg.class_token_position)
+        c.record("n_ctx", cell.n_ctx)
+        c.record("prompt", {"context": ctx_text, "position": cfg.class_token_position, "csc": cfg.csc,
+                            "tokens": f"{ctx_text} {{}}."})
+        c.record("train_loss_first_last", [float(losses[0][s]), float(losses[-1][s])] if losses else [])
+        out.append(TransferablePromptClassifier(final_text_features(cell, c), c.logit_scale, cell.ctx, ctx_text,
+                                                cfg.class_token_position))
+    return out

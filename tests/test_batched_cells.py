@@ -1,5 +1,5 @@
-"""Batched cells (issue 22): the seeds of a CLIP-Adapter cell trained as one stacked model give each cell's
-one-at-a-time result, to float rounding, with the same predictions."""
+"""Batched cells (issue 22): the seeds of a CLIP-Adapter or CoOp cell trained as one stacked model give each
+cell's one-at-a-time result, to float rounding (parameters within 1e-6), with the same predictions."""
 
 from __future__ import annotations
 
@@ -51,3 +51,25 @@ def test_cells_that_cannot_share_steps_fall_back_to_one_fit_each(backbone):
     out = fit_many(data, cfg, ctxs)
     ref = ClipAdapter().fit(data[1], cfg, ctxs[1])
     assert torch.equal(out[1].visual.fc[0].weight, ref.visual.fc[0].weight)
+
+
+@pytest.mark.parametrize("position", ["end", "middle"])
+def test_stacked_coop_seeds_equal_sequential_cells(backbone, position):
+    from bench.methods.coop import Coop
+    from bench.methods.coop import fit_many as coop_fit_many
+
+    seeds = (1, 2, 3)
+    data = [clustered_data(NAMES, 8, 4, noise=0.8, seed=s) for s in seeds]
+    cfg = dataclasses.replace(Coop().default_config("toy", 8), epochs=3, n_ctx=4, class_token_position=position)
+    records, batched_records = [{} for _ in seeds], [{} for _ in seeds]
+    sequential = [Coop().fit(d, cfg, dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__))
+                  for d, s, r in zip(data, seeds, records, strict=True)]
+    batched = coop_fit_many(data, cfg, [dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__)
+                                        for s, r in zip(seeds, batched_records, strict=True)])
+    test = torch.randn(300, data[0].train.features.shape[-1], generator=torch.Generator().manual_seed(0)) * 2
+    for ours, ref, r, rb in zip(batched, sequential, records, batched_records, strict=True):
+        torch.testing.assert_close(ours.ctx, ref.ctx, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours.weights, ref.weights, rtol=0, atol=1e-6)
+        assert torch.equal(ours(test).argmax(1), ref(test).argmax(1))
+        assert rb["train_loss_first_last"] == pytest.approx(r["train_loss_first_last"], rel=1e-5)  # float32 epoch means
+        assert rb["prompt"] == r["prompt"] and rb["n_ctx"] == r["n_ctx"]
