@@ -41,3 +41,23 @@ def test_every_profile_names_real_models_and_methods():
         assert arch in open_clip.list_models() or arch in bundled_configs(), name
         assert set(profile.methods) <= set(method_registry().names()), name
         assert set(profile.overrides) <= set(profile.methods), name
+
+
+def test_adapter_baseline_encodes_all_prompts_every_step_in_fp32():
+    """The official CustomCLIP.forward runs TextEncoder.forward (every class prompt, 77 tokens, fp32 after
+    clip_model.float()) at every training step; the simulated baseline does the same work."""
+    import torch
+
+    from bench.tools.perf import adapter_baseline
+    from tests.toy import clip_scaled_backbone
+
+    backbone = clip_scaled_backbone()
+    calls = []
+    real = backbone.model.encode_text
+    backbone.model.encode_text = lambda tokens: calls.append((tokens.shape, torch.is_autocast_enabled())) or real(tokens)
+    params, logits_fn = adapter_baseline(backbone, ("cat", "dog", "car"), 100.0)
+    features = torch.randn(4, backbone.embed_dim)
+    for _ in range(2):
+        logits_fn(features).sum().backward()
+    assert calls == [(torch.Size([3, 77]), False)] * 2
+    assert all(p.grad is not None for p in params)
