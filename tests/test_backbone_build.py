@@ -196,12 +196,14 @@ def test_activation_is_part_of_run_ids_cache_keys_and_records(tmp_path, run_opti
     cache.text_features(quick, ["a"], ["{}"])
     assert len(list((tmp_path / "cache" / "text").rglob("*.pt"))) == 2
 
+    from bench.results import load_results
+
     run_cells([spec], run_options)
-    record = json.loads(next(Path(run_options.results_root).rglob("*.json")).read_text())
-    assert record["backbone"]["activation"] == "gelu"
-    assert record["backbone"]["identity"] == "bench-tiny/random|gelu"
-    assert record["backbone"]["open_clip"] == open_clip.__version__
-    assert record["backbone"]["paper_arch"] is None
+    (record,) = load_results(run_options.results_root)
+    assert record.backbone.activation == "gelu"
+    assert record.backbone.identity == "bench-tiny/random|gelu"
+    assert record.backbone.open_clip == open_clip.__version__
+    assert record.backbone.paper_arch is None
 
 
 def test_offline_missing_weights_fail_fast_with_the_paths_and_the_ways_out(hf_home, monkeypatch):
@@ -320,12 +322,14 @@ def test_hf_hub_ids_parse_and_report_architectures():
         BackboneRef.parse("hf-hub:laion")
 
     from bench.reports.aggregate import paper_arch
+    from bench.results import BackboneInfo
 
-    quick = {"arch": "RN50-quickgelu", "paper_arch": "RN50", "activation": "quick_gelu", "weights_origin": "openai"}
-    gelu = {"arch": "RN50", "paper_arch": None, "activation": "gelu", "weights_origin": "openai"}
-    assert paper_arch(quick, "x") == "RN50"
-    assert paper_arch(gelu, "x") == "RN50 (gelu)"
-    assert paper_arch({"arch": "RN50"}, "x") == "RN50"  # a record from before the activation was recorded
+    quick = BackboneInfo(id="RN50-quickgelu/openai", arch="RN50-quickgelu", paper_arch="RN50", activation="quick_gelu",
+                         weights_origin="openai")
+    gelu = BackboneInfo(id="RN50/openai", arch="RN50", paper_arch=None, activation="gelu", weights_origin="openai")
+    assert paper_arch(quick) == "RN50"
+    assert paper_arch(gelu) == "RN50 (gelu)"
+    assert paper_arch(BackboneInfo(id="RN50/openai", arch="RN50")) == "RN50"  # a record from before activations
 
 
 def test_url_only_weights_download_into_open_clips_cache_and_are_found_offline(hf_home, monkeypatch):
