@@ -141,7 +141,6 @@ def run(args) -> int:
         results = load_results(args.results)
         frame = results_frame(results)
         text = render(frame, args.format, options)
-        sys.stderr.write(wall_time_line(results, args.results))
     if args.out:
         atomic_write_bytes(args.out, text.encode())
         sys.stderr.write(f"wrote {args.out}\n")
@@ -150,6 +149,8 @@ def run(args) -> int:
     if args.plot and not args.params:
         paths = write_plots(prepare(frame, options), args.plot, options.metric, options.ci, options.names)
         sys.stderr.write(f"wrote {len(paths)} plot files under {args.plot}\n")
+    if not args.params:  # after the outputs: a report that fails says one line, its error
+        sys.stderr.write(wall_time_line(results, args.results))
     return 0
 
 

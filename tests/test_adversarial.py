@@ -258,7 +258,7 @@ def test_split_and_flag_checks(data_root, tmp_path, capsys):
     for size in ("0", "-5"):
         with pytest.raises(SystemExit):
             main([*run, "--results", str(tmp_path / "r"), "--batch-size", size, "--dry-run"])
-        assert f"--batch-size: {size} is not a positive number" in capsys.readouterr().err
+        assert f"--batch-size: {size} is below 1; pass 1 or more" in capsys.readouterr().err
 
 
 # item 10 --------------------------------------------------------------------------------------------

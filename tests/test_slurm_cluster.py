@@ -126,6 +126,19 @@ def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm
         assert cluster[key].data == record.data and cluster[key].config == record.config
         assert cluster[key].provenance.slurm_job_id and record.provenance.slurm_job_id is None
     _assert_cells_waited_for_features(find_manifest(results, list_sweeps(results)[0]))
+    _assert_one_plain_line_per_finished_cell(find_manifest(results, list_sweeps(results)[-1]))
+
+
+def _assert_one_plain_line_per_finished_cell(manifest) -> None:
+    """A Slurm log is not a terminal: each finished cell is one plain line, no escape codes (issue 21)."""
+    import re
+
+    task = manifest.tasks[-1]
+    logs = list(Path(manifest.log_folder.replace("%j", task.job_id)).parent.rglob(f"{task.job_id}*log.err"))
+    text = "".join(p.read_text() for p in logs)
+    lines = re.findall(r"^\[\d+/\d+\] ok \S+/\S+/k\d+/s\d+  top-1 [\d.]+%  [\d.]+ s", text, re.M)
+    assert lines and len(lines) == len(task.cells), (logs, text[-2000:])
+    assert "\x1b[" not in text
 
 
 def _assert_cells_waited_for_features(manifest) -> None:
