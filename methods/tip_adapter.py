@@ -192,7 +192,8 @@ class TipAdapter:
     trainable = False  # training-free: the support set becomes the cache
     Config = TipAdapterConfig
     # bench run --as-published: config overrides that make this method behave as its official code.
-    # Not switchable yet (docs/fidelity.md): the (β, α) search on the full val split (test on ImageNet).
+    # Not a config switch (docs/fidelity.md): the (β, α) search on the full val split; selection on test
+    # (ImageNet) is `--tune oracle`, which labels the result oracle.
     as_published: ClassVar[dict[str, Any]] = {}
 
     def default_config(self, dataset: str, shots: int) -> TipAdapterConfig:

@@ -197,3 +197,23 @@ def test_lp_pp_fp16_runs_and_scores_in_float32():
     ctx = toy_context(clip_scaled_backbone())
     model = LpPlusPlus().fit(data, LpPlusPlusConfig(epochs=20, precision="fp16"), ctx)
     assert model.weight.dtype == torch.float32 and torch.isfinite(model(data.val.center)).all()
+
+
+def test_tip_selection_on_test_is_the_labelled_oracle_mode(tmp_path, data_root, capsys):
+    """The ledger's route to Tip-Adapter's official selection on test: ``--tune oracle`` (no config switch).
+    (α, β) are chosen by trials scored on test, Tip's own val grid is off, and the record and the report say
+    oracle; the epoch is still Tip-F's few-shot-val choice."""
+    assert ("--tune", "oracle") in [flag for text in _switch_paragraphs() for flag in FLAG_SWITCH.findall(text)]
+    results = tmp_path / "results"
+    args = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--results", str(results),
+            "--device", "cpu", "--no-progress", "--methods", "tip_adapter_f", "--shots", "1", "--seeds", "1",
+            "--tune", "oracle", "--trials", "2", "--set", "tip_adapter_f.epochs=2"]
+    assert main(args) == 0, capsys.readouterr().err
+    (record,) = load_results(results)
+    assert record.spec.tune == "oracle" and record.tuning.mode == "oracle" and record.tuning.scored_on == "test"
+    assert record.tuning.best_test_top1 is not None and set(record.tuning.best_params) == {"alpha", "beta"}
+    assert record.config["search_hp"] is False  # the few-shot val grid does not overrule the test-scored choice
+    assert "best_epoch" in record.diagnostics
+    capsys.readouterr()
+    assert main(["report", "--results", str(results)]) == 0
+    assert "ORACLE" in capsys.readouterr().out
