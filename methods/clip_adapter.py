@@ -235,7 +235,7 @@ def fit_many(data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitCont
     (``tests/test_batched_cells.py``). Falls back to one fit per cell where the cells cannot share steps:
     another support size or view count, live augmentation, or a listener for intermediate val scores.
     """
-    from bench.methods.training import check_loss, dassl_lr, make_optimizer, view_batches
+    from bench.methods.training import train_stacked
 
     shapes = {tuple(d.train.features.shape) for d in data}
     if (len(shapes) != 1 or cfg.augment != "cached" or any(c.report is not None for c in ctxs)
@@ -262,37 +262,15 @@ def fit_many(data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitCont
 
     params = [p for m in (visual, text) if m is not None for p in m.parameters()]
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
-    optimizer = make_optimizer(params, recipe)
     features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
     labels = torch.stack([d.train.labels for d in data]).to(device)      # (S, N)
     generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
-    n_views, n = features.shape[1:3]
     cells = torch.arange(len(ctxs), device=device)[:, None]
-    losses: list[torch.Tensor] = []
     # the threads of one cell's fit (one thread for small problems on the CPU), so timings compare
     work = (cfg.batch_size + data[0].n_classes) * dim * (dim // cfg.reduction) * 2 + cfg.batch_size * dim * data[0].n_classes
     with cpu_threads_for(device, work), torch.enable_grad():
-        for epoch in range(cfg.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = dassl_lr(epoch, cfg.epochs, recipe)
-            plans = [view_batches(n_views, n, recipe.batch_size, g) for g in generators]
-            total, count = torch.zeros(len(ctxs), device=device), 0
-            for steps in zip(*plans, strict=True):
-                views = torch.stack([v for v, _ in steps]).to(device)
-                index = torch.stack([i for _, i in steps]).to(device)
-                y = labels[cells, index]
-                out = logits(features[cells, views, index])
-                per_cell = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
-                optimizer.zero_grad(set_to_none=True)
-                per_cell.sum().backward()
-                optimizer.step()
-                total, count = total + per_cell.detach() * index.shape[1], count + index.shape[1]
-            losses.append(total / max(count, 1))
-            for value in losses[-1]:
-                check_loss(value, epoch)
-            for c in ctxs:
-                if c.progress_step is not None:
-                    c.progress_step(epoch + 1, cfg.epochs, "epoch")
+        losses = train_stacked(params, lambda views, index: logits(features[cells, views, index]), features, labels,
+                               cfg.epochs, recipe, generators, ctxs)
     visuals = visual.unstack(dim, cfg.reduction) if visual is not None else [None] * len(ctxs)
     texts = text.unstack(dim, cfg.reduction) if text is not None else [None] * len(ctxs)
     out = []

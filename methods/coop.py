@@ -310,7 +310,7 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
     rounding with the same predictions (``tests/test_batched_cells.py``). Falls back to one fit per cell
     where steps cannot be shared: class-specific contexts, live augmentation, other support shapes or class
     names, or a listener for intermediate val scores."""
-    from bench.methods.training import check_loss, dassl_lr, make_optimizer, view_batches
+    from bench.methods.training import train_stacked
 
     if (cfg.csc or cfg.augment != "cached" or len({tuple(d.train.features.shape) for d in data}) != 1
             or len({d.classnames for d in data}) != 1 or any(c.report is not None for c in ctxs)):
@@ -325,41 +325,22 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
     length = int(learner.eot.max()) + 1
     eot = learner.eot.repeat(n_cells)
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
-    optimizer = make_optimizer([stacked], recipe)
     features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
     labels = torch.stack([d.train.labels for d in data]).to(device)      # (S, N)
     generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
-    n_views, n = features.shape[1:3]
     cells = torch.arange(n_cells, device=device)[:, None]
+
+    def stacked_logits(views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (S, B) -> (S, B, C)
+        with ctx0.backbone.autocast():
+            text = encode_prompt_embeddings(tower, _stacked_prompts(learner, stacked, length), eot)
+        text = F.normalize(text.float(), dim=-1).view(n_cells, -1, text.shape[-1])
+        return scale * F.normalize(features[cells, views, index], dim=-1) @ text.transpose(1, 2)
+
     width = learner.prefix.shape[-1]
     # one cell's work: the same thread policy as its own fit, so timings compare
     work = 3 * data[0].n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
-    losses: list[torch.Tensor] = []
     with cpu_threads_for(device, work), torch.enable_grad():
-        for epoch in range(cfg.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = dassl_lr(epoch, cfg.epochs, recipe)
-            plans = [view_batches(n_views, n, recipe.batch_size, g) for g in generators]
-            total, count = torch.zeros(n_cells, device=device), 0
-            for steps in zip(*plans, strict=True):
-                views = torch.stack([v for v, _ in steps]).to(device)
-                index = torch.stack([i for _, i in steps]).to(device)
-                y = labels[cells, index]
-                with ctx0.backbone.autocast():
-                    text = encode_prompt_embeddings(tower, _stacked_prompts(learner, stacked, length), eot)
-                text = F.normalize(text.float(), dim=-1).view(n_cells, -1, text.shape[-1])
-                out = scale * F.normalize(features[cells, views, index], dim=-1) @ text.transpose(1, 2)
-                per_cell = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
-                optimizer.zero_grad(set_to_none=True)
-                per_cell.sum().backward()
-                optimizer.step()
-                total, count = total + per_cell.detach() * index.shape[1], count + index.shape[1]
-            losses.append(total / max(count, 1))
-            for value in losses[-1]:
-                check_loss(value, epoch)
-            for c in ctxs:
-                if c.progress_step is not None:
-                    c.progress_step(epoch + 1, cfg.epochs, "epoch")
+        losses = train_stacked([stacked], stacked_logits, features, labels, cfg.epochs, recipe, generators, ctxs)
     out = []
     for s, c in enumerate(ctxs):
         cell = build_prompt_learner(c.backbone, data[s].classnames, stacked[s].detach().clone(), ctx_text,

@@ -219,3 +219,50 @@ def val_reporter(ctx: FitContext, val_accuracy: Callable[[], float], epochs: int
             ctx.report(epoch + 1, score)
 
     return on_epoch_end
+
+
+def train_stacked(params: list[torch.Tensor], stacked_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  features: torch.Tensor, labels: torch.Tensor, epochs: int, recipe: SGDRecipe,
+                  generators: list[torch.Generator], ctxs: list[FitContext]) -> list[torch.Tensor]:
+    """S cells trained as one stacked model (issue 22): each cell draws its own batches from its own
+    generator, as :func:`train_on_features` would, and the cells' mean losses are summed so each cell's
+    gradient is its own; one optimizer step serves all.
+
+    Args:
+        stacked_logits: ``(views, index) -> (S, B, C)`` logits of the cells' batches; ``views`` and
+            ``index`` are (S, B) int64 (the view and the image of each cell's batch rows).
+        features: (S, V, N, D) cached support features; labels: (S, N).
+
+    Returns:
+        the per-epoch mean losses, each (S,).
+
+    Raises:
+        NonFiniteError: a cell's loss diverged (``diverged at epoch N``).
+    """
+    device = features.device
+    optimizer = make_optimizer(params, recipe)
+    n_views, n = features.shape[1:3]
+    cells = torch.arange(len(ctxs), device=device)[:, None]
+    losses: list[torch.Tensor] = []
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = dassl_lr(epoch, epochs, recipe)
+        plans = [view_batches(n_views, n, recipe.batch_size, g) for g in generators]
+        total, count = torch.zeros(len(ctxs), device=device), 0
+        for steps in zip(*plans, strict=True):
+            views = torch.stack([v for v, _ in steps]).to(device)
+            index = torch.stack([i for _, i in steps]).to(device)
+            y = labels[cells, index]
+            out = stacked_logits(views, index)
+            per_cell = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+            optimizer.zero_grad(set_to_none=True)
+            per_cell.sum().backward()
+            optimizer.step()
+            total, count = total + per_cell.detach() * index.shape[1], count + index.shape[1]
+        losses.append(total / max(count, 1))
+        for value in losses[-1]:
+            check_loss(value, epoch)
+        for c in ctxs:
+            if c.progress_step is not None:
+                c.progress_step(epoch + 1, epochs, "epoch")
+    return losses
