@@ -40,8 +40,9 @@ class Lock:
     def __init__(self, path: Path, content: bytes, heartbeat_s: float = HEARTBEAT_S):
         self.path, self.content = path, content
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
-                                        name=f"lock-heartbeat {path.name}")
+        self._thread = threading.Thread(
+            target=self._beat, args=(heartbeat_s,), daemon=True, name=f"lock-heartbeat {path.name}"
+        )
         self._thread.start()
 
     def _beat(self, every: float) -> None:
@@ -59,7 +60,9 @@ class Lock:
             self.path.unlink(missing_ok=True)
 
 
-def try_lock(path: Path, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S) -> Lock | None:
+def try_lock(
+    path: Path, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S
+) -> Lock | None:
     """Take the lock at ``path``: a :class:`Lock`, or ``None`` when a live holder has it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     content = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()

@@ -69,8 +69,11 @@ class BackboneRef:
         if text.startswith("hf-hub:"):
             repo = text.removeprefix("hf-hub:").strip("/")
             if repo.count("/") != 1:
-                raise BenchError(f"backbone {text!r} is not hf-hub:ORG/NAME", where="--backbone",
-                                 fix="write e.g. hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+                raise BenchError(
+                    f"backbone {text!r} is not hf-hub:ORG/NAME",
+                    where="--backbone",
+                    fix="write e.g. hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+                )
             return cls(f"hf-hub:{repo}", HUB_WEIGHTS)
         arch, sep, weights = text.partition("/")
         if not sep or not arch or not weights:
@@ -78,7 +81,7 @@ class BackboneRef:
                 f"backbone {text!r} is not ARCH/WEIGHTS",
                 where="--backbone",
                 fix="write e.g. RN50/openai, ViT-B-16/laion2b_s34b_b88k, bench-tiny/random, ViT-B-32//path/to/ckpt.pt "
-                    "or hf-hub:ORG/NAME",
+                "or hf-hub:ORG/NAME",
             )
         return cls(arch, weights)
 
@@ -107,7 +110,9 @@ class BackboneRef:
         path = Path(self.weights).expanduser()
         if not path.is_file():
             raise BenchError(
-                "checkpoint file not found", where=str(path), fix="pass an existing file as --backbone ARCH/PATH"
+                "checkpoint file not found",
+                where=str(path),
+                fix="pass an existing file as --backbone ARCH/PATH",
             )
         return f"{self.arch}/file:{_file_digest(path)}"
 
@@ -161,9 +166,17 @@ class Backbone:
             weights origin, the architecture published numbers match).
     """
 
-    def __init__(self, ref: BackboneRef, model: torch.nn.Module, tokenizer, preprocessing: Preprocessing,
-                 device: torch.device, precision: str, checkpoint_meta: dict | None = None,
-                 build: dict | None = None):
+    def __init__(
+        self,
+        ref: BackboneRef,
+        model: torch.nn.Module,
+        tokenizer,
+        preprocessing: Preprocessing,
+        device: torch.device,
+        precision: str,
+        checkpoint_meta: dict | None = None,
+        build: dict | None = None,
+    ):
         self.ref, self.model, self.tokenizer = ref, model, tokenizer
         self.preprocessing, self.device, self.precision = preprocessing, device, precision
         self.checkpoint_meta = checkpoint_meta or {}
@@ -188,8 +201,10 @@ class Backbone:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1]) if self.model.text_projection is not None else int(
-            self.model.token_embedding.weight.shape[-1]
+        return (
+            int(self.model.text_projection.shape[-1])
+            if self.model.text_projection is not None
+            else int(self.model.token_embedding.weight.shape[-1])
         )
 
     @property
@@ -202,7 +217,9 @@ class Backbone:
         return int(self.model.context_length)
 
     def autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -239,12 +256,19 @@ def resolve_device(requested: str = "auto") -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError as exc:
-        raise BenchError(f"unknown device {requested!r}", where="--device", fix="use auto, cpu, cuda or cuda:N") from exc
+        raise BenchError(
+            f"unknown device {requested!r}", where="--device", fix="use auto, cpu, cuda or cuda:N"
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA is not available on this machine", where="--device", fix="use --device cpu")
-    if device.type not in ("cpu", "cuda") and not (device.type == "mps" and torch.backends.mps.is_available()):
-        raise BenchError(f"device {requested!r} is not available on this machine", where="--device",
-                         fix="use --device auto, cpu or cuda (mps only on Apple silicon)")
+    if device.type not in ("cpu", "cuda") and not (
+        device.type == "mps" and torch.backends.mps.is_available()
+    ):
+        raise BenchError(
+            f"device {requested!r} is not available on this machine",
+            where="--device",
+            fix="use --device auto, cpu or cuda (mps only on Apple silicon)",
+        )
     return device
 
 
@@ -253,7 +277,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in ("fp32", "bf16"):
-        raise BenchError(f"unknown precision {precision!r}", where="--precision", fix="use auto, fp32 or bf16")
+        raise BenchError(
+            f"unknown precision {precision!r}", where="--precision", fix="use auto, fp32 or bf16"
+        )
     return precision
 
 
@@ -278,8 +304,16 @@ def load_backbone(ref: BackboneRef, device: torch.device, precision: str = "auto
     model = model.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return Backbone(ref, model, tokenizer, _model_preprocessing(model, plan.preprocessing), device, precision,
-                    checkpoint_meta=meta, build=plan.record())
+    return Backbone(
+        ref,
+        model,
+        tokenizer,
+        _model_preprocessing(model, plan.preprocessing),
+        device,
+        precision,
+        checkpoint_meta=meta,
+        build=plan.record(),
+    )
 
 
 def built_activation(model: torch.nn.Module) -> str:
@@ -293,9 +327,12 @@ def _check_activation(model: torch.nn.Module, plan) -> None:
     if plan.quick_gelu and built != "quick_gelu":
         import open_clip
 
-        raise BenchError(f"open_clip {open_clip.__version__} built {plan.ref.id} with {built}, not the QuickGELU "
-                         "its weights were trained with", where="--backbone",
-                         fix="install open_clip_torch>=3.0 (the versions bench is tested with)")
+        raise BenchError(
+            f"open_clip {open_clip.__version__} built {plan.ref.id} with {built}, not the QuickGELU "
+            "its weights were trained with",
+            where="--backbone",
+            fix="install open_clip_torch>=3.0 (the versions bench is tested with)",
+        )
 
 
 def _build_bundled(config: dict, weights: Path | None):
@@ -342,13 +379,23 @@ def _build_open_clip(plan, weights: Path | None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_RANDOM_INIT_SEED)
             model = open_clip.create_model(
-                source, pretrained=pretrained, force_quick_gelu=plan.quick_gelu,
-                force_preprocess_cfg={"mean": prep.mean, "std": prep.std, "interpolation": prep.interpolation,
-                                      "resize_mode": prep.resize})
+                source,
+                pretrained=pretrained,
+                force_quick_gelu=plan.quick_gelu,
+                force_preprocess_cfg={
+                    "mean": prep.mean,
+                    "std": prep.std,
+                    "interpolation": prep.interpolation,
+                    "resize_mode": prep.resize,
+                },
+            )
     except Exception as exc:  # open_clip's loaders raise many types for a corrupt or foreign file
         first = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-        raise BenchError(f"cannot load {weights} into {plan.ref.arch} ({type(exc).__name__}: {first})",
-                         where=str(weights), fix=f"pass an open_clip or OpenAI checkpoint of {plan.ref.arch}") from exc
+        raise BenchError(
+            f"cannot load {weights} into {plan.ref.arch} ({type(exc).__name__}: {first})",
+            where=str(weights),
+            fix=f"pass an open_clip or OpenAI checkpoint of {plan.ref.arch}",
+        ) from exc
     if scripted:
         _load_checkpoint_into(model, weights)
     tokenizer = open_clip.get_tokenizer(source)

@@ -91,8 +91,12 @@ class BuildPlan:
         return ensure_weights(self.ref.id, self.tag_source, download=download)
 
     def record(self) -> dict:
-        return {"activation": self.activation, "activation_source": self.activation_source,
-                "weights_origin": self.weights_origin, "paper_arch": self.paper_arch}
+        return {
+            "activation": self.activation,
+            "activation_source": self.activation_source,
+            "weights_origin": self.weights_origin,
+            "paper_arch": self.paper_arch,
+        }
 
 
 def plan_build(ref: BackboneRef, *, download: bool = True) -> BuildPlan:
@@ -116,8 +120,11 @@ def plan_build(ref: BackboneRef, *, download: bool = True) -> BuildPlan:
 
         close = difflib.get_close_matches(ref.arch, open_clip.list_models() + bundled_configs(), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise BenchError(f"unknown architecture {ref.arch!r}.{hint}", where="--backbone",
-                         fix="see open_clip.list_models() or bench/model_configs")
+        raise BenchError(
+            f"unknown architecture {ref.arch!r}.{hint}",
+            where="--backbone",
+            fix="see open_clip.list_models() or bench/model_configs",
+        )
     config = copy.deepcopy(open_clip.get_model_config(ref.arch))
     if ref.is_file or ref.weights == "random":
         return _plan_file_or_random(ref, "open_clip", config)
@@ -129,14 +136,24 @@ def _plan_tag(ref: BackboneRef, config: dict) -> BuildPlan:
 
     tags = list_pretrained_tags_by_model(ref.arch)
     if ref.weights not in tags:
-        raise BenchError(f"open_clip has no weights {ref.weights!r} for {ref.arch}", where="--backbone",
-                         fix=f"use one of: {', '.join(tags) or '(none: use a checkpoint file)'}")
+        raise BenchError(
+            f"open_clip has no weights {ref.weights!r} for {ref.arch}",
+            where="--backbone",
+            fix=f"use one of: {', '.join(tags) or '(none: use a checkpoint file)'}",
+        )
     tag_cfg = get_pretrained_cfg(ref.arch, ref.weights)
     quick_gelu = bool(config.get("quick_gelu") or tag_cfg.get("quick_gelu"))
     source = "architecture config" if config.get("quick_gelu") else "pretrained tag config"
-    return BuildPlan(ref, "open_clip", {**config, "quick_gelu": quick_gelu}, quick_gelu, source,
-                     _preprocessing(config, tag_cfg), "openai" if ref.weights == "openai" else "other",
-                     tag_source=WeightSource.from_pretrained_cfg(tag_cfg))
+    return BuildPlan(
+        ref,
+        "open_clip",
+        {**config, "quick_gelu": quick_gelu},
+        quick_gelu,
+        source,
+        _preprocessing(config, tag_cfg),
+        "openai" if ref.weights == "openai" else "other",
+        tag_source=WeightSource.from_pretrained_cfg(tag_cfg),
+    )
 
 
 def _plan_file_or_random(ref: BackboneRef, kind: str, config: dict) -> BuildPlan:
@@ -145,18 +162,31 @@ def _plan_file_or_random(ref: BackboneRef, kind: str, config: dict) -> BuildPlan
         return BuildPlan(ref, kind, config, named, "architecture config", _preprocessing(config, {}), "none")
     path = Path(ref.weights).expanduser()
     if not path.is_file():
-        raise BenchError("checkpoint file not found", where=str(path), fix="pass an existing file as ARCH/PATH")
+        raise BenchError(
+            "checkpoint file not found", where=str(path), fix="pass an existing file as ARCH/PATH"
+        )
     if is_openai_torchscript(path):
         quick_gelu, source, origin = True, "OpenAI TorchScript checkpoint (trained with QuickGELU)", "openai"
     elif named or kind == "bundled":  # bench's own configs say what their checkpoints were trained with
         quick_gelu, source, origin = named, "architecture config", "unknown"
     else:
         quick_gelu, source, origin = False, "architecture config (the file does not say)", "unknown"
-        log.warning("%s: the activation the weights were trained with cannot be read from the file; building "
-                    "%s with GELU (its config). If they come from OpenAI's CLIP (QuickGELU), use %s", path,
-                    ref.arch, _quickgelu_hint(ref))
-    return BuildPlan(ref, kind, {**config, "quick_gelu": quick_gelu}, quick_gelu, source,
-                     _preprocessing(config, {}), origin)
+        log.warning(
+            "%s: the activation the weights were trained with cannot be read from the file; building "
+            "%s with GELU (its config). If they come from OpenAI's CLIP (QuickGELU), use %s",
+            path,
+            ref.arch,
+            _quickgelu_hint(ref),
+        )
+    return BuildPlan(
+        ref,
+        kind,
+        {**config, "quick_gelu": quick_gelu},
+        quick_gelu,
+        source,
+        _preprocessing(config, {}),
+        origin,
+    )
 
 
 def _quickgelu_hint(ref: BackboneRef) -> str:
@@ -165,7 +195,7 @@ def _quickgelu_hint(ref: BackboneRef) -> str:
     variant = ref.arch + QUICKGELU_SUFFIX
     if variant in open_clip.list_models():
         return f"--backbone {variant}/{ref.weights}"
-    return "a copy of the model config with \"quick_gelu\": true as a bundled architecture"
+    return 'a copy of the model config with "quick_gelu": true as a bundled architecture'
 
 
 def _plan_hub(ref: BackboneRef, *, download: bool) -> BuildPlan:
@@ -175,11 +205,22 @@ def _plan_hub(ref: BackboneRef, *, download: bool) -> BuildPlan:
         doc = json.loads(path.read_text())
         config = doc["model_cfg"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BenchError(f"not an open_clip hub config ({type(exc).__name__}: {exc})", where=str(path),
-                         fix=f"hf-hub:{repo} must hold an open_clip_config.json with a model_cfg") from exc
+        raise BenchError(
+            f"not an open_clip hub config ({type(exc).__name__}: {exc})",
+            where=str(path),
+            fix=f"hf-hub:{repo} must hold an open_clip_config.json with a model_cfg",
+        ) from exc
     quick_gelu = bool(config.get("quick_gelu"))
-    return BuildPlan(ref, "hf-hub", config, quick_gelu, "hub repo config", _preprocessing(config, doc.get("preprocess_cfg") or {}),
-                     "other", hub_config=path)
+    return BuildPlan(
+        ref,
+        "hf-hub",
+        config,
+        quick_gelu,
+        "hub repo config",
+        _preprocessing(config, doc.get("preprocess_cfg") or {}),
+        "other",
+        hub_config=path,
+    )
 
 
 def _preprocessing(model_cfg: dict, overrides: dict) -> Preprocessing:
@@ -213,6 +254,8 @@ def locate_backbones(names: list[str], *, download: bool) -> list[str]:
                 raise
             file = f"not cached yet: bench run downloads it (or run: bench weights fetch {name})"
         prep = plan.preprocessing
-        lines.append(f"{name}: {plan.activation} ({plan.activation_source}), {prep.image_size}px {prep.resize}/"
-                     f"{prep.interpolation}, weights: {file or 'random init'}")
+        lines.append(
+            f"{name}: {plan.activation} ({plan.activation_source}), {prep.image_size}px {prep.resize}/"
+            f"{prep.interpolation}, weights: {file or 'random init'}"
+        )
     return lines

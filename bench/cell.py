@@ -70,8 +70,11 @@ def run_cell(cell: PlannedCell, session: Session, *, step: Step | None = None) -
         return None
     except Exception as exc:  # a bug, an OOM or a diverged fit in one cell must not stop the grid
         log.exception("cell %s failed", cell.spec.name)
-        error = {"type": type(exc).__name__, "message": str(exc),
-                 "traceback_tail": "".join(traceback.format_exc().splitlines(True)[-15:])}
+        error = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback_tail": "".join(traceback.format_exc().splitlines(True)[-15:]),
+        }
     keep = is_done(cell)
     if keep:
         error["message"] += f" (this redo failed; the earlier ok record is kept: {cell.path})"
@@ -82,38 +85,62 @@ def run_cell(cell: PlannedCell, session: Session, *, step: Step | None = None) -
     return result
 
 
-def _result(cell: PlannedCell, session: Session, record: dict, started: str, t0: float,
-            error: dict | None = None) -> RunResult:
+def _result(
+    cell: PlannedCell, session: Session, record: dict, started: str, t0: float, error: dict | None = None
+) -> RunResult:
     """The cell's record with its timing, memory and provenance sections; failed when ``error`` is given."""
     record["timing_s"]["total"] = round(time.perf_counter() - t0, 4)
     record["memory"] = peak_memory(session.device)
-    record["provenance"] = {**environment(session.device), **cluster_ids(), "started_at": started,
-                            "finished_at": utc_now()}
-    return RunResult.build({"run_id": cell.run_id, "status": "failed" if error else "ok", "error": error, **record},
-                           source=str(cell.path))
+    record["provenance"] = {
+        **environment(session.device),
+        **cluster_ids(),
+        "started_at": started,
+        "finished_at": utc_now(),
+    }
+    return RunResult.build(
+        {"run_id": cell.run_id, "status": "failed" if error else "ok", "error": error, **record},
+        source=str(cell.path),
+    )
 
 
 def _write_record(path: Path, result: RunResult) -> None:
     try:
         write_result(path, result)
     except ValueError as exc:  # json refuses NaN and infinities
-        raise ValueError(f"the record cannot be written ({exc}): a NaN or infinite value in its config, "
-                         "backbone or diagnostics") from exc
+        raise ValueError(
+            f"the record cannot be written ({exc}): a NaN or infinite value in its config, "
+            "backbone or diagnostics"
+        ) from exc
 
 
 def _bare_record(cell: PlannedCell, session: Session) -> dict:
     # what defines the cell is known before it fails: a failed record says which subsets it would have used
-    data = {"split_protocol": split_protocol(session.dataset_spec(cell.spec.dataset), session.options.sampling),
-            "protocol": cell.spec.protocol}
-    return {"spec": _spec_record(cell, session), "backbone": {"id": cell.spec.backbone}, "data": data,
-            "config": jsonable(asdict(cell.config)), "tuning": {"mode": cell.spec.tune}, "metrics": {}, "timing_s": {},
-            "memory": {}, "provenance": {}, "prompts": None, "diagnostics": {}}
+    data = {
+        "split_protocol": split_protocol(session.dataset_spec(cell.spec.dataset), session.options.sampling),
+        "protocol": cell.spec.protocol,
+    }
+    return {
+        "spec": _spec_record(cell, session),
+        "backbone": {"id": cell.spec.backbone},
+        "data": data,
+        "config": jsonable(asdict(cell.config)),
+        "tuning": {"mode": cell.spec.tune},
+        "metrics": {},
+        "timing_s": {},
+        "memory": {},
+        "provenance": {},
+        "prompts": None,
+        "diagnostics": {},
+    }
 
 
 def _spec_record(cell: PlannedCell, session: Session) -> dict:
     method = session.method(cell.spec.method)
-    return {**cell.spec.to_json(), "method_version": method.version,
-            "dataset_version": session.dataset_spec(cell.spec.dataset).version}
+    return {
+        **cell.spec.to_json(),
+        "method_version": method.version,
+        "dataset_version": session.dataset_spec(cell.spec.dataset).version,
+    }
 
 
 def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> dict:
@@ -121,8 +148,9 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
     method = session.method(spec.method)
     dataset = session.dataset_spec(spec.dataset)
     splits = session.splits(spec.dataset)
-    fewshot = load_or_create_fewshot(splits, dataset, spec.shots, spec.seed, session.options.cache_root,
-                                     session.options.sampling)
+    fewshot = load_or_create_fewshot(
+        splits, dataset, spec.shots, spec.seed, session.options.cache_root, session.options.sampling
+    )
     protocol = get_protocol(spec.protocol)
     classnames, train_idx, val_idx = protocol.classes(splits, fewshot)
     backbone = session.backbone(spec.backbone)
@@ -132,25 +160,38 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
     needs = method.needs(config)
     train_view = support_view(needs.train_views, needs.augment_scale)
     data = FewShotData(
-        dataset=spec.dataset, shots=spec.shots, classnames=classnames, prompts=dataset.prompts,
+        dataset=spec.dataset,
+        shots=spec.shots,
+        classnames=classnames,
+        prompts=dataset.prompts,
         train=read_features(session, backbone, dataset, splits, "train", train_idx, train_view),
         val=read_features(session, backbone, dataset, splits, "val", val_idx, CENTER),
-        raw_classnames=(splits.raw_classnames or splits.classnames)[:len(classnames)],  # base2new: the base classes
+        raw_classnames=(splits.raw_classnames or splits.classnames)[
+            : len(classnames)
+        ],  # base2new: the base classes
     )
     timing["features"] = time.perf_counter() - t
 
     diagnostics: dict[str, Any] = {}
     ctx = FitContext(
-        backbone=backbone, device=session.device, seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method),
-        text_features=lambda templates, classnames: session.cache.text_features(backbone, classnames, templates),
-        record=diagnostics.__setitem__, progress=session.options.progress, progress_step=step,
+        backbone=backbone,
+        device=session.device,
+        seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method),
+        text_features=lambda templates, classnames: session.cache.text_features(
+            backbone, classnames, templates
+        ),
+        record=diagnostics.__setitem__,
+        progress=session.options.progress,
+        progress_step=step,
     )
-    load_test = functools.partial(read_features, session, backbone, dataset, splits, "test",
-                                  tuple(range(len(splits.test))), CENTER)
+    load_test = functools.partial(
+        read_features, session, backbone, dataset, splits, "test", tuple(range(len(splits.test))), CENTER
+    )
 
     def score_test(classifier, *, test: FeatureSet) -> dict[str, Any]:
-        return protocol.score(classifier, test, splits, session.score, ctx=ctx,
-                              eval_batch_size=session.options.eval_batch_size)
+        return protocol.score(
+            classifier, test, splits, session.score, ctx=ctx, eval_batch_size=session.options.eval_batch_size
+        )
 
     t = time.perf_counter()
     config, tuning_record = _tuned(cell, session, method, data, ctx, load_test, score_test)
@@ -172,8 +213,10 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
     return {
         "spec": _spec_record(cell, session),
         "backbone": backbone_record(backbone, session.backbone_identity(spec.backbone)),
-        "data": {**data_record(splits, fewshot, data, backbone, train_view, session.options.data_root),
-                 **_protocol_record(spec, splits, session)},
+        "data": {
+            **data_record(splits, fewshot, data, backbone, train_view, session.options.data_root),
+            **_protocol_record(spec, splits, session),
+        },
         "prompts": prompts_record(config, dataset),
         "config": jsonable(asdict(config)),
         "tuning": jsonable(tuning_record),
@@ -185,22 +228,39 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
     }
 
 
-def _score_shift(classifier, spec: RunSpec, splits: DatasetSplits, backbone: Backbone,
-                 session: Session) -> dict[str, dict]:
+def _score_shift(
+    classifier, spec: RunSpec, splits: DatasetSplits, backbone: Backbone, session: Session
+) -> dict[str, dict]:
     """Top-1 of the classifier on each shift set, its logits restricted to the set's classes (-A/-R: 200)."""
     out = {}
     for target in spec.shift:
         target_splits = session.splits(target)
-        columns = torch.tensor(class_columns(splits.class_ids, target_splits.class_ids, target), device=session.device)
-        test = read_features(session, backbone, session.dataset_spec(target), target_splits, "test",
-                         tuple(range(len(target_splits.test))), CENTER)
+        columns = torch.tensor(
+            class_columns(splits.class_ids, target_splits.class_ids, target), device=session.device
+        )
+        test = read_features(
+            session,
+            backbone,
+            session.dataset_spec(target),
+            target_splits,
+            "test",
+            tuple(range(len(target_splits.test))),
+            CENTER,
+        )
         restricted = session.score(RestrictedClassifier(classifier, columns), test)
         out[target] = {"top1": restricted["top1"], "n_test": len(target_splits.test)}
     return out
 
 
-def _tuned(cell: PlannedCell, session: Session, method: Any, data: FewShotData, ctx: FitContext,
-           load_test: Callable[[], FeatureSet], score_test: Callable[..., dict]) -> tuple[Any, dict]:
+def _tuned(
+    cell: PlannedCell,
+    session: Session,
+    method: Any,
+    data: FewShotData,
+    ctx: FitContext,
+    load_test: Callable[[], FeatureSet],
+    score_test: Callable[..., dict],
+) -> tuple[Any, dict]:
     """The config to fit and the tuning record: the cell's config untuned, else its study's best.
 
     ``val`` scores trials on the few-shot val split. ``oracle`` is the one place where test
@@ -217,7 +277,9 @@ def _tuned(cell: PlannedCell, session: Session, method: Any, data: FewShotData, 
         objective = tuning.Objective("test", lambda classifier: score_test(classifier, test=test)["top1"])
     else:
         objective = tuning.Objective("val", lambda classifier: session.score(classifier, data.val)["top1"])
-    ref = tuning.study_ref(spec, cell.study, tuning.storage_url(session.options.storage, session.options.results_root))
+    ref = tuning.study_ref(
+        spec, cell.study, tuning.storage_url(session.options.storage, session.options.results_root)
+    )
     return tuning.tune(method, data, cell.config, ctx, ref, objective)
 
 
@@ -225,28 +287,49 @@ def support_view(train_views: int, scale: tuple[float, float] = (0.08, 1.0)) -> 
     return replace(ViewSpec.augment(train_views), scale=tuple(scale)) if train_views > 0 else CENTER
 
 
-def read_features(session: Session, backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str,
-              indices: tuple[int, ...], view: ViewSpec) -> FeatureSet:
+def read_features(
+    session: Session,
+    backbone: Backbone,
+    dataset: DatasetSpec,
+    splits: DatasetSplits,
+    split: str,
+    indices: tuple[int, ...],
+    view: ViewSpec,
+) -> FeatureSet:
     images = splits.split(split).subset(indices)
     key = feature_key(backbone, dataset, splits, split, view)
     options = session.options.extract
     features = session.cache.image_features(key, backbone, splits.image_root, images.paths, options)
-    source = ImageSource(Path(splits.image_root), tuple(images.paths), backbone.preprocessing)  # issue 19: adapted encoders
+    source = ImageSource(
+        Path(splits.image_root), tuple(images.paths), backbone.preprocessing
+    )  # issue 19: adapted encoders
     return FeatureSet(features, torch.tensor(images.labels, dtype=torch.int64), source)
 
 
-def feature_key(backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str,
-                 view: ViewSpec) -> ImageFeatureKey:
-    return ImageFeatureKey.of(backbone, dataset=dataset.name, dataset_version=dataset.version,
-                              split_sha256=splits.source_sha256, split=split, view=view)
+def feature_key(
+    backbone: Backbone, dataset: DatasetSpec, splits: DatasetSplits, split: str, view: ViewSpec
+) -> ImageFeatureKey:
+    return ImageFeatureKey.of(
+        backbone,
+        dataset=dataset.name,
+        dataset_version=dataset.version,
+        split_sha256=splits.source_sha256,
+        split=split,
+        view=view,
+    )
 
 
 def _protocol_record(spec: RunSpec, splits: DatasetSplits, session: Session) -> dict:
     """The protocol's part of the data section, and the data of each shift set."""
     out: dict[str, Any] = get_protocol(spec.protocol).record(splits)
     if spec.shift:
-        out["transfer"] = {t: {"source": relative(session.splits(t).source, session.options.data_root),
-                               "source_sha256": session.splits(t).source_sha256,
-                               "miniature": session.splits(t).miniature, "n_classes": len(session.splits(t).classnames)}
-                           for t in spec.shift}
+        out["transfer"] = {
+            t: {
+                "source": relative(session.splits(t).source, session.options.data_root),
+                "source_sha256": session.splits(t).source_sha256,
+                "miniature": session.splits(t).miniature,
+                "n_classes": len(session.splits(t).classnames),
+            }
+            for t in spec.shift
+        }
     return out

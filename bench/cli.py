@@ -29,6 +29,8 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "bench.tools.perf",
     "bench.weights",
 )
+
+
 def add_folder_options(parser: argparse.ArgumentParser) -> None:
     """``--data-root``, ``--cache-dir``, ``--results`` with their one set of defaults (bench.run_config.FOLDERS)."""
     from bench.run_config import add_folder_arguments
@@ -39,9 +41,12 @@ def add_folder_options(parser: argparse.ArgumentParser) -> None:
 def _add_run(sub) -> None:
     from bench.run_config import add_run_options
 
-    p = sub.add_parser("run", help="run methods × datasets × shots × seeds; finished cells are skipped",
-                       description="Run a grid of cells. Cells with an ok record are skipped (resume); --force "
-                                   "redoes them. Every option can also come from --config FILE (YAML or JSON).")
+    p = sub.add_parser(
+        "run",
+        help="run methods × datasets × shots × seeds; finished cells are skipped",
+        description="Run a grid of cells. Cells with an ok record are skipped (resume); --force "
+        "redoes them. Every option can also come from --config FILE (YAML or JSON).",
+    )
     add_run_options(p)  # every option, defined once in bench.run_config.RunConfig
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON document")
     p.set_defaults(func=_cmd_run)
@@ -72,9 +77,21 @@ def _specs_from_args(args):
     backbones = list(dict.fromkeys(b.strip() for b in args.backbone.split(",") if b.strip()))
     if not backbones:
         raise BenchError("no backbone named", where="--backbone", fix="e.g. --backbone RN50/openai")
-    overrides = [*as_published_overrides(methods), *args.overrides] if args.as_published else list(args.overrides)
-    return expand_grid(methods, datasets, shots, seeds, backbones, tune=args.tune, trials=args.trials,
-                       overrides=parse_overrides(overrides), protocol=args.protocol, shift=shift)
+    overrides = (
+        [*as_published_overrides(methods), *args.overrides] if args.as_published else list(args.overrides)
+    )
+    return expand_grid(
+        methods,
+        datasets,
+        shots,
+        seeds,
+        backbones,
+        tune=args.tune,
+        trials=args.trials,
+        overrides=parse_overrides(overrides),
+        protocol=args.protocol,
+        shift=shift,
+    )
 
 
 def as_published_overrides(methods) -> list[str]:
@@ -87,8 +104,11 @@ def as_published_overrides(methods) -> list[str]:
     from bench.methods import method_registry
 
     registry = method_registry()
-    return [f"{name}.{field}={json.dumps(value)}" for name in methods
-            for field, value in sorted(getattr(registry.get(name), "as_published", {}).items())]
+    return [
+        f"{name}.{field}={json.dumps(value)}"
+        for name in methods
+        for field, value in sorted(getattr(registry.get(name), "as_published", {}).items())
+    ]
 
 
 def _run_options(args):
@@ -101,10 +121,17 @@ def _run_options(args):
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if torch.cuda.is_available() and args.device != "cpu" else 0
     return RunOptions(
-        data_root=args.data_root, cache_root=args.cache_dir, results_root=args.results, device=args.device,
-        precision=args.precision, extract=ExtractOptions(batch_size=args.batch_size, num_workers=workers,
-                                                         progress=not args.no_progress),
-        force=args.force, progress=not args.no_progress, storage=args.storage,
+        data_root=args.data_root,
+        cache_root=args.cache_dir,
+        results_root=args.results,
+        device=args.device,
+        precision=args.precision,
+        extract=ExtractOptions(
+            batch_size=args.batch_size, num_workers=workers, progress=not args.no_progress
+        ),
+        force=args.force,
+        progress=not args.no_progress,
+        storage=args.storage,
         sampling=args.sampling,
     )
 
@@ -113,7 +140,9 @@ def _cmd_run(cli_args) -> int:
     from bench.plugins import activated
     from bench.spec import check_unrepeated
 
-    check_unrepeated(getattr(cli_args, "overrides", []))  # on the command line; a flag may still override the --config file
+    check_unrepeated(
+        getattr(cli_args, "overrides", [])
+    )  # on the command line; a flag may still override the --config file
     args, content = run_config_from_args(cli_args)  # every option, from the flags and the --config file
     with activated(args.plugin_paths()):
         return _run(args, content, as_json=getattr(cli_args, "json", False))
@@ -135,39 +164,64 @@ def _run(args, content, *, as_json: bool = False) -> int:
         cells = plan_cells(specs, session, dry_run=True)  # reads only: works on a read-only results folder
         done = sum(is_done(c) for c in cells)
         if as_json:
-            plan = [{"cell": c.spec.name, "backbone": c.spec.backbone, "done": is_done(c), "record": str(c.path)}
-                    for c in cells]
-            print(json.dumps({"backbones": located, "cells": plan, "total": len(cells), "done": done,
-                              "todo": len(cells) - done}, indent=2))
+            plan = [
+                {"cell": c.spec.name, "backbone": c.spec.backbone, "done": is_done(c), "record": str(c.path)}
+                for c in cells
+            ]
+            print(
+                json.dumps(
+                    {
+                        "backbones": located,
+                        "cells": plan,
+                        "total": len(cells),
+                        "done": done,
+                        "todo": len(cells) - done,
+                    },
+                    indent=2,
+                )
+            )
             return 0
         for line in located:
             print(f"backbone {line}")
         for cell in cells:
-            print(f"{'done' if is_done(cell) else 'todo'}  {cell.spec.name}  {cell.spec.backbone}  -> {cell.path}")
+            print(
+                f"{'done' if is_done(cell) else 'todo'}  {cell.spec.name}  {cell.spec.backbone}  -> {cell.path}"
+            )
         print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run")
         return 0
     summary = run_cells(specs, options, session)
-    print(f"{len(summary.ran)} cells run, {len(summary.skipped)} already done (resumed), {len(summary.failed)} failed; "
-          f"records in {args.results}")
+    print(
+        f"{len(summary.ran)} cells run, {len(summary.skipped)} already done (resumed), {len(summary.failed)} failed; "
+        f"records in {args.results}"
+    )
     if summary.deferred:
         print(f"{len(summary.deferred)} tuned cells are finished by the worker that completed their study")
     if summary.busy:
-        print(f"{len(summary.busy)} cells left to another runner that holds their locks (rerun to pick up any it drops)")
+        print(
+            f"{len(summary.busy)} cells left to another runner that holds their locks (rerun to pick up any it drops)"
+        )
     for name, error in summary.failed:
         print(f"FAILED {name}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
 def _add_methods(sub) -> None:
-    p = sub.add_parser("methods", help="list methods with their config fields and defaults",
-                       description="Methods with their config fields and defaults; with --dataset, the defaults "
-                                   "of that cell (per-dataset ratios, epochs by shots) and what --tune searches.")
+    p = sub.add_parser(
+        "methods",
+        help="list methods with their config fields and defaults",
+        description="Methods with their config fields and defaults; with --dataset, the defaults "
+        "of that cell (per-dataset ratios, epochs by shots) and what --tune searches.",
+    )
     p.add_argument("names", nargs="?", default="all", help="method name(s), comma-separated, or 'all'")
     p.add_argument("--dataset", help="show the defaults default_config gives this dataset's cells")
     p.add_argument("--shots", type=int, default=16, help="with --dataset: the shot count (default: 16)")
     p.add_argument("--json", action="store_true", help="print the methods as one JSON document")
-    p.add_argument("--plugins", default="", metavar="PATHS",
-                   help="also list the methods of these plugin files and folders (comma list; also BENCH_PLUGINS)")
+    p.add_argument(
+        "--plugins",
+        default="",
+        metavar="PATHS",
+        help="also list the methods of these plugin files and folders (comma list; also BENCH_PLUGINS)",
+    )
     p.set_defaults(func=_cmd_methods)
 
 
@@ -188,19 +242,31 @@ def _list_methods(args) -> int:
 
         dataset_registry().get(args.dataset)  # an unknown name fails with did-you-mean
     if args.json:
-        print(json.dumps([_method_json(registry, name, args.dataset, args.shots) for name in registry.expand(args.names)],
-                         indent=2, default=repr))
+        print(
+            json.dumps(
+                [
+                    _method_json(registry, name, args.dataset, args.shots)
+                    for name in registry.expand(args.names)
+                ],
+                indent=2,
+                default=repr,
+            )
+        )
         return 0
     for name in registry.expand(args.names):
         method = registry.get(name)()
-        doc = (type(method).__doc__ or sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
+        doc = (
+            (type(method).__doc__ or sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
+        )
         print(f"{name} (v{method.version}, {registry.origin(name)}): {doc[0] if doc else ''}")
         cell = method.default_config(args.dataset, args.shots) if args.dataset else None
         for f in dataclasses.fields(method.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if cell is not None and getattr(cell, f.name) != default:
-                print(f"    {f.name} = {getattr(cell, f.name)!r}  ({args.dataset}, {args.shots} shots; "
-                      f"class default {default!r})")
+                print(
+                    f"    {f.name} = {getattr(cell, f.name)!r}  ({args.dataset}, {args.shots} shots; "
+                    f"class default {default!r})"
+                )
             else:
                 print(f"    {f.name} = {default!r}")
         published = getattr(method, "as_published", {})
@@ -210,8 +276,12 @@ def _list_methods(args) -> int:
         if varying and cell is None:
             print(f"    (per dataset/shots, default_config sets: {', '.join(varying)}; see --dataset)")
         if searchable(method):
-            space = search_distributions(method, cell or method.default_config("synthetic", args.shots),
-                                         args.dataset or "synthetic", args.shots)
+            space = search_distributions(
+                method,
+                cell or method.default_config("synthetic", args.shots),
+                args.dataset or "synthetic",
+                args.shots,
+            )
             print(f"    --tune searches: {', '.join(f'{k} {_distribution(v)}' for k, v in space.items())}")
         else:
             print("    --tune searches: nothing (runs at its defaults in a tuned grid)")
@@ -227,43 +297,63 @@ def _method_json(registry, name: str, dataset: str | None, shots: int) -> dict:
     doc = (type(method).__doc__ or sys.modules[type(method).__module__].__doc__ or "").strip().splitlines()
     config = method.default_config(dataset, shots) if dataset else method.Config()
     space = search_distributions(method, config, dataset or "synthetic", shots) if searchable(method) else {}
-    return {"name": name, "version": str(method.version), "origin": registry.origin(name),
-            "summary": doc[0] if doc else "", "config": dataclasses.asdict(config),
-            "per_cell_defaults": _per_cell_defaults(method), "as_published": dict(getattr(method, "as_published", {})),
-            "search": {k: _distribution(v) for k, v in space.items()}}
+    return {
+        "name": name,
+        "version": str(method.version),
+        "origin": registry.origin(name),
+        "summary": doc[0] if doc else "",
+        "config": dataclasses.asdict(config),
+        "per_cell_defaults": _per_cell_defaults(method),
+        "as_published": dict(getattr(method, "as_published", {})),
+        "search": {k: _distribution(v) for k, v in space.items()},
+    }
 
 
 def _distribution(distribution) -> str:
     """An Optuna distribution as ``[low, high]`` (``log``) or ``{a, b}``."""
     if hasattr(distribution, "choices"):
         return "{" + ", ".join(map(repr, distribution.choices)) + "}"
-    return f"[{distribution.low:g}, {distribution.high:g}]" + (" log" if getattr(distribution, "log", False) else "")
+    return f"[{distribution.low:g}, {distribution.high:g}]" + (
+        " log" if getattr(distribution, "log", False) else ""
+    )
 
 
 def _per_cell_defaults(method) -> list[str]:
     """Config fields whose default depends on the dataset or the shots (paper defaults per cell)."""
     generic = method.default_config("synthetic", 16)
-    probes = [(dataset, shots) for dataset in ("imagenet", "dtd", "eurosat", "oxford_flowers") for shots in (1, 2, 16)]
-    return [f.name for f in dataclasses.fields(generic)
-            if any(getattr(method.default_config(d, k), f.name) != getattr(generic, f.name) for d, k in probes)]
+    probes = [
+        (dataset, shots)
+        for dataset in ("imagenet", "dtd", "eurosat", "oxford_flowers")
+        for shots in (1, 2, 16)
+    ]
+    return [
+        f.name
+        for f in dataclasses.fields(generic)
+        if any(getattr(method.default_config(d, k), f.name) != getattr(generic, f.name) for d, k in probes)
+    ]
 
 
 # One line per feature command, so `bench --help` lists them without importing their modules (which import
 # torch): a command's module is imported only when that command runs. A module of FEATURE_COMMANDS missing
 # here is imported for every command line (slow, but it works).
 LAZY_COMMANDS: dict[str, dict[str, str]] = {
-    "bench.tools.demo": {"demo": "pretrain a small CLIP on real images, run few-shot methods on its rare classes, "
-                           "print the report"},
+    "bench.tools.demo": {
+        "demo": "pretrain a small CLIP on real images, run few-shot methods on its rare classes, "
+        "print the report"
+    },
     "bench.reports.command": {"report": "tables, curves, paper deltas and paired tests from result records"},
     "bench.datasets.cli": {"data": "list, check and prepare datasets; export few-shot index files"},
     "bench.slurm.cli": {"status": "progress of a sweep submitted with --executor slurm|processes|debug"},
     "bench.tools.perf": {"perf": "benchmark extraction and per-cell training speed against re-encoding"},
     "bench.weights": {"weights": "pre-download backbone weights (for offline nodes) or show where they are"},
-    "bench.reports.export": {"export": "result records into W&B (offline), MLflow (file store) or TensorBoard event "
-                                       "files"},
+    "bench.reports.export": {
+        "export": "result records into W&B (offline), MLflow (file store) or TensorBoard event files"
+    },
 }
-CORE_COMMANDS = {"run": "run methods × datasets × shots × seeds; finished cells are skipped",
-                 "methods": "list methods with their config fields and defaults"}
+CORE_COMMANDS = {
+    "run": "run methods × datasets × shots × seeds; finished cells are skipped",
+    "methods": "list methods with their config fields and defaults",
+}
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
 EXIT_CODES = f"""exit status:
   {EXIT_OK}    success
@@ -283,8 +373,12 @@ def build_parser(command: str | None = ALL_COMMANDS) -> argparse.ArgumentParser:
     one-line entries (their modules are not imported); ``bench --help`` passes ``""``: none in full."""
     import bench
 
-    parser = argparse.ArgumentParser(prog="bench", description="Few-shot CLIP adaptation benchmark harness.",
-                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Few-shot CLIP adaptation benchmark harness.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (also after the command)")
     parser.add_argument("--version", action="version", version=f"bench {bench.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -311,8 +405,13 @@ def _accept_global_options(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 if not {"-v", "--verbose"} & set(child._option_string_actions):
-                    child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                       help="debug logging")
+                    child.add_argument(
+                        "-v",
+                        "--verbose",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="debug logging",
+                    )
                 _accept_global_options(child)
 
 
@@ -327,16 +426,31 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 # errors the machine gives for a file the user named or a disk it filled: one line, not a traceback
-_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR,
-                                 errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST})
+_ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.ENAMETOOLONG,
+        errno.EEXIST,
+    }
+)
 
 
 def environment_error(exc: OSError) -> BenchError:
     """``exc`` (a full disk, a read-only or unwritable path) as a :class:`BenchError` naming the file."""
-    fix = ("free space (or quota) on that disk, then run the same command again: finished work is kept"
-           if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "pass a path you can write to (a folder for --plot)")
-    return BenchError(exc.strerror or type(exc).__name__, where=None if exc.filename is None else str(exc.filename),
-                      fix=fix)
+    fix = (
+        "free space (or quota) on that disk, then run the same command again: finished work is kept"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "pass a path you can write to (a folder for --plot)"
+    )
+    return BenchError(
+        exc.strerror or type(exc).__name__, where=None if exc.filename is None else str(exc.filename), fix=fix
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(ALL_COMMANDS if "_ARGCOMPLETE" in os.environ else _command_of(argv))
     _autocomplete(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except BenchError as exc:

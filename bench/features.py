@@ -63,8 +63,14 @@ class ImageFeatureKey:
     @classmethod
     def of(cls, backbone: Backbone, **data) -> ImageFeatureKey:
         """The key of ``backbone``'s features; ``data``: dataset, dataset_version, split_sha256, split, view."""
-        return cls(backbone=backbone.ref.id, weights_sha256=backbone.weights_sha256, precision=backbone.precision,
-                   build=backbone.build_key, preprocessing=backbone.preprocessing, **data)
+        return cls(
+            backbone=backbone.ref.id,
+            weights_sha256=backbone.weights_sha256,
+            precision=backbone.precision,
+            build=backbone.build_key,
+            preprocessing=backbone.preprocessing,
+            **data,
+        )
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in key.json
@@ -121,7 +127,9 @@ class _Store:
             positions = torch.tensor([p for p, _ in pairs])
             rows = torch.tensor([r for _, r in pairs])
             out[:, positions] = self.shards[shard][:, rows].float()
-            _check_finite(out[:, positions], [paths[p] for p, _ in pairs], str(self.folder / self.names[shard]))
+            _check_finite(
+                out[:, positions], [paths[p] for p, _ in pairs], str(self.folder / self.names[shard])
+            )
         return out
 
 
@@ -144,16 +152,34 @@ class FeatureCache:
         self.images_encoded = 0
 
     def image_folder(self, key: ImageFeatureKey, backbone_slug: str) -> Path:
-        return self.root / "features" / backbone_slug / key.dataset / f"{key.split}-{key.view.name}-{key.digest()[:16]}"
+        return (
+            self.root
+            / "features"
+            / backbone_slug
+            / key.dataset
+            / f"{key.split}-{key.view.name}-{key.digest()[:16]}"
+        )
 
-    def image_features(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: Sequence[str],
-                       options: ExtractOptions = ExtractOptions()) -> torch.Tensor:
+    def image_features(
+        self,
+        key: ImageFeatureKey,
+        backbone: Backbone,
+        image_root: Path,
+        paths: Sequence[str],
+        options: ExtractOptions = ExtractOptions(),
+    ) -> torch.Tensor:
         """Features of ``paths`` (relative to ``image_root``) -> (V, N, D) float32, computing only what is missing."""
         self.ensure_image_features(key, backbone, image_root, paths, options)
         return self._open(key, backbone.ref.slug).gather(paths)
 
-    def ensure_image_features(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: Sequence[str],
-                              options: ExtractOptions = ExtractOptions()) -> int:
+    def ensure_image_features(
+        self,
+        key: ImageFeatureKey,
+        backbone: Backbone,
+        image_root: Path,
+        paths: Sequence[str],
+        options: ExtractOptions = ExtractOptions(),
+    ) -> int:
         """Encode and store the features of those ``paths`` not cached yet; returns how many.
 
         They are written as a shard every ``options.shard_batches`` batches, so a killed extraction
@@ -181,11 +207,17 @@ class FeatureCache:
             try:
                 stored = json.loads(key_file.read_text())
             except (OSError, ValueError) as exc:
-                raise BenchError(f"unreadable feature cache key file ({exc})", where=str(key_file),
-                                 fix=f"delete {folder}; it will be recomputed") from exc
+                raise BenchError(
+                    f"unreadable feature cache key file ({exc})",
+                    where=str(key_file),
+                    fix=f"delete {folder}; it will be recomputed",
+                ) from exc
             if stored != key.to_json():
-                raise BenchError("feature cache key file does not match its folder", where=str(key_file),
-                                 fix=f"delete {folder}; it will be recomputed")
+                raise BenchError(
+                    "feature cache key file does not match its folder",
+                    where=str(key_file),
+                    fix=f"delete {folder}; it will be recomputed",
+                )
         else:
             atomic_write_json(key_file, key.to_json())
         clean_stale_temps(folder)  # shards whose writer was killed before its rename
@@ -196,45 +228,70 @@ class FeatureCache:
             self._stores.popitem(last=False)
         return store
 
-    def _encode(self, key: ImageFeatureKey, backbone: Backbone, image_root: Path, paths: list[str],
-                options: ExtractOptions, store: _Store) -> None:
+    def _encode(
+        self,
+        key: ImageFeatureKey,
+        backbone: Backbone,
+        image_root: Path,
+        paths: list[str],
+        options: ExtractOptions,
+        store: _Store,
+    ) -> None:
         """Encode ``paths`` in batches and write a shard every ``options.shard_batches`` batches and at the end."""
         dataset = ImageViews(image_root, paths, backbone.preprocessing, key.view)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=max(1, options.batch_size // key.view.n_views), num_workers=options.num_workers,
-            pin_memory=backbone.device.type == "cuda", persistent_workers=False,
+            dataset,
+            batch_size=max(1, options.batch_size // key.view.n_views),
+            num_workers=options.num_workers,
+            pin_memory=backbone.device.type == "cuda",
+            persistent_workers=False,
         )
         chunks, written = [], 0
-        bar = tqdm(total=len(paths), desc=f"features {key.dataset}/{key.split} {key.view.name}", unit="img",
-                   disable=not bars_on(options.progress), leave=False)
+        bar = tqdm(
+            total=len(paths),
+            desc=f"features {key.dataset}/{key.split} {key.view.name}",
+            unit="img",
+            disable=not bars_on(options.progress),
+            leave=False,
+        )
         with bar:
             for views, errors in loader:
                 bad = [e for e in errors if e]
                 if bad:
-                    raise BenchError(bad[0]) if len(bad) == 1 else BenchError(f"{bad[0]} (and {len(bad) - 1} more in this batch)")
+                    raise (
+                        BenchError(bad[0])
+                        if len(bad) == 1
+                        else BenchError(f"{bad[0]} (and {len(bad) - 1} more in this batch)")
+                    )
                 batch, n_views = views.shape[0], views.shape[1]
                 encoded = backbone.encode_images(views.flatten(0, 1)).cpu()
                 chunks.append(encoded.view(batch, n_views, -1).transpose(0, 1))
                 bar.update(batch)
                 if len(chunks) >= options.shard_batches:
-                    written += self._write_shard(store, key, image_root, paths[written:], torch.cat(chunks, dim=1))
+                    written += self._write_shard(
+                        store, key, image_root, paths[written:], torch.cat(chunks, dim=1)
+                    )
                     chunks = []
         if chunks:
             self._write_shard(store, key, image_root, paths[written:], torch.cat(chunks, dim=1))
 
-    def _write_shard(self, store: _Store, key: ImageFeatureKey, image_root: Path, paths: list[str],
-                     features: torch.Tensor) -> int:
+    def _write_shard(
+        self, store: _Store, key: ImageFeatureKey, image_root: Path, paths: list[str], features: torch.Tensor
+    ) -> int:
         """Store features (V, n, D) of the first n of ``paths`` as one shard; returns n.
 
         Non-finite features are refused, naming the image. A shard whose values float16 cannot hold
         (beyond ±65504) is stored as float32 instead of turning them into infinities.
         """
-        paths = paths[:features.shape[1]]
+        paths = paths[: features.shape[1]]
         _check_finite(features, [str(Path(image_root) / p) for p in paths], "the image encoder's output")
         stored = features.to(getattr(torch, key.store_dtype))
         if not torch.isfinite(stored).all():
-            log.warning("features beyond the range of %s in %s: this shard is stored as float32", key.store_dtype,
-                        store.folder)
+            log.warning(
+                "features beyond the range of %s in %s: this shard is stored as float32",
+                key.store_dtype,
+                store.folder,
+            )
             stored = features.float()
         name = f"shard-{sha256_bytes(chr(10).join(paths).encode())[:16]}.pt"
         shard = {"paths": paths, "features": stored}
@@ -243,16 +300,27 @@ class FeatureCache:
         self.images_encoded += len(paths)
         return len(paths)
 
-    def text_features(self, backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    def text_features(
+        self, backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]
+    ) -> torch.Tensor:
         """Frozen text features of every (template, class) prompt -> (T, C, D) float32, not normalised."""
-        key = {"backbone": backbone.ref.id, "weights_sha256": backbone.weights_sha256, "precision": backbone.precision,
-               "build": backbone.build_key, "classnames": list(classnames), "templates": list(templates), "schema": FEATURE_SCHEMA}
+        key = {
+            "backbone": backbone.ref.id,
+            "weights_sha256": backbone.weights_sha256,
+            "precision": backbone.precision,
+            "build": backbone.build_key,
+            "classnames": list(classnames),
+            "templates": list(templates),
+            "schema": FEATURE_SCHEMA,
+        }
         digest = sha256_json(key)
         if digest in self._text:
             return self._text[digest]
         path = self.root / "text" / backbone.ref.slug / f"{digest[:32]}.pt"
         expected = (len(templates), len(classnames))
-        features = _load_cached(path, lambda t: isinstance(t, torch.Tensor) and tuple(t.shape[:2]) == expected)
+        features = _load_cached(
+            path, lambda t: isinstance(t, torch.Tensor) and tuple(t.shape[:2]) == expected
+        )
         if features is None:
             features = encode_prompts(backbone, classnames, templates)
             atomic_torch_save(path, features)
@@ -265,14 +333,20 @@ def _check_finite(features: torch.Tensor, paths: Sequence[str], source: str) -> 
     bad = (~torch.isfinite(features)).flatten(2).any(2).any(0).nonzero().flatten()
     if len(bad):
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise NonFiniteError(f"{source}: non-finite features for image {paths[int(bad[0])]}{more}; "
-                             "a cached shard with them can be deleted to recompute it")
+        raise NonFiniteError(
+            f"{source}: non-finite features for image {paths[int(bad[0])]}{more}; "
+            "a cached shard with them can be deleted to recompute it"
+        )
 
 
 def _is_shard(shard) -> bool:
-    return (isinstance(shard, dict) and isinstance(shard.get("paths"), list)
-            and isinstance(shard.get("features"), torch.Tensor) and shard["features"].dim() == 3
-            and shard["features"].shape[1] == len(shard["paths"]))
+    return (
+        isinstance(shard, dict)
+        and isinstance(shard.get("paths"), list)
+        and isinstance(shard.get("features"), torch.Tensor)
+        and shard["features"].dim() == 3
+        and shard["features"].shape[1] == len(shard["paths"])
+    )
 
 
 def _load_cached(path: Path, valid) -> object | None:
@@ -292,12 +366,13 @@ def _load_cached(path: Path, valid) -> object | None:
     return None
 
 
-def encode_prompts(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],
-                   batch_size: int = 1024) -> torch.Tensor:
+def encode_prompts(
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
+) -> torch.Tensor:
     """Encode ``template.format(classname)`` for every pair -> (T, C, D) float32 on CPU."""
     prompts = [t.format(c) for t in templates for c in classnames]
     out = []
     for start in range(0, len(prompts), batch_size):
-        tokens = backbone.tokenize(prompts[start:start + batch_size])
+        tokens = backbone.tokenize(prompts[start : start + batch_size])
         out.append(backbone.encode_text(tokens).cpu())
     return torch.cat(out).view(len(templates), len(classnames), -1)

@@ -61,9 +61,16 @@ def load_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # a bomb: far more pixels than it should
-        raise BenchError(f"cannot decode image ({type(exc).__name__}: {exc})", where=str(path),
-                         fix="re-extract or re-download this file; `bench data check` lists every bad file") from exc
+    except (
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:  # a bomb: far more pixels than it should
+        raise BenchError(
+            f"cannot decode image ({type(exc).__name__}: {exc})",
+            where=str(path),
+            fix="re-extract or re-download this file; `bench data check` lists every bad file",
+        ) from exc
 
 
 def _interp(prep: Preprocessing) -> InterpolationMode:
@@ -108,7 +115,9 @@ def _crop_box(width: int, height: int, view: ViewSpec, rng: random.Random) -> tu
 def augmented_view(img: Image.Image, prep: Preprocessing, view: ViewSpec, rng: random.Random) -> torch.Tensor:
     """One Dassl-style training view -> (3, S, S)."""
     top, left, h, w = _crop_box(img.width, img.height, view, rng)
-    out = TF.resized_crop(img, top, left, h, w, [prep.image_size, prep.image_size], interpolation=_interp(prep))
+    out = TF.resized_crop(
+        img, top, left, h, w, [prep.image_size, prep.image_size], interpolation=_interp(prep)
+    )
     if view.flip and rng.random() < 0.5:
         out = TF.hflip(out)
     return _normalise(out, prep)

@@ -46,7 +46,9 @@ def activated(paths: list[str]) -> Iterator[None]:
         return
     for path in paths:
         if not Path(path).exists():
-            raise BenchError("plugin not found", where=path, fix="pass an existing .py file, folder or spec file")
+            raise BenchError(
+                "plugin not found", where=path, fix="pass an existing .py file, folder or spec file"
+            )
     before = os.environ.get(PLUGINS_ENV)
     merged = [str(Path(p).resolve()) for p in (*plugin_paths(), *paths)]  # absolute: jobs may start elsewhere
     os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(merged))
@@ -82,16 +84,26 @@ def plugin_entries(group: str) -> list[tuple[str, Any, str]]:
 
 def _files(path: Path) -> list[Path]:
     if not path.exists():
-        raise BenchError("plugin not found", where=str(path), fix=f"fix or drop it in --plugins / {PLUGINS_ENV}")
+        raise BenchError(
+            "plugin not found", where=str(path), fix=f"fix or drop it in --plugins / {PLUGINS_ENV}"
+        )
     if path.is_dir() and not (path / "__init__.py").is_file():
-        found = sorted(p for p in path.iterdir() if p.suffix in (".py", *SPEC_SUFFIXES) and not p.name.startswith("."))
+        found = sorted(
+            p for p in path.iterdir() if p.suffix in (".py", *SPEC_SUFFIXES) and not p.name.startswith(".")
+        )
         if not found:
-            raise BenchError("plugin folder holds no .py, .yaml or .json file and no __init__.py", where=str(path),
-                             fix="point at a Python file, a package folder or a dataset spec file")
+            raise BenchError(
+                "plugin folder holds no .py, .yaml or .json file and no __init__.py",
+                where=str(path),
+                fix="point at a Python file, a package folder or a dataset spec file",
+            )
         return found
     if path.is_file() and path.suffix not in (".py", *SPEC_SUFFIXES):
-        raise BenchError(f"a plugin is a .py file, a folder or a {'/'.join(SPEC_SUFFIXES)} dataset spec file",
-                         where=str(path), fix="rename it or point at its folder")
+        raise BenchError(
+            f"a plugin is a .py file, a folder or a {'/'.join(SPEC_SUFFIXES)} dataset spec file",
+            where=str(path),
+            fix="rename it or point at its folder",
+        )
     return [path]
 
 
@@ -107,11 +119,17 @@ def _entries(path: Path, group: str) -> list[tuple[str, Any, str]]:
     attr = _MAPPING[group]
     declared = getattr(module, attr, {})
     if not hasattr(module, "BENCH_METHODS") and not hasattr(module, "BENCH_DATASETS"):
-        raise BenchError("plugin defines neither BENCH_METHODS nor BENCH_DATASETS", where=str(path),
-                         fix='add e.g. BENCH_METHODS = {"my_method": MyMethod} at module level')
+        raise BenchError(
+            "plugin defines neither BENCH_METHODS nor BENCH_DATASETS",
+            where=str(path),
+            fix='add e.g. BENCH_METHODS = {"my_method": MyMethod} at module level',
+        )
     if not isinstance(declared, dict) or not all(isinstance(k, str) for k in declared):
-        raise BenchError(f"{attr} must be a dict of names to objects", where=f"{path}: {attr}",
-                         fix=f'write {attr} = {{"name": ...}}')
+        raise BenchError(
+            f"{attr} must be a dict of names to objects",
+            where=f"{path}: {attr}",
+            fix=f'write {attr} = {{"name": ...}}',
+        )
     check = _check_method if group == "bench.methods" else _check_dataset
     for name, obj in declared.items():
         check(name, obj, f"{path}: {attr}[{name!r}]")
@@ -122,15 +140,20 @@ def load_module(path: Path) -> Any:
     """Import the Python file or package folder ``path`` under a name derived from its absolute path (once)."""
     path = path.resolve()
     stem = path.stem if path.is_file() else path.name
-    name = f"bench_plugin_{''.join(c if c.isalnum() else '_' for c in stem)}_" \
-           f"{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    name = (
+        f"bench_plugin_{''.join(c if c.isalnum() else '_' for c in stem)}_"
+        f"{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    )
     if name in sys.modules:
         return sys.modules[name]
     init = path / "__init__.py" if path.is_dir() else path
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(path)]
-                                                  if path.is_dir() else None)
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[str(path)] if path.is_dir() else None
+    )
     if spec is None or spec.loader is None:
-        raise BenchError("cannot import this plugin", where=str(path), fix="point at a .py file or a package folder")
+        raise BenchError(
+            "cannot import this plugin", where=str(path), fix="point at a .py file or a package folder"
+        )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -141,8 +164,11 @@ def load_module(path: Path) -> Any:
     except Exception as exc:  # the plugin's own bug: one line naming it
         del sys.modules[name]
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise BenchError(f"plugin raised {type(exc).__name__} on import: {first}", where=str(path),
-                         fix=f"fix the plugin, or drop it from --plugins / {PLUGINS_ENV}") from exc
+        raise BenchError(
+            f"plugin raised {type(exc).__name__} on import: {first}",
+            where=str(path),
+            fix=f"fix the plugin, or drop it from --plugins / {PLUGINS_ENV}",
+        ) from exc
     return module
 
 
@@ -150,16 +176,25 @@ def _check_method(name: str, obj: Any, where: str) -> None:
     """What the runner needs of a method class (see bench.methods.base.Method)."""
     missing = [a for a in ("Config", "version", "default_config", "needs", "fit") if not hasattr(obj, a)]
     if not isinstance(obj, type) or missing:
-        raise BenchError(f"method {name!r} is not a method class" + (f" (no {', '.join(missing)})" if missing else ""),
-                         where=where, fix="register the class (not an instance); see bench.methods.base.Method")
+        raise BenchError(
+            f"method {name!r} is not a method class" + (f" (no {', '.join(missing)})" if missing else ""),
+            where=where,
+            fix="register the class (not an instance); see bench.methods.base.Method",
+        )
 
 
 def _check_dataset(name: str, obj: Any, where: str) -> None:
     from bench.datasets.spec import DatasetSpec
 
     if not isinstance(obj, DatasetSpec):
-        raise BenchError(f"dataset {name!r} is a {type(obj).__name__}, not a DatasetSpec", where=where,
-                         fix="register a bench.datasets.spec.DatasetSpec, or write a spec file")
+        raise BenchError(
+            f"dataset {name!r} is a {type(obj).__name__}, not a DatasetSpec",
+            where=where,
+            fix="register a bench.datasets.spec.DatasetSpec, or write a spec file",
+        )
     if obj.name != name:
-        raise BenchError(f"dataset registered as {name!r} is named {obj.name!r}", where=where,
-                         fix="use the spec's name as its key")
+        raise BenchError(
+            f"dataset registered as {name!r} is named {obj.name!r}",
+            where=where,
+            fix="use the spec's name as its key",
+        )

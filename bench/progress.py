@@ -65,8 +65,19 @@ class GridProgress:
         self.durations: list[float] = []
         self._cell: tqdm | None = None
         # tqdm's own rate and remaining time would count the skipped cells: the postfix carries our ETA
-        self._grid = tqdm(total=total, desc="cells", unit="cell", position=0, file=self.stream, dynamic_ncols=True,
-                          bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") if self.interactive else None
+        self._grid = (
+            tqdm(
+                total=total,
+                desc="cells",
+                unit="cell",
+                position=0,
+                file=self.stream,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            )
+            if self.interactive
+            else None
+        )
 
     def eta(self) -> float | None:
         """Seconds left: the mean duration of the finished cells times the cells still to run."""
@@ -89,8 +100,15 @@ class GridProgress:
     def _step(self, done: int, total: int, unit: str) -> None:
         if self._cell is None or self._cell.total != total or self._cell.unit != unit:
             self._close_cell()
-            self._cell = tqdm(total=total, desc=f"{unit}s", unit=unit, position=1, leave=False, file=self.stream,
-                              dynamic_ncols=True)
+            self._cell = tqdm(
+                total=total,
+                desc=f"{unit}s",
+                unit=unit,
+                position=1,
+                leave=False,
+                file=self.stream,
+                dynamic_ncols=True,
+            )
         self._cell.update(done - self._cell.n)
 
     def _close_cell(self) -> None:
@@ -110,8 +128,10 @@ class GridProgress:
         status = "deferred" if result is None else getattr(result, "status", "?")
         top1 = top1_of(result) if status == "ok" else None
         score = f"top-1 {100 * top1:.2f}%" if top1 is not None else "top-1 —"
-        self.stream.write(f"[{self.done}/{self.todo}] {status} {name}  {score}  {seconds:.1f} s  "
-                          f"ETA {format_seconds(self.eta())}\n")
+        self.stream.write(
+            f"[{self.done}/{self.todo}] {status} {name}  {score}  {seconds:.1f} s  "
+            f"ETA {format_seconds(self.eta())}\n"
+        )
         self.stream.flush()
 
     def close(self) -> None:

@@ -35,12 +35,15 @@ class FewShot:
     name: ClassVar[str] = "fewshot"
     transfers: ClassVar[bool] = True  # shift sets can be scored on top of it
 
-    def classes(self, splits: DatasetSplits, fewshot: FewShotIndices) -> tuple[tuple[str, ...], tuple[int, ...],
-                                                                            tuple[int, ...]]:
+    def classes(
+        self, splits: DatasetSplits, fewshot: FewShotIndices
+    ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
         """(class names, support indices, val indices) a method sees."""
         return splits.classnames, fewshot.train, fewshot.val
 
-    def score(self, classifier: Any, test: Any, splits: DatasetSplits, score: ScoreFn, **_: Any) -> dict[str, Any]:
+    def score(
+        self, classifier: Any, test: Any, splits: DatasetSplits, score: ScoreFn, **_: Any
+    ) -> dict[str, Any]:
         """Test metrics as fractions."""
         return score(classifier, test)
 
@@ -55,16 +58,29 @@ class BaseToNew(FewShot):
     name: ClassVar[str] = "base2new"
     transfers: ClassVar[bool] = False
 
-    def classes(self, splits: DatasetSplits, fewshot: FewShotIndices) -> tuple[tuple[str, ...], tuple[int, ...],
-                                                                            tuple[int, ...]]:
+    def classes(
+        self, splits: DatasetSplits, fewshot: FewShotIndices
+    ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
         from bench.datasets.subsets import indices_with_labels, n_base_classes
 
         m = n_base_classes(len(splits.classnames))
-        return (splits.classnames[:m], indices_with_labels(splits.train, fewshot.train, 0, m),
-                indices_with_labels(splits.val, fewshot.val, 0, m))
+        return (
+            splits.classnames[:m],
+            indices_with_labels(splits.train, fewshot.train, 0, m),
+            indices_with_labels(splits.val, fewshot.val, 0, m),
+        )
 
-    def score(self, classifier: Any, test: Any, splits: DatasetSplits, score: ScoreFn, *, ctx: Any = None,
-              eval_batch_size: int = 8192, **_: Any) -> dict[str, Any]:
+    def score(
+        self,
+        classifier: Any,
+        test: Any,
+        splits: DatasetSplits,
+        score: ScoreFn,
+        *,
+        ctx: Any = None,
+        eval_batch_size: int = 8192,
+        **_: Any,
+    ) -> dict[str, Any]:
         """Base / new / harmonic-mean top-1 (:func:`bench.scoring.score_base_to_new`); ``top1`` is base."""
         from bench.datasets.subsets import n_base_classes
         from bench.scoring import score_base_to_new
@@ -76,8 +92,12 @@ class BaseToNew(FewShot):
         from bench.datasets.subsets import n_base_classes
 
         n, m = len(splits.classnames), n_base_classes(len(splits.classnames))
-        return {"protocol": self.name, "n_base_classes": m, "n_new_classes": n - m,
-                "n_test_base": sum(label < m for label in splits.test.labels)}
+        return {
+            "protocol": self.name,
+            "n_base_classes": m,
+            "n_new_classes": n - m,
+            "n_test_base": sum(label < m for label in splits.test.labels),
+        }
 
 
 PROTOCOLS: dict[str, FewShot] = {p.name: p for p in (FewShot(), BaseToNew())}
@@ -86,7 +106,9 @@ PROTOCOLS: dict[str, FewShot] = {p.name: p for p in (FewShot(), BaseToNew())}
 def get_protocol(name: str) -> FewShot:
     """The protocol called ``name``, or a one-line error listing the known ones."""
     if name not in PROTOCOLS:
-        raise BenchError(f"unknown protocol {name!r}", where="--protocol", fix=f"use one of: {', '.join(PROTOCOLS)}")
+        raise BenchError(
+            f"unknown protocol {name!r}", where="--protocol", fix=f"use one of: {', '.join(PROTOCOLS)}"
+        )
     return PROTOCOLS[name]
 
 
@@ -101,5 +123,8 @@ def check_shift(dataset: Any, targets: tuple[Any, ...], protocol: str, cell: str
     refuse_test_only(dataset)
     for target in targets:
         if target.shift_of != dataset.name or not get_protocol(protocol).transfers:
-            raise BenchError(f"{target.name!r} cannot be scored for {cell}", where="--shift",
-                             fix=f"shift sets score classifiers trained on {target.shift_of} with --protocol fewshot")
+            raise BenchError(
+                f"{target.name!r} cannot be scored for {cell}",
+                where="--shift",
+                fix=f"shift sets score classifiers trained on {target.shift_of} with --protocol fewshot",
+            )

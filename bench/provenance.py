@@ -33,10 +33,23 @@ def _version(dist: str) -> str | None:
 def _git_state() -> dict:
     root = Path(bench.__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip() != ""
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
         return {"git_sha": sha, "git_dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": None, "git_dirty": None}
@@ -65,14 +78,24 @@ def environment(device: torch.device | None = None) -> dict:
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
-    return {**_versions(), "device": str(device), "cuda": torch.version.cuda if cuda else None,
-            "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        **_versions(),
+        "device": str(device),
+        "cuda": torch.version.cuda if cuda else None,
+        "device_name": torch.cuda.get_device_name(device)
+        if cuda
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def cluster_ids() -> dict:
-    keys = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
-            "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_restart_count": "SLURM_RESTART_COUNT"}
+    keys = {
+        "slurm_job_id": "SLURM_JOB_ID",
+        "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+        "slurm_array_task_id": "SLURM_ARRAY_TASK_ID",
+        "slurm_restart_count": "SLURM_RESTART_COUNT",
+    }
     return {name: os.environ.get(var) for name, var in keys.items() if os.environ.get(var)}
 
 

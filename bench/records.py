@@ -24,24 +24,44 @@ from bench.provenance import peak_host_rss_bytes
 def backbone_record(backbone: Backbone, identity: str) -> dict:
     import open_clip
 
-    record = {"id": backbone.ref.id, "arch": backbone.ref.arch, "weights": backbone.ref.weights, "identity": identity,
-              "weights_sha256": backbone.weights_sha256, "precision": backbone.precision, **backbone.build,
-              "open_clip": open_clip.__version__, "embed_dim": backbone.embed_dim,
-              "logit_scale": round(backbone.logit_scale, 6)}
+    record = {
+        "id": backbone.ref.id,
+        "arch": backbone.ref.arch,
+        "weights": backbone.ref.weights,
+        "identity": identity,
+        "weights_sha256": backbone.weights_sha256,
+        "precision": backbone.precision,
+        **backbone.build,
+        "open_clip": open_clip.__version__,
+        "embed_dim": backbone.embed_dim,
+        "logit_scale": round(backbone.logit_scale, 6),
+    }
     if backbone.checkpoint_meta:  # how a checkpoint was made (the demo's pretraining recipe)
         record["checkpoint_meta"] = backbone.checkpoint_meta
     return record
 
 
-def data_record(splits: DatasetSplits, fewshot: FewShotIndices, data: FewShotData, backbone: Backbone,
-                 train_view: ViewSpec, data_root: Path) -> dict:
+def data_record(
+    splits: DatasetSplits,
+    fewshot: FewShotIndices,
+    data: FewShotData,
+    backbone: Backbone,
+    train_view: ViewSpec,
+    data_root: Path,
+) -> dict:
     return {
-        "split_file": relative(splits.source, data_root), "split_file_sha256": splits.source_sha256,
-        "split_protocol": fewshot.protocol, "fewshot_index_sha256": fewshot.sha256,
-        "val_shots": min(fewshot.shots, VAL_SHOTS_CAP), "miniature": splits.miniature,
-        "n_classes": data.n_classes, "n_train": int(data.train.labels.numel()), "n_val": int(data.val.labels.numel()),
+        "split_file": relative(splits.source, data_root),
+        "split_file_sha256": splits.source_sha256,
+        "split_protocol": fewshot.protocol,
+        "fewshot_index_sha256": fewshot.sha256,
+        "val_shots": min(fewshot.shots, VAL_SHOTS_CAP),
+        "miniature": splits.miniature,
+        "n_classes": data.n_classes,
+        "n_train": int(data.train.labels.numel()),
+        "n_val": int(data.val.labels.numel()),
         "n_test": len(splits.test),
-        "preprocessing": asdict(backbone.preprocessing), "train_view": asdict(train_view),
+        "preprocessing": asdict(backbone.preprocessing),
+        "train_view": asdict(train_view),
     }
 
 

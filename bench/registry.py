@@ -78,8 +78,11 @@ class Registry:
         for name, obj, path in files:
             origin = f"plugin {path}"
             if name in entries:
-                raise BenchError(f"two {kind}s are registered as {name!r}: {entries[name].origin} and {origin}",
-                                 where=path, fix=f"rename the {kind} in {path}")
+                raise BenchError(
+                    f"two {kind}s are registered as {name!r}: {entries[name].origin} and {origin}",
+                    where=path,
+                    fix=f"rename the {kind} in {path}",
+                )
             entries[name] = _Entry(obj, origin)
         self._entries: Mapping[str, _Entry] = dict(entries)
 

@@ -101,18 +101,18 @@ class Spec(Section):
     """What was asked: the cell (:class:`bench.spec.RunSpec`) and the versions that define it."""
 
     NAME: ClassVar[str] = "spec"
-    method: str                      # registered method name
-    dataset: str                     # registered dataset name
-    shots: int                       # K images per class in the support set
-    seed: int                        # the few-shot draw and every generator of the cell derive from it
-    backbone: str                    # ARCH/WEIGHTS as given on the command line
-    tune: str = "none"               # none | val | oracle
-    trials: int = 0                  # finished Optuna trials asked for (tuned cells)
+    method: str  # registered method name
+    dataset: str  # registered dataset name
+    shots: int  # K images per class in the support set
+    seed: int  # the few-shot draw and every generator of the cell derive from it
+    backbone: str  # ARCH/WEIGHTS as given on the command line
+    tune: str = "none"  # none | val | oracle
+    trials: int = 0  # finished Optuna trials asked for (tuned cells)
     overrides: dict = field(default_factory=dict)  # --set fields of this method
-    protocol: str = "fewshot"        # fewshot | base2new
-    shift: list = field(default_factory=list)      # test-only sets also scored (imagenet cells)
-    method_version: str | None = None    # the method's version (part of the run id)
-    dataset_version: str | None = None   # the dataset spec's version (part of the run id)
+    protocol: str = "fewshot"  # fewshot | base2new
+    shift: list = field(default_factory=list)  # test-only sets also scored (imagenet cells)
+    method_version: str | None = None  # the method's version (part of the run id)
+    dataset_version: str | None = None  # the dataset spec's version (part of the run id)
 
 
 @dataclass(frozen=True)
@@ -120,19 +120,19 @@ class BackboneInfo(Section):
     """The frozen CLIP the cell ran (a failed record may know only its ``id``)."""
 
     NAME: ClassVar[str] = "backbone"
-    id: str                              # ARCH/WEIGHTS, or hf-hub:ORG/NAME
-    arch: str | None = None              # open_clip (or bundled) architecture name
-    weights: str | None = None           # tag, "random", checkpoint path or "hub"
-    identity: str | None = None          # weights identity (tag or file sha256) | activation: part of the run id
-    weights_sha256: str | None = None    # sha256 over the loaded state dict
-    precision: str | None = None         # fp32 | bf16 (autocast) for the encoders
-    activation: str | None = None        # quick_gelu | gelu: what the transformers were built with
+    id: str  # ARCH/WEIGHTS, or hf-hub:ORG/NAME
+    arch: str | None = None  # open_clip (or bundled) architecture name
+    weights: str | None = None  # tag, "random", checkpoint path or "hub"
+    identity: str | None = None  # weights identity (tag or file sha256) | activation: part of the run id
+    weights_sha256: str | None = None  # sha256 over the loaded state dict
+    precision: str | None = None  # fp32 | bf16 (autocast) for the encoders
+    activation: str | None = None  # quick_gelu | gelu: what the transformers were built with
     activation_source: str | None = None  # why that activation (tag config, arch name, OpenAI file, ...)
-    weights_origin: str | None = None    # openai | other | unknown | none (random init)
-    paper_arch: str | None = None        # architecture published numbers match, None when none applies
-    open_clip: str | None = None         # open_clip version that built the model
-    embed_dim: int | None = None         # D of the joint embedding
-    logit_scale: float | None = None     # exp(logit_scale): CLIP's temperature (100 for OpenAI's)
+    weights_origin: str | None = None  # openai | other | unknown | none (random init)
+    paper_arch: str | None = None  # architecture published numbers match, None when none applies
+    open_clip: str | None = None  # open_clip version that built the model
+    embed_dim: int | None = None  # D of the joint embedding
+    logit_scale: float | None = None  # exp(logit_scale): CLIP's temperature (100 for OpenAI's)
     checkpoint_meta: dict | None = None  # the checkpoint's "meta" dict (e.g. the demo's pretraining recipe)
 
 
@@ -141,23 +141,25 @@ class DataInfo(Section):
     """The data the number was computed on."""
 
     NAME: ClassVar[str] = "data"
-    split_protocol: str | None = None    # dassl | dassl_repeat | dassl+val_from_train: how subsets are drawn
-    protocol: str | None = None          # fewshot | base2new
-    split_file: str | None = None        # relative to the data root
+    split_protocol: str | None = None  # dassl | dassl_repeat | dassl+val_from_train: how subsets are drawn
+    protocol: str | None = None  # fewshot | base2new
+    split_file: str | None = None  # relative to the data root
     split_file_sha256: str | None = None
-    fewshot_index_sha256: str | None = None  # the few-shot index file (train/val subsets) of this shot and seed
-    val_shots: int | None = None         # images per class of the few-shot val split: min(K, 4)
-    miniature: bool | None = None        # a generated miniature of a real layout, not the real data
-    n_classes: int | None = None         # classes the method saw
-    n_train: int | None = None           # support images
-    n_val: int | None = None             # few-shot val images
-    n_test: int | None = None            # test images scored
-    preprocessing: dict | None = None    # bench.backbone.Preprocessing: size, resize, interpolation, mean, std
-    train_view: dict | None = None       # bench.images.ViewSpec of the support features (centre or augmented)
-    n_base_classes: int | None = None    # base2new: classes trained on
-    n_new_classes: int | None = None     # base2new: classes only scored
-    n_test_base: int | None = None       # base2new: test images of base classes
-    transfer: dict | None = None         # shift set -> its split file, sha256, classes
+    fewshot_index_sha256: str | None = (
+        None  # the few-shot index file (train/val subsets) of this shot and seed
+    )
+    val_shots: int | None = None  # images per class of the few-shot val split: min(K, 4)
+    miniature: bool | None = None  # a generated miniature of a real layout, not the real data
+    n_classes: int | None = None  # classes the method saw
+    n_train: int | None = None  # support images
+    n_val: int | None = None  # few-shot val images
+    n_test: int | None = None  # test images scored
+    preprocessing: dict | None = None  # bench.backbone.Preprocessing: size, resize, interpolation, mean, std
+    train_view: dict | None = None  # bench.images.ViewSpec of the support features (centre or augmented)
+    n_base_classes: int | None = None  # base2new: classes trained on
+    n_new_classes: int | None = None  # base2new: classes only scored
+    n_test_base: int | None = None  # base2new: test images of base classes
+    transfer: dict | None = None  # shift set -> its split file, sha256, classes
 
 
 @dataclass(frozen=True)
@@ -165,9 +167,9 @@ class PromptInfo(Section):
     """The prompt set a method built its text classifier from."""
 
     NAME: ClassVar[str] = "prompts"
-    set: str                            # name in datasets/data/templates.json (coop, ensemble, ...)
-    templates: list | None = None       # the templates, each with one {}
-    sha256: str | None = None           # over the template list
+    set: str  # name in datasets/data/templates.json (coop, ensemble, ...)
+    templates: list | None = None  # the templates, each with one {}
+    sha256: str | None = None  # over the template list
 
 
 @dataclass(frozen=True)
@@ -175,11 +177,11 @@ class TuningInfo(Section):
     """How hyperparameters were chosen (``mode`` none: the paper defaults, nothing else)."""
 
     NAME: ClassVar[str] = "tuning"
-    mode: str                            # none | val | oracle
-    searched: bool | None = None         # False: the method declares no search space
+    mode: str  # none | val | oracle
+    searched: bool | None = None  # False: the method declares no search space
     note: str | None = None
-    scored_on: str | None = None         # val | test (oracle)
-    trials: int | None = None            # trials this study has finished
+    scored_on: str | None = None  # val | test (oracle)
+    trials: int | None = None  # trials this study has finished
     target_trials: int | None = None
     study_trials: int | None = None
     complete: int | None = None
@@ -191,10 +193,10 @@ class TuningInfo(Section):
     default_params: dict | None = None
     default_val_top1: float | None = None
     default_test_top1: float | None = None
-    search_space: dict | None = None     # Optuna distributions as JSON
+    search_space: dict | None = None  # Optuna distributions as JSON
     study: str | None = None
-    storage: str | None = None           # described without credentials
-    protocol: str | None = None          # sampler, pruner and selection rule (part of tuned run ids)
+    storage: str | None = None  # described without credentials
+    protocol: str | None = None  # sampler, pruner and selection rule (part of tuned run ids)
     sampler: dict | None = None
     pruner: dict | None = None
     val_shots: int | None = None
@@ -208,11 +210,11 @@ class Metrics(Section):
     top1: float | None = None
     top5: float | None = None
     mean_per_class_recall: float | None = None
-    val_top1: float | None = None        # on the few-shot val split
-    base_top1: float | None = None       # base2new
-    new_top1: float | None = None        # base2new
-    harmonic_mean: float | None = None   # base2new: 2·base·new / (base + new)
-    transfer: dict | None = None         # shift set -> {"top1", "n_test", ...}
+    val_top1: float | None = None  # on the few-shot val split
+    base_top1: float | None = None  # base2new
+    new_top1: float | None = None  # base2new
+    harmonic_mean: float | None = None  # base2new: 2·base·new / (base + new)
+    transfer: dict | None = None  # shift set -> {"top1", "n_test", ...}
 
 
 @dataclass(frozen=True)
@@ -221,9 +223,9 @@ class Timing(Section):
 
     NAME: ClassVar[str] = "timing_s"
     total: float | None = None
-    features: float | None = None        # reading the support/val features
-    tune: float | None = None            # the Optuna search
-    fit: float | None = None             # the final fit
+    features: float | None = None  # reading the support/val features
+    tune: float | None = None  # the Optuna search
+    fit: float | None = None  # the final fit
     test_features: float | None = None
     eval: float | None = None
 
@@ -231,7 +233,7 @@ class Timing(Section):
 @dataclass(frozen=True)
 class Memory(Section):
     NAME: ClassVar[str] = "memory"
-    peak_device_bytes: int | None = None    # the cell's own peak on a GPU
+    peak_device_bytes: int | None = None  # the cell's own peak on a GPU
     peak_host_rss_bytes: int | None = None  # the process's peak RSS so far
 
 
@@ -251,15 +253,15 @@ class Provenance(Section):
     platform: str | None = None
     git_sha: str | None = None
     git_dirty: bool | None = None
-    device: str | None = None            # the device the cell computed on
-    cuda: str | None = None              # CUDA version, on a GPU
+    device: str | None = None  # the device the cell computed on
+    cuda: str | None = None  # CUDA version, on a GPU
     device_name: str | None = None
     torch_threads: int | None = None
     slurm_job_id: str | None = None
     slurm_array_job_id: str | None = None
     slurm_array_task_id: str | None = None
     slurm_restart_count: str | None = None
-    started_at: str | None = None        # UTC, ISO 8601
+    started_at: str | None = None  # UTC, ISO 8601
     finished_at: str | None = None
 
 
@@ -271,8 +273,21 @@ class ErrorInfo(Section):
     traceback_tail: str = ""
 
 
-SECTIONS: dict[str, type[Section]] = {cls.NAME: cls for cls in (
-    Spec, BackboneInfo, DataInfo, PromptInfo, TuningInfo, Metrics, Timing, Memory, Provenance, ErrorInfo)}
+SECTIONS: dict[str, type[Section]] = {
+    cls.NAME: cls
+    for cls in (
+        Spec,
+        BackboneInfo,
+        DataInfo,
+        PromptInfo,
+        TuningInfo,
+        Metrics,
+        Timing,
+        Memory,
+        Provenance,
+        ErrorInfo,
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -312,22 +327,38 @@ class RunResult:
     @classmethod
     def from_json(cls, record: dict, *, source: str = "record") -> RunResult:
         if not isinstance(record, dict):
-            raise BenchError(f"a result record is a JSON object, not {type(record).__name__}", where=source,
-                             fix="delete it and re-run the cell")
+            raise BenchError(
+                f"a result record is a JSON object, not {type(record).__name__}",
+                where=source,
+                fix="delete it and re-run the cell",
+            )
         version = record.get("schema_version")
         if version not in READABLE_SCHEMAS:
-            raise BenchError(f"result schema version {version!r} is not supported (this bench reads "
-                             f"{', '.join(map(str, READABLE_SCHEMAS))})",
-                             where=source, fix="re-run the cell with this version of bench, or use the bench that wrote it")
+            raise BenchError(
+                f"result schema version {version!r} is not supported (this bench reads "
+                f"{', '.join(map(str, READABLE_SCHEMAS))})",
+                where=source,
+                fix="re-run the cell with this version of bench, or use the bench that wrote it",
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(record) - known)
         if unknown:
-            raise BenchError(f"unknown result fields {unknown}", where=source, fix="this file was not written by bench")
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in record
-                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            raise BenchError(
+                f"unknown result fields {unknown}", where=source, fix="this file was not written by bench"
+            )
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in record
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
         if missing:
-            raise BenchError(f"incomplete result record (no {', '.join(missing)})", where=source,
-                             fix="delete it and re-run the cell")
+            raise BenchError(
+                f"incomplete result record (no {', '.join(missing)})",
+                where=source,
+                fix="delete it and re-run the cell",
+            )
         values = dict(record)
         for name, section in SECTIONS.items():
             if values.get(name) is not None or name not in ("prompts", "error"):
@@ -348,8 +379,9 @@ class RunResult:
             raise _bad(source, f"an ok record needs metrics.top1 as a fraction in [0, 1], found {top1!r}")
 
 
-def result_path(results_root: Path, backbone_slug: str, dataset: str, method: str, shots: int, seed: int,
-                run_id: str) -> Path:
+def result_path(
+    results_root: Path, backbone_slug: str, dataset: str, method: str, shots: int, seed: int, run_id: str
+) -> Path:
     return Path(results_root) / backbone_slug / dataset / method / f"k{shots:02d}-s{seed}-{run_id[:8]}.json"
 
 
@@ -361,10 +393,15 @@ def read_result(path: Path) -> RunResult:
     try:
         record = json.loads(Path(path).read_text())
     except ValueError as exc:
-        raise BenchError(f"not valid JSON ({exc})", where=str(path), fix="delete it and re-run the cell") from exc
+        raise BenchError(
+            f"not valid JSON ({exc})", where=str(path), fix="delete it and re-run the cell"
+        ) from exc
     except OSError as exc:  # a folder, a dangling link, no permission: one line naming it
-        raise BenchError(f"cannot read this record ({exc.strerror or type(exc).__name__})", where=str(path),
-                         fix="remove it, or make it a readable record file") from exc
+        raise BenchError(
+            f"cannot read this record ({exc.strerror or type(exc).__name__})",
+            where=str(path),
+            fix="remove it, or make it a readable record file",
+        ) from exc
     return RunResult.from_json(record, source=str(path))
 
 
@@ -372,7 +409,9 @@ def load_results(results_root: Path) -> list[RunResult]:
     """Every record under ``results_root`` (hidden temporary files are skipped)."""
     root = Path(results_root)
     if not root.is_dir():
-        raise BenchError("results folder not found", where=str(root), fix="run `bench run` first or pass --results")
+        raise BenchError(
+            "results folder not found", where=str(root), fix="run `bench run` first or pass --results"
+        )
     return [read_result(p) for p in sorted(root.rglob("k*-s*-*.json")) if not p.name.startswith(".")]
 
 
@@ -390,12 +429,12 @@ class ExtractionPass(Section):
     """One feature pre-pass over a backbone x dataset (what the cells of one ``bench run`` read)."""
 
     NAME: ClassVar[str] = "extraction pass"
-    backbone: str                        # ARCH/WEIGHTS as given on the command line
+    backbone: str  # ARCH/WEIGHTS as given on the command line
     dataset: str
-    seconds: float                       # wall-clock seconds of the pass (cache reads included)
-    images_encoded: int                  # images pushed through the image encoder (0: all cached)
-    images_per_s: float | None           # images_encoded / seconds; None when nothing was encoded
-    finished_at: str                     # UTC, ISO 8601
+    seconds: float  # wall-clock seconds of the pass (cache reads included)
+    images_encoded: int  # images pushed through the image encoder (0: all cached)
+    images_per_s: float | None  # images_encoded / seconds; None when nothing was encoded
+    finished_at: str  # UTC, ISO 8601
     run_ids: list = field(default_factory=list)  # the cells the pass prepared features for
 
 
@@ -408,11 +447,20 @@ def read_extraction_passes(path: Path) -> list[ExtractionPass]:
     try:
         raw = json.loads(Path(path).read_text())
     except ValueError as exc:
-        raise BenchError(f"not valid JSON ({exc})", where=str(path), fix="delete it (bench run rewrites it)") from exc
-    if not isinstance(raw, dict) or raw.get("schema_version") != EXTRACTION_SCHEMA or set(raw) != {
-            "schema_version", "passes"} or not isinstance(raw["passes"], list):
-        raise BenchError(f"not an extraction file of schema {EXTRACTION_SCHEMA}", where=str(path),
-                         fix="delete it (bench run rewrites it)")
+        raise BenchError(
+            f"not valid JSON ({exc})", where=str(path), fix="delete it (bench run rewrites it)"
+        ) from exc
+    if (
+        not isinstance(raw, dict)
+        or raw.get("schema_version") != EXTRACTION_SCHEMA
+        or set(raw) != {"schema_version", "passes"}
+        or not isinstance(raw["passes"], list)
+    ):
+        raise BenchError(
+            f"not an extraction file of schema {EXTRACTION_SCHEMA}",
+            where=str(path),
+            fix="delete it (bench run rewrites it)",
+        )
     return [ExtractionPass.from_json(p, str(path)) for p in raw["passes"]]
 
 
@@ -420,14 +468,17 @@ def append_extraction_pass(results_root: Path, backbone_slug: str, entry: Extrac
     """Add ``entry`` to its backbone x dataset file (read, append, atomic rewrite)."""
     path = extraction_path(results_root, backbone_slug, entry.dataset)
     passes = read_extraction_passes(path) if path.is_file() else []
-    atomic_write_json(path, {"schema_version": EXTRACTION_SCHEMA,
-                             "passes": [p.to_json() for p in (*passes, entry)]})
+    atomic_write_json(
+        path, {"schema_version": EXTRACTION_SCHEMA, "passes": [p.to_json() for p in (*passes, entry)]}
+    )
     return path
 
 
 def load_extraction_passes(results_root: Path) -> list[ExtractionPass]:
     """Every extraction pass recorded under ``results_root``."""
-    return [p for path in sorted(Path(results_root).rglob(EXTRACTION_FILE)) for p in read_extraction_passes(path)]
+    return [
+        p for path in sorted(Path(results_root).rglob(EXTRACTION_FILE)) for p in read_extraction_passes(path)
+    ]
 
 
 def grid_wall_seconds(results: list[RunResult], passes: list[ExtractionPass]) -> dict[str, float]:

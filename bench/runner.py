@@ -48,9 +48,15 @@ def run_cells(specs: list[RunSpec], options: RunOptions, session: Session | None
     return run_planned(plan_cells(specs, session), session, options)
 
 
-def run_planned(cells: list[PlannedCell], session: Session, options: RunOptions | None = None, *,
-                done_before: Collection[str] = (), prepare: bool = True,
-                on_ran: Callable[[PlannedCell], None] | None = None) -> RunSummary:
+def run_planned(
+    cells: list[PlannedCell],
+    session: Session,
+    options: RunOptions | None = None,
+    *,
+    done_before: Collection[str] = (),
+    prepare: bool = True,
+    on_ran: Callable[[PlannedCell], None] | None = None,
+) -> RunSummary:
     """The cell loop of every runner: ``bench run`` in-process and each Slurm array task.
 
     Finished cells are skipped; features are extracted right before a backbone's first cell
@@ -105,7 +111,8 @@ def run_planned(cells: list[PlannedCell], session: Session, options: RunOptions 
             summary.deferred.append(cell.spec.name)
             continue
         (summary.ran if result.ok else summary.failed).append(
-            cell.spec.name if result.ok else (cell.spec.name, result.error.message))
+            cell.spec.name if result.ok else (cell.spec.name, result.error.message)
+        )
     progress.close()
     return summary
 
@@ -132,8 +139,14 @@ def prepare_features(cells: list[PlannedCell], session: Session) -> int:
         dataset, splits = session.dataset_spec(dataset_name), session.splits(dataset_name)
         wanted: dict[tuple[str, ViewSpec], set[int]] = {}
         for cell in group:
-            fewshot = load_or_create_fewshot(splits, dataset, cell.spec.shots, cell.spec.seed, session.options.cache_root,
-                                             session.options.sampling)
+            fewshot = load_or_create_fewshot(
+                splits,
+                dataset,
+                cell.spec.shots,
+                cell.spec.seed,
+                session.options.cache_root,
+                session.options.sampling,
+            )
             needs = session.method(cell.spec.method).needs(cell.config)
             view = support_view(needs.train_views, needs.augment_scale)
             wanted.setdefault(("train", view), set()).update(fewshot.train)
@@ -142,8 +155,13 @@ def prepare_features(cells: list[PlannedCell], session: Session) -> int:
         backbone = session.backbone(backbone_name)
         for (split, view), indices in wanted.items():
             images = splits.split(split).subset(tuple(sorted(indices)))
-            session.cache.ensure_image_features(feature_key(backbone, dataset, splits, split, view), backbone,
-                                                splits.image_root, images.paths, session.options.extract)
+            session.cache.ensure_image_features(
+                feature_key(backbone, dataset, splits, split, view),
+                backbone,
+                splits.image_root,
+                images.paths,
+                session.options.extract,
+            )
         _record_extraction(group, session, time.perf_counter() - t0, session.cache.images_encoded - encoded)
     return session.cache.images_encoded - before
 
@@ -154,9 +172,15 @@ def _record_extraction(group: list[PlannedCell], session: Session, seconds: floa
     if encoded == 0:  # everything was cached: nothing this grid paid for
         return
     spec = group[0].spec
-    entry = ExtractionPass(backbone=spec.backbone, dataset=spec.dataset, seconds=round(seconds, 4),
-                           images_encoded=encoded, images_per_s=round(encoded / max(seconds, 1e-9), 2),
-                           finished_at=utc_now(), run_ids=sorted({cell.run_id for cell in group}))
+    entry = ExtractionPass(
+        backbone=spec.backbone,
+        dataset=spec.dataset,
+        seconds=round(seconds, 4),
+        images_encoded=encoded,
+        images_per_s=round(encoded / max(seconds, 1e-9), 2),
+        finished_at=utc_now(),
+        run_ids=sorted({cell.run_id for cell in group}),
+    )
     append_extraction_pass(session.options.results_root, BackboneRef.parse(spec.backbone).slug, entry)
 
 
@@ -169,5 +193,3 @@ def _prepare_or_defer(cells: list[PlannedCell], session: Session) -> None:
         raise
     except Exception:  # an OOM here must not stop the grid: the cells report it one by one
         log.warning("feature pre-pass failed; cells extract their own features", exc_info=True)
-
-

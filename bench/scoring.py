@@ -15,7 +15,9 @@ from bench.methods.base import FeatureSet, FitContext
 
 
 @torch.no_grad()
-def score(classifier, data: FeatureSet, device: torch.device, batch_size: int = 8192) -> dict[str, float | None]:
+def score(
+    classifier, data: FeatureSet, device: torch.device, batch_size: int = 8192
+) -> dict[str, float | None]:
     """top-1, top-5 (None with fewer than 5 classes) and mean per-class recall of the centre view, as fractions.
 
     A classifier with ``encode_images`` (an adapted image encoder: CLIP-LoRA, MaPLe) is scored on its own
@@ -33,7 +35,7 @@ def score(classifier, data: FeatureSet, device: torch.device, batch_size: int = 
         data = encoded_set(classifier.encode_images, data, device)
     chunks = []
     for start in range(0, data.features.shape[1], batch_size):
-        chunks.append(classifier(data.center[start:start + batch_size].to(device)).float().cpu())
+        chunks.append(classifier(data.center[start : start + batch_size].to(device)).float().cpu())
     logits, labels = torch.cat(chunks), data.labels
     _check_finite(logits)
     correct = logits.argmax(1) == labels
@@ -41,14 +43,20 @@ def score(classifier, data: FeatureSet, device: torch.device, batch_size: int = 
     top5 = None
     if logits.shape[1] >= 5:
         top5 = float((logits.topk(5, dim=1).indices == labels[:, None]).any(1).double().mean())
-    return {"top1": float(correct.double().mean()), "top5": top5, "mean_per_class_recall": float(recall.mean())}
+    return {
+        "top1": float(correct.double().mean()),
+        "top5": top5,
+        "mean_per_class_recall": float(recall.mean()),
+    }
 
 
 def _check_finite(logits: torch.Tensor) -> None:
     """A NaN row's argmax is 0, so a non-finite logit would be scored as a guess: refuse it instead."""
     bad = (~torch.isfinite(logits)).any(1).nonzero().flatten()
     if len(bad):
-        raise NonFiniteError(f"{len(bad)} of {len(logits)} images have non-finite logits (first: row {int(bad[0])})")
+        raise NonFiniteError(
+            f"{len(bad)} of {len(logits)} images have non-finite logits (first: row {int(bad[0])})"
+        )
 
 
 def labels_subset(data: FeatureSet, low: int, high: int) -> FeatureSet:
@@ -70,8 +78,14 @@ class RestrictedClassifier:
         return self.classifier(features).index_select(1, self.columns)
 
 
-def score_base_to_new(classifier, test: FeatureSet, classnames: tuple[str, ...], n_base: int, ctx: FitContext,
-                      batch_size: int = 8192) -> dict[str, Any]:
+def score_base_to_new(
+    classifier,
+    test: FeatureSet,
+    classnames: tuple[str, ...],
+    n_base: int,
+    ctx: FitContext,
+    batch_size: int = 8192,
+) -> dict[str, Any]:
     """CoCoOp's base-to-new scores: the base classes' metrics plus ``base_top1``, ``new_top1`` and their
     harmonic mean. New classes are scored with ``classifier.for_classes`` (the learned parameters on the
     new class names); a classifier tied to its training labels has none, and ``new_top1`` is ``None``.

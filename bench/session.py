@@ -70,7 +70,9 @@ class PlannedCell:
 class Session:
     """Per-process state shared by cells: registries, loaded backbones, dataset lists, the feature cache."""
 
-    def __init__(self, options: RunOptions, methods: Registry | None = None, datasets: Registry | None = None):
+    def __init__(
+        self, options: RunOptions, methods: Registry | None = None, datasets: Registry | None = None
+    ):
         self.options = options
         self.methods = methods or method_registry()
         self.datasets = datasets or dataset_registry()
@@ -120,18 +122,32 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
     for spec in specs:
         method = session.method(spec.method)
         dataset = session.dataset_spec(spec.dataset)
-        config = apply_overrides(method.default_config(spec.dataset, spec.shots), spec.overrides, method=spec.method)
+        config = apply_overrides(
+            method.default_config(spec.dataset, spec.shots), spec.overrides, method=spec.method
+        )
         tuning.check_tuning(spec, method)
         searched = spec.tune != "none" and tuning.searchable(method)
         if spec.tune != "none" and not searched:
             spec = replace(spec, trials=0)  # nothing to search: one record serves every trial budget
-        identity = {"method_version": method.version, "dataset_version": dataset.version,
-                    "backbone_identity": session.backbone_identity(spec.backbone), "precision": session.precision,
-                    "split_protocol": split_protocol(dataset, session.options.sampling), "data_sha256": _data_sha256(spec, session),
-                    "tuning_protocol": tuning.tuning_protocol(spec.tune) if searched else None}
+        identity = {
+            "method_version": method.version,
+            "dataset_version": dataset.version,
+            "backbone_identity": session.backbone_identity(spec.backbone),
+            "precision": session.precision,
+            "split_protocol": split_protocol(dataset, session.options.sampling),
+            "data_sha256": _data_sha256(spec, session),
+            "tuning_protocol": tuning.tuning_protocol(spec.tune) if searched else None,
+        }
         run_id = spec.run_id(**identity)
-        path = result_path(session.options.results_root, BackboneRef.parse(spec.backbone).slug, spec.dataset,
-                           spec.method, spec.shots, spec.seed, run_id)
+        path = result_path(
+            session.options.results_root,
+            BackboneRef.parse(spec.backbone).slug,
+            spec.dataset,
+            spec.method,
+            spec.shots,
+            spec.seed,
+            run_id,
+        )
         study = tuning.study_name(spec, identity) if searched else None
         planned.append(PlannedCell(spec, config, run_id, path, study))
     _warn_random_weights_on_real_data(specs, session)
@@ -147,16 +163,30 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
 def _warn_random_weights_on_real_data(specs: list[RunSpec], session: Session) -> None:
     """A random-init backbone on a real dataset (the default backbone left in place) gives meaningless numbers."""
     pairs = {(s.backbone, s.dataset) for s in specs if BackboneRef.parse(s.backbone).weights == "random"}
-    real = sorted({(b, d) for b, d in pairs if not session.dataset_spec(d).generator and not session.splits(d).miniature})
+    real = sorted(
+        {
+            (b, d)
+            for b, d in pairs
+            if not session.dataset_spec(d).generator and not session.splits(d).miniature
+        }
+    )
     for backbone, dataset in real:
-        log.warning("%s has random weights: its numbers on %s are meaningless; pass real weights, e.g. "
-                    "--backbone RN50/openai (see `bench weights`)", backbone, dataset)
+        log.warning(
+            "%s has random weights: its numbers on %s are meaningless; pass real weights, e.g. "
+            "--backbone RN50/openai (see `bench weights`)",
+            backbone,
+            dataset,
+        )
 
 
 def _data_sha256(spec: RunSpec, session: Session) -> str:
     """Identity of the data a cell reads (its split file or listing, and its shift sets'), read once here."""
-    check_shift(session.dataset_spec(spec.dataset), tuple(session.dataset_spec(t) for t in spec.shift), spec.protocol,
-                spec.name)
+    check_shift(
+        session.dataset_spec(spec.dataset),
+        tuple(session.dataset_spec(t) for t in spec.shift),
+        spec.protocol,
+        spec.name,
+    )
     return sha256_json({name: session.splits(name).source_sha256 for name in (spec.dataset, *spec.shift)})
 
 
@@ -169,8 +199,12 @@ def is_done(cell: PlannedCell) -> bool:
     try:
         result = read_result(cell.path)
         expected = cell.spec.to_json()
-        return (result.ok and result.run_id == cell.run_id
-                and canonical_json({k: result.spec.to_json().get(k) for k in expected}) == canonical_json(expected))
+        return (
+            result.ok
+            and result.run_id == cell.run_id
+            and canonical_json({k: result.spec.to_json().get(k) for k in expected})
+            == canonical_json(expected)
+        )
     except (BenchError, ValueError):  # unreadable, or a NaN where the spec has numbers
         return False
 
@@ -178,5 +212,3 @@ def is_done(cell: PlannedCell) -> bool:
 def lock_path(cell: PlannedCell) -> Path:
     """The cell's lock file: hidden, beside its record (reports never read it)."""
     return cell.path.with_name(f".{cell.path.stem}.lock")
-
-

@@ -55,9 +55,17 @@ class RunSpec:
         out["overrides"] = dict(self.overrides)
         return out
 
-    def run_id(self, *, method_version: str, dataset_version: str, backbone_identity: str, split_protocol: str,
-               data_sha256: str | None = None, tuning_protocol: str | None = None,
-               precision: str = "fp32") -> str:
+    def run_id(
+        self,
+        *,
+        method_version: str,
+        dataset_version: str,
+        backbone_identity: str,
+        split_protocol: str,
+        data_sha256: str | None = None,
+        tuning_protocol: str | None = None,
+        precision: str = "fp32",
+    ) -> str:
         """sha256 of everything that defines this cell's number before it runs (16 hex chars).
 
         ``data_sha256`` identifies the data read (split files, listings), so a cell run on other
@@ -66,8 +74,13 @@ class RunSpec:
         cells keep their ids. ``precision`` is the encoders' compute precision (bf16 autocast moves
         features in the last bits); fp32, the CPU default, adds nothing to the hash.
         """
-        payload = {**self.to_json(), "method_version": method_version, "dataset_version": dataset_version,
-                   "backbone": backbone_identity, "split_protocol": split_protocol}
+        payload = {
+            **self.to_json(),
+            "method_version": method_version,
+            "dataset_version": dataset_version,
+            "backbone": backbone_identity,
+            "split_protocol": split_protocol,
+        }
         if data_sha256 is not None:
             payload["data_sha256"] = data_sha256
         if tuning_protocol is not None:
@@ -84,14 +97,20 @@ def parse_int_list(text: str, *, flag: str, all_value: Sequence[int] | None = No
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise BenchError(f"{text!r} is not a comma-separated list of integers", where=flag,
-                         fix="write e.g. 1,2,4" + (" or all" if all_value else "")) from None
+        raise BenchError(
+            f"{text!r} is not a comma-separated list of integers",
+            where=flag,
+            fix="write e.g. 1,2,4" + (" or all" if all_value else ""),
+        ) from None
     if not values or any(v < 1 for v in values):
         raise BenchError(f"{text!r} must list positive integers", where=flag, fix="write e.g. 1,2,4")
     if len(set(values)) < len(values):
         repeated = sorted({v for v in values if values.count(v) > 1})
-        raise BenchError(f"{text!r} lists {', '.join(map(str, repeated))} more than once", where=flag,
-                         fix="list each value once")
+        raise BenchError(
+            f"{text!r} lists {', '.join(map(str, repeated))} more than once",
+            where=flag,
+            fix="list each value once",
+        )
     return values
 
 
@@ -105,7 +124,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, tuple[tuple[str, Any], ..
         target, sep, raw = item.partition("=")
         method, dot, field_name = target.partition(".")
         if not sep or not dot or not method or not field_name:
-            raise BenchError(f"{item!r} is not METHOD.FIELD=VALUE", where="--set", fix="write e.g. clip_adapter.alpha=0.5")
+            raise BenchError(
+                f"{item!r} is not METHOD.FIELD=VALUE", where="--set", fix="write e.g. clip_adapter.alpha=0.5"
+            )
         try:
             value = json.loads(raw)
         except ValueError:
@@ -123,8 +144,11 @@ def check_unrepeated(items: Iterable[str], *, flag: str = "--set") -> None:
     for item in items:
         target = item.partition("=")[0].strip()
         if target in seen:
-            raise BenchError(f"{target} is set twice ({seen[target]!r} and {item!r})", where=flag,
-                             fix=f"keep one {flag} {target}=VALUE")
+            raise BenchError(
+                f"{target} is set twice ({seen[target]!r} and {item!r})",
+                where=flag,
+                fix=f"keep one {flag} {target}=VALUE",
+            )
         seen[target] = item
 
 
@@ -136,19 +160,31 @@ def apply_overrides(config: Any, overrides: Iterable[tuple[str, Any]], *, method
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise BenchError(f"method {method!r} has no config field {name!r}.{hint}", where=f"--set {method}.{name}",
-                             fix=f"fields are: {', '.join(fields)} (see `bench methods`)")
+            raise BenchError(
+                f"method {method!r} has no config field {name!r}.{hint}",
+                where=f"--set {method}.{name}",
+                fix=f"fields are: {', '.join(fields)} (see `bench methods`)",
+            )
         current = getattr(config, name)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
         if current is not None and not isinstance(value, type(current)):
-            raise BenchError(f"{value!r} is not a {type(current).__name__}", where=f"--set {method}.{name}",
-                             fix=f"the default is {current!r}")
-        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
-            raise BenchError(f"{value!r} is not a finite number", where=f"--set {method}.{name}",
-                             fix=f"pass a finite value (the default is {current!r})")
+            raise BenchError(
+                f"{value!r} is not a {type(current).__name__}",
+                where=f"--set {method}.{name}",
+                fix=f"the default is {current!r}",
+            )
+        if any(
+            isinstance(v, float) and not math.isfinite(v)
+            for v in (value if isinstance(value, tuple) else (value,))
+        ):
+            raise BenchError(
+                f"{value!r} is not a finite number",
+                where=f"--set {method}.{name}",
+                fix=f"pass a finite value (the default is {current!r})",
+            )
         changes[name] = value
     config = dataclasses.replace(config, **changes)
     if changes:
@@ -158,26 +194,56 @@ def apply_overrides(config: Any, overrides: Iterable[tuple[str, Any]], *, method
     return config
 
 
-def expand_grid(methods: Sequence[str], datasets: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
-                backbones: Sequence[str], *, tune: str = "none", trials: int = 0,
-                overrides: dict[str, tuple[tuple[str, Any], ...]] | None = None, protocol: str = "fewshot",
-                shift: dict[str, tuple[str, ...]] | None = None) -> list[RunSpec]:
+def expand_grid(
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    backbones: Sequence[str],
+    *,
+    tune: str = "none",
+    trials: int = 0,
+    overrides: dict[str, tuple[tuple[str, Any], ...]] | None = None,
+    protocol: str = "fewshot",
+    shift: dict[str, tuple[str, ...]] | None = None,
+) -> list[RunSpec]:
     """All cells, ordered backbone → dataset → method → shots → seed.
 
     ``shift`` maps a dataset to the test-only sets its cells are also scored on.
     """
     if tune not in TUNE_MODES:
-        raise BenchError(f"unknown tuning mode {tune!r}", where="--tune", fix=f"use one of: {', '.join(TUNE_MODES)}")
+        raise BenchError(
+            f"unknown tuning mode {tune!r}", where="--tune", fix=f"use one of: {', '.join(TUNE_MODES)}"
+        )
     if protocol not in PROTOCOLS:
-        raise BenchError(f"unknown protocol {protocol!r}", where="--protocol", fix=f"use one of: {', '.join(PROTOCOLS)}")
+        raise BenchError(
+            f"unknown protocol {protocol!r}", where="--protocol", fix=f"use one of: {', '.join(PROTOCOLS)}"
+        )
     shift = shift or {}
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(methods))
     if unknown:
-        raise BenchError(f"--set names method(s) {', '.join(unknown)} that are not being run", where="--set",
-                         fix="add them to --methods or drop those --set items")
+        raise BenchError(
+            f"--set names method(s) {', '.join(unknown)} that are not being run",
+            where="--set",
+            fix="add them to --methods or drop those --set items",
+        )
     return [
-        RunSpec(method, dataset, k, seed, backbone, tune, trials, overrides.get(method, ()), protocol,
-                tuple(shift.get(dataset, ())))
-        for backbone in backbones for dataset in datasets for method in methods for k in shots for seed in seeds
+        RunSpec(
+            method,
+            dataset,
+            k,
+            seed,
+            backbone,
+            tune,
+            trials,
+            overrides.get(method, ()),
+            protocol,
+            tuple(shift.get(dataset, ())),
+        )
+        for backbone in backbones
+        for dataset in datasets
+        for method in methods
+        for k in shots
+        for seed in seeds
     ]

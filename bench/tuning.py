@@ -114,11 +114,16 @@ def check_tuning(spec: Any, method: Any) -> None:
     """
     if spec.tune == "none":
         if spec.trials:
-            raise BenchError(f"--trials {spec.trials} has no effect without --tune", where="--trials",
-                             fix="add --tune val (or oracle), or drop --trials")
+            raise BenchError(
+                f"--trials {spec.trials} has no effect without --tune",
+                where="--trials",
+                fix="add --tune val (or oracle), or drop --trials",
+            )
         return
     if spec.trials < 1:
-        raise BenchError(f"--tune {spec.tune} needs a trial budget", where="--trials", fix="pass e.g. --trials 20")
+        raise BenchError(
+            f"--tune {spec.tune} needs a trial budget", where="--trials", fix="pass e.g. --trials 20"
+        )
 
 
 def searchable(method: Any) -> bool:
@@ -130,9 +135,14 @@ def searchable(method: Any) -> bool:
 
 def untuned_record(mode: str, method_name: str) -> dict:
     """The tuning record of a cell in a ``val``/``oracle`` grid whose method has nothing to search."""
-    return {"mode": mode, "searched": False, "scored_on": None, "trials": 0,
-            "note": f"{method_name} declares no search space: fitted at its defaults, nothing chosen on "
-                    f"{SCORED_ON[mode]}"}
+    return {
+        "mode": mode,
+        "searched": False,
+        "scored_on": None,
+        "trials": 0,
+        "note": f"{method_name} declares no search space: fitted at its defaults, nothing chosen on "
+        f"{SCORED_ON[mode]}",
+    }
 
 
 def study_name(spec: Any, identity: dict[str, str]) -> str:
@@ -149,8 +159,13 @@ def study_name(spec: Any, identity: dict[str, str]) -> str:
 
 def study_ref(spec: Any, name: str, storage: str) -> StudyRef:
     """The :class:`StudyRef` of a tuned cell (``spec`` a :class:`bench.spec.RunSpec`)."""
-    return StudyRef(name=name, storage=storage, mode=spec.tune, trials=spec.trials,
-                    seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method, spec.backbone, spec.tune, "tpe"))
+    return StudyRef(
+        name=name,
+        storage=storage,
+        mode=spec.tune,
+        trials=spec.trials,
+        seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method, spec.backbone, spec.tune, "tpe"),
+    )
 
 
 def storage_url(storage: str | None, results_root: Path) -> str:
@@ -159,7 +174,7 @@ def storage_url(storage: str | None, results_root: Path) -> str:
     if storage is None:
         return f"sqlite:///{(Path(results_root) / STUDIES_FILE).resolve()}"
     if storage.startswith("journal:"):
-        return "journal:" + str(Path(storage[len("journal:"):]).expanduser().resolve())
+        return "journal:" + str(Path(storage[len("journal:") :]).expanduser().resolve())
     return storage
 
 
@@ -177,7 +192,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
-            path = Path(url[len("journal:"):])
+            path = Path(url[len("journal:") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         return _rdb_storage(url)
@@ -185,8 +200,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         fix = "pass an Optuna RDB URL (sqlite:///FILE, postgresql+psycopg://USER@HOST/DB) or journal:PATH"
         if isinstance(exc, ImportError) and url.startswith("postgresql"):
             fix = 'install the PostgreSQL driver: pip install "clip-fewshot-bench[postgres]" (psycopg 3)'
-        raise BenchError(f"cannot open the study storage {describe_storage(url)!r}: {exc}", where="--storage",
-                         fix=fix) from exc
+        raise BenchError(
+            f"cannot open the study storage {describe_storage(url)!r}: {exc}", where="--storage", fix=fix
+        ) from exc
 
 
 def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -198,7 +214,7 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     engine_kwargs: dict[str, Any] = {}
     sqlite = url.startswith("sqlite:")
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     for attempt in range(attempts):
         try:
@@ -211,8 +227,9 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def tune(method: Any, data: FewShotData, config: Any, ctx: FitContext, ref: StudyRef,
-         objective: Objective) -> tuple[Any, dict]:
+def tune(
+    method: Any, data: FewShotData, config: Any, ctx: FitContext, ref: StudyRef, objective: Objective
+) -> tuple[Any, dict]:
     """Fill the cell's study and return (best config, tuning record).
 
     Args:
@@ -224,17 +241,23 @@ def tune(method: Any, data: FewShotData, config: Any, ctx: FitContext, ref: Stud
         FinalFitElsewhere: another worker closed the study and does the final fit.
     """
     if SCORED_ON.get(ref.mode) != objective.split:
-        raise ValueError(f"tuning mode {ref.mode!r} must be scored on {SCORED_ON.get(ref.mode)!r}, "
-                         f"not {objective.split!r}")
+        raise ValueError(
+            f"tuning mode {ref.mode!r} must be scored on {SCORED_ON.get(ref.mode)!r}, not {objective.split!r}"
+        )
     warmup = int(getattr(config, "epochs", 0) or 0) // 2
     with _quiet_optuna():
         defaults = _default_params(method, config, data.dataset, data.shots)
-        outcome = run_study(ref, _trial_objective(method, data, config, ctx, objective), default_params=defaults,
-                            warmup_steps=warmup, step=ctx.progress_step)
+        outcome = run_study(
+            ref,
+            _trial_objective(method, data, config, ctx, objective),
+            default_params=defaults,
+            warmup_steps=warmup,
+            step=ctx.progress_step,
+        )
     if not outcome.closed_here:
         raise FinalFitElsewhere(ref.name)
     finished = finished_trials(outcome.study)
-    considered = finished[:ref.trials]  # a study extended by a larger budget: --trials N still means N
+    considered = finished[: ref.trials]  # a study extended by a larger budget: --trials N still means N
     best = best_trial(considered)
     overrides = method.search_space(optuna.trial.FixedTrial(best.params), data.dataset, data.shots, config)
     record = _record(ref, objective.split, considered, best, defaults, warmup)
@@ -242,8 +265,14 @@ def tune(method: Any, data: FewShotData, config: Any, ctx: FitContext, ref: Stud
     return _apply(method, config, overrides), record
 
 
-def run_study(ref: StudyRef, objective: Callable[[optuna.Trial], float], *, default_params: dict[str, Any],
-              warmup_steps: int = 0, step: Callable[[int, int, str], None] | None = None) -> StudyOutcome:
+def run_study(
+    ref: StudyRef,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    default_params: dict[str, Any],
+    warmup_steps: int = 0,
+    step: Callable[[int, int, str], None] | None = None,
+) -> StudyOutcome:
     """Create or load the study and run trials one at a time until it holds ``ref.trials`` finished ones.
 
     The paper default goes in first (``default_params``, when the study is new). Trials that
@@ -251,8 +280,14 @@ def run_study(ref: StudyRef, objective: Callable[[optuna.Trial], float], *, defa
     that run concurrently may overshoot the target by one trial each. ``step(finished, target, "trial")``
     follows the study after each trial.
     """
-    study = optuna.create_study(study_name=ref.name, storage=open_storage(ref.storage), direction="maximize",
-                                sampler=TrialSeededTPE(ref.seed), pruner=_pruner(warmup_steps), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=ref.name,
+        storage=open_storage(ref.storage),
+        direction="maximize",
+        sampler=TrialSeededTPE(ref.seed),
+        pruner=_pruner(warmup_steps),
+        load_if_exists=True,
+    )
     study.set_user_attr("scored_on", SCORED_ON[ref.mode])
     if default_params and not study.get_trials(deepcopy=False):
         study.enqueue_trial(default_params, user_attrs={"paper_default": True}, skip_if_exists=True)
@@ -304,7 +339,9 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
     def _tpe(self, trial: FrozenTrial) -> optuna.samplers.TPESampler:
         if trial.number not in self._by_trial:
             seed = derive_seed(self.root_seed, trial.number) & 0xFFFFFFFF  # numpy seeds are 32-bit
-            self._by_trial[trial.number] = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+            self._by_trial[trial.number] = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=self.n_startup_trials
+            )
         return self._by_trial[trial.number]
 
     def infer_relative_search_space(self, study, trial):
@@ -325,8 +362,12 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
         sampler.after_trial(study, trial, state, values)
 
     def describe(self) -> dict:
-        return {"name": "TPESampler", "seed": "derive_seed(root_seed, trial.number)", "root_seed": self.root_seed,
-                "n_startup_trials": self.n_startup_trials}
+        return {
+            "name": "TPESampler",
+            "seed": "derive_seed(root_seed, trial.number)",
+            "root_seed": self.root_seed,
+            "n_startup_trials": self.n_startup_trials,
+        }
 
 
 def _pruner(warmup_steps: int) -> optuna.pruners.MedianPruner:
@@ -335,12 +376,14 @@ def _pruner(warmup_steps: int) -> optuna.pruners.MedianPruner:
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=warmup_steps)
 
 
-def _trial_objective(method: Any, data: FewShotData, config: Any, ctx: FitContext,
-                     objective: Objective) -> Callable[[optuna.Trial], float]:
+def _trial_objective(
+    method: Any, data: FewShotData, config: Any, ctx: FitContext, objective: Objective
+) -> Callable[[optuna.Trial], float]:
     def run_trial(trial: optuna.Trial) -> float:
         trial_config = _apply(method, config, method.search_space(trial, data.dataset, data.shots, config))
-        trial_ctx = dataclasses.replace(ctx, record=_ignore, progress=False, report=_pruning_report(trial),
-                                        progress_step=None)  # the bar counts trials, not a trial's epochs
+        trial_ctx = dataclasses.replace(
+            ctx, record=_ignore, progress=False, report=_pruning_report(trial), progress_step=None
+        )  # the bar counts trials, not a trial's epochs
         try:
             return objective.score(method.fit(data, trial_config, trial_ctx))
         except NonFiniteError as exc:  # a diverged trial is a bad point of the search, not a failed cell
@@ -369,12 +412,18 @@ def _apply(method: Any, config: Any, overrides: dict[str, Any]) -> Any:
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise BenchError(f"search_space returned {unknown}, which are not fields of {type(config).__name__}",
-                         where=f"{type(method).__name__}.search_space", fix=f"return overrides of: {', '.join(sorted(fields))}")
+        raise BenchError(
+            f"search_space returned {unknown}, which are not fields of {type(config).__name__}",
+            where=f"{type(method).__name__}.search_space",
+            fix=f"return overrides of: {', '.join(sorted(fields))}",
+        )
     tuned = dataclasses.replace(config, **overrides)
     if method.needs(tuned) != method.needs(config):
-        raise BenchError("search_space changed the features the method needs", where=f"{type(method).__name__}.search_space",
-                         fix="do not search fields that change needs() (e.g. train_views)")
+        raise BenchError(
+            "search_space changed the features the method needs",
+            where=f"{type(method).__name__}.search_space",
+            fix="do not search fields that change needs() (e.g. train_views)",
+        )
     return tuned
 
 
@@ -402,19 +451,39 @@ def _default_params(method: Any, config: Any, dataset: str, shots: int) -> dict[
     return params
 
 
-def _record(ref: StudyRef, split: str, finished: list[FrozenTrial], best: FrozenTrial, defaults: dict[str, Any],
-            warmup: int) -> dict:
-    default = next((t for t in finished if t.user_attrs.get("paper_default") and t.state == TrialState.COMPLETE), None)
+def _record(
+    ref: StudyRef,
+    split: str,
+    finished: list[FrozenTrial],
+    best: FrozenTrial,
+    defaults: dict[str, Any],
+    warmup: int,
+) -> dict:
+    default = next(
+        (t for t in finished if t.user_attrs.get("paper_default") and t.state == TrialState.COMPLETE), None
+    )
     return {
-        "mode": ref.mode, "scored_on": split, "trials": len(finished), "target_trials": ref.trials,
+        "mode": ref.mode,
+        "scored_on": split,
+        "trials": len(finished),
+        "target_trials": ref.trials,
         "complete": sum(t.state == TrialState.COMPLETE for t in finished),
         "pruned": sum(t.state == TrialState.PRUNED for t in finished),
-        "best_trial": best.number, "best_params": dict(best.params), f"best_{split}_top1": best.value,
-        "default_params": defaults, f"default_{split}_top1": default.value if default else None,
+        "best_trial": best.number,
+        "best_params": dict(best.params),
+        f"best_{split}_top1": best.value,
+        "default_params": defaults,
+        f"default_{split}_top1": default.value if default else None,
         "search_space": {n: json.loads(distribution_to_json(d)) for n, d in best.distributions.items()},
-        "study": ref.name, "storage": describe_storage(ref.storage), "protocol": TUNING_PROTOCOL,
+        "study": ref.name,
+        "storage": describe_storage(ref.storage),
+        "protocol": TUNING_PROTOCOL,
         "sampler": TrialSeededTPE(ref.seed).describe(),
-        "pruner": {"name": "MedianPruner", "n_startup_trials": PRUNER_STARTUP_TRIALS, "n_warmup_steps": warmup},
+        "pruner": {
+            "name": "MedianPruner",
+            "n_startup_trials": PRUNER_STARTUP_TRIALS,
+            "n_warmup_steps": warmup,
+        },
     }
 
 

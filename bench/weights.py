@@ -32,7 +32,9 @@ def hf_cache_dir() -> Path:
     """The Hugging Face hub cache, read from the environment now (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface")
+    home = os.environ.get("HF_HOME") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
@@ -43,7 +45,10 @@ def url_cache_dir() -> Path:
 
 def offline() -> bool:
     """True when the user said this machine has no network (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    return any(os.environ.get(var, "").strip().lower() in _TRUTHY for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(var, "").strip().lower() in _TRUTHY
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,11 @@ class WeightSource:
             last: Exception | None = None
             for name in self.hf_files:
                 try:
-                    return Path(hf_hub_download(self.hf_repo, name, cache_dir=str(hf_cache_dir()),
-                                                endpoint=self.endpoint()))
+                    return Path(
+                        hf_hub_download(
+                            self.hf_repo, name, cache_dir=str(hf_cache_dir()), endpoint=self.endpoint()
+                        )
+                    )
                 except Exception as exc:  # the hub raises several types for a missing file name
                     last = exc
             if not self.url:
@@ -130,19 +138,31 @@ def ensure_weights(name: str, source: WeightSource, *, download: bool = True) ->
     if hit is not None:
         return hit
     searched = ", ".join(str(p) for p in source.searched()) or "(open_clip lists no download for it)"
-    ways = (f"on a machine with internet run `bench weights fetch {name}` (same HF_HOME) and copy the cache here; "
-            f"or pass the file as --backbone {'ARCH' if name.startswith('hf-hub:') else name.split('/')[0]}"
-            "//path/to/file.pt; "
-            "or run where the network is reachable without HF_HUB_OFFLINE")
+    ways = (
+        f"on a machine with internet run `bench weights fetch {name}` (same HF_HOME) and copy the cache here; "
+        f"or pass the file as --backbone {'ARCH' if name.startswith('hf-hub:') else name.split('/')[0]}"
+        "//path/to/file.pt; "
+        "or run where the network is reachable without HF_HUB_OFFLINE"
+    )
     if not download:
-        raise BenchError(f"weights of {name} are not cached on this machine (searched {searched})",
-                         where="--backbone", fix=ways)
+        raise BenchError(
+            f"weights of {name} are not cached on this machine (searched {searched})",
+            where="--backbone",
+            fix=ways,
+        )
     if offline():
-        raise BenchError(f"weights of {name} are not cached and HF_HUB_OFFLINE is set (searched {searched})",
-                         where="--backbone", fix=ways)
+        raise BenchError(
+            f"weights of {name} are not cached and HF_HUB_OFFLINE is set (searched {searched})",
+            where="--backbone",
+            fix=ways,
+        )
     if not reachable(source.endpoint()):
-        raise BenchError(f"weights of {name} are not cached and {source.endpoint()} cannot be reached "
-                         f"(searched {searched})", where="--backbone", fix=ways)
+        raise BenchError(
+            f"weights of {name} are not cached and {source.endpoint()} cannot be reached "
+            f"(searched {searched})",
+            where="--backbone",
+            fix=ways,
+        )
     try:
         return source.download()
     except Exception as exc:  # hub and urllib errors of every kind: one line with the same ways out
@@ -191,7 +211,9 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
     import torch
 
     if not path.is_file():
-        raise BenchError("checkpoint file not found", where=str(path), fix="pass an existing file as ARCH/PATH")
+        raise BenchError(
+            "checkpoint file not found", where=str(path), fix="pass an existing file as ARCH/PATH"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -205,13 +227,19 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
             content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BenchError(f"cannot read checkpoint ({type(exc).__name__}: {first})", where=str(path),
-                         fix="pass a torch state-dict file, a safetensors file or OpenAI's .pt archive") from exc
+        raise BenchError(
+            f"cannot read checkpoint ({type(exc).__name__}: {first})",
+            where=str(path),
+            fix="pass a torch state-dict file, a safetensors file or OpenAI's .pt archive",
+        ) from exc
     meta = content.get("meta") if isinstance(content, dict) and "state_dict" in content else None
     state = content.get("state_dict", content) if isinstance(content, dict) else content
     if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
-        raise BenchError(f"checkpoint holds a {type(state).__name__}, not a state dict", where=str(path),
-                         fix="save model.state_dict() (or {'state_dict': ..., 'meta': ...})")
+        raise BenchError(
+            f"checkpoint holds a {type(state).__name__}, not a state dict",
+            where=str(path),
+            fix="save model.state_dict() (or {'state_dict': ..., 'meta': ...})",
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return state, meta if isinstance(meta, dict) else {}
 
@@ -227,11 +255,15 @@ def hub_weights(repo: str, *, download: bool = True) -> Path:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "weights", help="pre-download backbone weights (for offline nodes) or show where they are",
+        "weights",
+        help="pre-download backbone weights (for offline nodes) or show where they are",
         description="fetch: download the weights of OpenCLIP tags or hf-hub: ids into the caches the nodes read "
-                    "(HF_HOME, ~/.cache/clip); where: show each backbone's activation, preprocessing and file.")
+        "(HF_HOME, ~/.cache/clip); where: show each backbone's activation, preprocessing and file.",
+    )
     p.add_argument("action", choices=("fetch", "where"))
-    p.add_argument("backbones", help="comma list of ARCH/TAG or hf-hub:ORG/NAME, e.g. RN50/openai,ViT-B-16/openai")
+    p.add_argument(
+        "backbones", help="comma list of ARCH/TAG or hf-hub:ORG/NAME, e.g. RN50/openai,ViT-B-16/openai"
+    )
     p.set_defaults(func=_cmd_weights)
 
 
@@ -240,7 +272,9 @@ def _cmd_weights(args) -> int:
 
     names = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if not names:
-        raise BenchError("no backbone named", where="bench weights", fix="e.g. bench weights fetch RN50/openai")
+        raise BenchError(
+            "no backbone named", where="bench weights", fix="e.g. bench weights fetch RN50/openai"
+        )
     for line in locate_backbones(names, download=args.action == "fetch"):
         print(line)  # noqa: T201
     return 0

@@ -46,8 +46,9 @@ def decode_error(path: str) -> str | None:
     return None
 
 
-def check_dataset(spec: DatasetSpec, data_root: Path, *, decode: bool = True, workers: int = 0,
-                  progress: bool = False) -> CheckReport:
+def check_dataset(
+    spec: DatasetSpec, data_root: Path, *, decode: bool = True, workers: int = 0, progress: bool = False
+) -> CheckReport:
     """Every check of ``spec``'s data under ``data_root``.
 
     Raises:
@@ -57,13 +58,17 @@ def check_dataset(spec: DatasetSpec, data_root: Path, *, decode: bool = True, wo
     splits = read_dataset(spec, data_root, strict=False)
     expected = expectations(spec, folder)
     report = CheckReport()
-    report.lines.append(f"data     {folder}" + (" (MINIATURE: generated, not the real dataset)" if expected.miniature else ""))
+    report.lines.append(
+        f"data     {folder}" + (" (MINIATURE: generated, not the real dataset)" if expected.miniature else "")
+    )
     _check_sha256(spec, splits, report)
     problems = count_problems(spec, expected, splits)
     report.problems += [str(p) for p in problems]
     if not problems:
-        report.lines.append(f"counts   {len(splits.classnames)} classes, "
-                            f"{'/'.join(map(str, split_sizes(spec, splits)))} train/val/test images, as expected")
+        report.lines.append(
+            f"counts   {len(splits.classnames)} classes, "
+            f"{'/'.join(map(str, split_sizes(spec, splits)))} train/val/test images, as expected"
+        )
     _check_files(splits, report, decode=decode, workers=workers, progress=progress)
     return report
 
@@ -71,19 +76,31 @@ def check_dataset(spec: DatasetSpec, data_root: Path, *, decode: bool = True, wo
 def _check_sha256(spec: DatasetSpec, splits: DatasetSplits, report: CheckReport) -> None:
     digest = splits.source_sha256
     if Path(splits.source).is_dir():
-        report.lines.append(f"sha256   {digest}  of the file listing of {splits.source} (recorded in every result)")
+        report.lines.append(
+            f"sha256   {digest}  of the file listing of {splits.source} (recorded in every result)"
+        )
     elif digest != sha256_file(splits.source):  # one digest over several list files (FGVCAircraft's txt)
-        report.lines.append(f"sha256   {digest}  over {splits.source} and the lists read with it, together "
-                            "(recorded in every result)")
+        report.lines.append(
+            f"sha256   {digest}  over {splits.source} and the lists read with it, together "
+            "(recorded in every result)"
+        )
     elif spec.split_sha256 is None:
-        report.lines.append(f"sha256   {digest}  {splits.source} (no pinned value for {spec.name!r}: compare it with "
-                            "a trusted copy)")
+        report.lines.append(
+            f"sha256   {digest}  {splits.source} (no pinned value for {spec.name!r}: compare it with "
+            "a trusted copy)"
+        )
     elif digest == spec.split_sha256:
         report.lines.append(f"sha256   {digest}  {splits.source}, matches the pinned value")
     else:
-        report.problems.append(str(BenchError(
-            f"split file has sha256 {digest}, expected {spec.split_sha256}", where=str(splits.source),
-            fix="download the official split file again (`bench data prepare`)")))
+        report.problems.append(
+            str(
+                BenchError(
+                    f"split file has sha256 {digest}, expected {spec.split_sha256}",
+                    where=str(splits.source),
+                    fix="download the official split file again (`bench data prepare`)",
+                )
+            )
+        )
 
 
 def _listed_files(splits: DatasetSplits) -> list[Path]:
@@ -91,13 +108,21 @@ def _listed_files(splits: DatasetSplits) -> list[Path]:
     return [splits.image_root / p for p in paths]
 
 
-def _check_files(splits: DatasetSplits, report: CheckReport, *, decode: bool, workers: int, progress: bool) -> None:
+def _check_files(
+    splits: DatasetSplits, report: CheckReport, *, decode: bool, workers: int, progress: bool
+) -> None:
     files = _listed_files(splits)
     missing = [f for f in files if not f.is_file()]
     if missing:
-        report.problems.append(str(BenchError(
-            f"{len(missing)} of {len(files)} listed images do not exist, first: {missing[0]}",
-            where=str(splits.source), fix=f"extract the images under {splits.image_root} as the split file expects")))
+        report.problems.append(
+            str(
+                BenchError(
+                    f"{len(missing)} of {len(files)} listed images do not exist, first: {missing[0]}",
+                    where=str(splits.source),
+                    fix=f"extract the images under {splits.image_root} as the split file expects",
+                )
+            )
+        )
         report.lines += [f"missing  {f}" for f in missing[:EXAMPLES]]
     absent = set(missing)
     present = [str(f) for f in files if f not in absent]
@@ -107,8 +132,15 @@ def _check_files(splits: DatasetSplits, report: CheckReport, *, decode: bool, wo
     errors = _decode_all(present, workers, progress)
     if errors:
         path, why = errors[0]
-        report.problems.append(str(BenchError(f"{len(errors)} of {len(present)} images cannot be decoded, first: {why}",
-                                              where=path, fix="re-extract or re-download these files")))
+        report.problems.append(
+            str(
+                BenchError(
+                    f"{len(errors)} of {len(present)} images cannot be decoded, first: {why}",
+                    where=path,
+                    fix="re-extract or re-download these files",
+                )
+            )
+        )
         report.lines += [f"corrupt  {p} ({why})" for p, why in errors[:EXAMPLES]]
     else:
         report.lines.append(f"files    {len(present)} present and decodable")

@@ -1,11 +1,11 @@
 """``bench data``: list, check, prepare datasets; export few-shot index files; write miniatures.
 
-    bench data list [--du]                     what is known, what is present, sizes
-    bench data check NAME[,NAME|all]           every listed file present and decodable, counts, sha256
-    bench data prepare NAME[,NAME|all]         download, verify, unpack; instructions for manual steps
-    bench data export-splits NAME --shots all --seeds 1,2,3 --out DIR
-    bench data import-splits DIR               use exported index files (checked against your split files)
-    bench data miniature [NAME,...|all]        generated miniatures of the real layouts (tests, smoke runs)
+bench data list [--du]                     what is known, what is present, sizes
+bench data check NAME[,NAME|all]           every listed file present and decodable, counts, sha256
+bench data prepare NAME[,NAME|all]         download, verify, unpack; instructions for manual steps
+bench data export-splits NAME --shots all --seeds 1,2,3 --out DIR
+bench data import-splits DIR               use exported index files (checked against your split files)
+bench data miniature [NAME,...|all]        generated miniatures of the real layouts (tests, smoke runs)
 """
 
 from __future__ import annotations
@@ -20,32 +20,58 @@ from bench.errors import BenchError
 def add_parser(subparsers) -> None:
     from bench.run_config import add_folder_argument
 
-    p = subparsers.add_parser("data", help="list, check and prepare datasets; export few-shot index files",
-                              description="Datasets: what is known and present, checks, downloads, index files.")
+    p = subparsers.add_parser(
+        "data",
+        help="list, check and prepare datasets; export few-shot index files",
+        description="Datasets: what is known and present, checks, downloads, index files.",
+    )
     sub = p.add_subparsers(dest="data_command", required=True)
     _add(sub, "list", _cmd_list, "known datasets, whether their data is present, sizes").add_argument(
-        "--du", action="store_true", help="also measure the disk usage of present datasets")
-    sub.choices["list"].add_argument("--json", action="store_true", help="print the list as one JSON document")
-    check = _add(sub, "check", _cmd_check, "every listed image present and decodable, class count, sizes, sha256")
+        "--du", action="store_true", help="also measure the disk usage of present datasets"
+    )
+    sub.choices["list"].add_argument(
+        "--json", action="store_true", help="print the list as one JSON document"
+    )
+    check = _add(
+        sub, "check", _cmd_check, "every listed image present and decodable, class count, sizes, sha256"
+    )
     check.add_argument("names", help="dataset name(s), comma-separated, or 'all' (those present)")
     check.add_argument("--no-decode", action="store_true", help="only check that the listed files exist")
-    check.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0 = this process)")
+    check.add_argument(
+        "--workers", type=int, default=0, help="decoding processes (default: 0 = this process)"
+    )
     prepare = _add(sub, "prepare", _cmd_prepare, "download, verify and unpack a dataset into CoOp's layout")
     prepare.add_argument("names", help="dataset name(s), comma-separated, or 'all'")
-    prepare.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after unpacking")
+    prepare.add_argument(
+        "--keep-archives", action="store_true", help="keep downloaded archives after unpacking"
+    )
     export = _add(sub, "export-splits", _cmd_export, "write the few-shot index files (JSON, relative paths)")
     export.add_argument("names", help="dataset name(s), comma-separated, or 'all' (those present)")
     export.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
     export.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
-    export.add_argument("--out", type=Path, required=True, help="folder to write <dataset>/<protocol>/shot_K-seed_S.json")
-    export.add_argument("--sampling", default="dassl", choices=("dassl", "dassl_repeat"),
-                        help="few-shot sampling, as bench run --sampling (default: dassl)")
-    add_folder_argument(export, "cache_dir", "the cache whose index files are exported (drawn there first if absent)")
-    imported = _add(sub, "import-splits", _cmd_import,
-                    "use exported few-shot index files, checked against the split files here")
+    export.add_argument(
+        "--out", type=Path, required=True, help="folder to write <dataset>/<protocol>/shot_K-seed_S.json"
+    )
+    export.add_argument(
+        "--sampling",
+        default="dassl",
+        choices=("dassl", "dassl_repeat"),
+        help="few-shot sampling, as bench run --sampling (default: dassl)",
+    )
+    add_folder_argument(
+        export, "cache_dir", "the cache whose index files are exported (drawn there first if absent)"
+    )
+    imported = _add(
+        sub,
+        "import-splits",
+        _cmd_import,
+        "use exported few-shot index files, checked against the split files here",
+    )
     imported.add_argument("folder", type=Path, help="a folder written by export-splits")
     add_folder_argument(imported, "cache_dir", "the cache bench run reads index files from")
-    mini = _add(sub, "miniature", _cmd_miniature, "write miniatures of the real layouts (few classes, tiny images)")
+    mini = _add(
+        sub, "miniature", _cmd_miniature, "write miniatures of the real layouts (few classes, tiny images)"
+    )
     mini.add_argument("names", nargs="?", default="all", help="dataset name(s), comma-separated, or 'all'")
 
 
@@ -108,8 +134,17 @@ def _cmd_list(args) -> int:
         status = _status(spec, args.data_root)
         if args.du and (args.data_root / spec.folder).exists():
             status += f" ({_disk_usage(args.data_root / spec.folder)})"
-        rows.append((name, _kind(spec), str(spec.n_classes or "-"), sizes, _download_kind(spec), status,
-                     str(args.data_root / spec.folder)))
+        rows.append(
+            (
+                name,
+                _kind(spec),
+                str(spec.n_classes or "-"),
+                sizes,
+                _download_kind(spec),
+                status,
+                str(args.data_root / spec.folder),
+            )
+        )
     if args.json:
         keys = ("name", "kind", "classes", "sizes", "download", "status", "folder")
         print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows[1:]], indent=2))
@@ -138,8 +173,13 @@ def _cmd_check(args) -> int:
 
     failed = []
     for name in _names(args.names, args.data_root, present_only=True):
-        report = check_dataset(_registry().get(name), args.data_root, decode=not args.no_decode,
-                               workers=args.workers, progress=not args.no_progress)
+        report = check_dataset(
+            _registry().get(name),
+            args.data_root,
+            decode=not args.no_decode,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
         print(f"== {name}")
         for line in report.lines:
             print(f"   {line}")
@@ -160,7 +200,9 @@ def _cmd_prepare(args) -> int:
         if spec.generator:
             continue
         print(f"== {name} -> {args.data_root / spec.folder}")
-        report = prepare(spec, args.data_root, keep_archives=args.keep_archives, progress=not args.no_progress)
+        report = prepare(
+            spec, args.data_root, keep_archives=args.keep_archives, progress=not args.no_progress
+        )
         for line in report.lines:
             print(f"   {line}")
         for instructions in report.manual:
@@ -187,13 +229,18 @@ def _cmd_export(args) -> int:
     for name in names:
         spec = _registry().get(name)
         if spec.test_only:
-            raise BenchError(f"{name!r} is test-only: it has no few-shot subsets", where="bench data export-splits",
-                             fix="export the splits of the dataset it shifts from")
+            raise BenchError(
+                f"{name!r} is test-only: it has no few-shot subsets",
+                where="bench data export-splits",
+                fix="export the splits of the dataset it shifts from",
+            )
         splits = read_dataset(spec, args.data_root)
         for k in shots:
             for seed in seeds:
                 index = load_or_create_fewshot(splits, spec, k, seed, args.cache_dir, args.sampling)
-                atomic_write_bytes(args.out / name / index.protocol / index.path.name, index.path.read_bytes())
+                atomic_write_bytes(
+                    args.out / name / index.protocol / index.path.name, index.path.read_bytes()
+                )
         print(f"{name}: {len(shots) * len(seeds)} index files in {args.out / name}")
     return 0
 
@@ -203,18 +250,25 @@ def _cmd_import(args) -> int:
     from bench.datasets.splits import import_index
 
     registry = _registry()
-    folders = sorted(p for p in Path(args.folder).iterdir() if p.is_dir()) if Path(args.folder).is_dir() else []
+    folders = (
+        sorted(p for p in Path(args.folder).iterdir() if p.is_dir()) if Path(args.folder).is_dir() else []
+    )
     if not folders:
-        raise BenchError("no <dataset>/ folders here", where=str(args.folder),
-                         fix="pass the --out folder of `bench data export-splits`")
+        raise BenchError(
+            "no <dataset>/ folders here",
+            where=str(args.folder),
+            fix="pass the --out folder of `bench data export-splits`",
+        )
     for folder in folders:
         spec = registry.get(folder.name)
         files = sorted(folder.glob("*/shot_*-seed_*.json"))
         splits = read_dataset(spec, args.data_root)
         for file in files:
             import_index(file, splits, spec, args.cache_dir)
-        print(f"{spec.name}: {len(files)} index files checked against {splits.source} and placed under "
-              f"{args.cache_dir / 'splits' / spec.name}")
+        print(
+            f"{spec.name}: {len(files)} index files checked against {splits.source} and placed under "
+            f"{args.cache_dir / 'splits' / spec.name}"
+        )
     return 0
 
 

@@ -41,15 +41,25 @@ from bench.fileio import atomic_write_bytes, sha256_file
 from bench.seeding import derive_seed, numpy_generator
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 DATA_SEED = 0
 FASHION_MNIST_SPLIT_FILE = "split_zhou_FashionMNISTFewShot.json"
 DIGITS_SPLIT_FILE = "split_zhou_DigitsFewShot.json"
 # Captions of the demo CLIP's pretraining, and the target's "ensemble" prompt set.
 CAPTION_TEMPLATES = (
-    "a photo of a {}.", "a black and white photo of a {}.", "a low resolution photo of a {}.", "a photo of the {}.",
-    "a grayscale photo of a {}.", "a close-up photo of a {}.", "a picture of a {}.", "an image of a {}.",
+    "a photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a photo of the {}.",
+    "a grayscale photo of a {}.",
+    "a close-up photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
 )
 
 
@@ -76,8 +86,18 @@ class DemoSource:
 
 FASHION_MNIST = DemoSource(
     name="fashion_mnist",
-    classnames=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                "Ankle boot"),
+    classnames=(
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
     # one class from each visual group (tops, trousers, sandals, bags) plus the pullover: rare classes of
     # one group (pullover, coat, shirt) end up with near-identical text embeddings (cosine 0.99), which no
     # method built on the text classifier can pull apart.
@@ -150,7 +170,9 @@ def load_source(name: str) -> SourceImages:
         return _load_fashion_mnist(fashion_mnist_dir())
     if name == "digits":
         return _load_digits()
-    raise BenchError(f"unknown demo source {name!r}", where="--source", fix=f"use one of: {', '.join(SOURCES)}")
+    raise BenchError(
+        f"unknown demo source {name!r}", where="--source", fix=f"use one of: {', '.join(SOURCES)}"
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -158,19 +180,25 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         raw = fh.read()
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise BenchError("not a gzipped IDX file of unsigned bytes", where=str(path),
-                         fix="reinstall the Debian package dataset-fashion-mnist")
+        raise BenchError(
+            "not a gzipped IDX file of unsigned bytes",
+            where=str(path),
+            fix="reinstall the Debian package dataset-fashion-mnist",
+        )
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
 def _check_fashion_mnist(folder: Path) -> None:
     missing = [f for f in FASHION_MNIST_FILES if not (folder / f).is_file()]
     if missing:
-        raise BenchError(f"Fashion-MNIST file {missing[0]} not found", where=str(folder),
-                         fix="apt-get install dataset-fashion-mnist (Debian), set BENCH_FASHION_MNIST_DIR, "
-                             "or use --source digits")
+        raise BenchError(
+            f"Fashion-MNIST file {missing[0]} not found",
+            where=str(folder),
+            fix="apt-get install dataset-fashion-mnist (Debian), set BENCH_FASHION_MNIST_DIR, "
+            "or use --source digits",
+        )
 
 
 def _load_fashion_mnist(folder: Path) -> SourceImages:
@@ -183,8 +211,11 @@ def _import_sklearn():
     try:
         import sklearn.datasets
     except ImportError as exc:
-        raise BenchError("scikit-learn is not installed", where="--source digits",
-                         fix="pip install 'clip-fewshot-bench[demo]', or install Debian's dataset-fashion-mnist") from exc
+        raise BenchError(
+            "scikit-learn is not installed",
+            where="--source digits",
+            fix="pip install 'clip-fewshot-bench[demo]', or install Debian's dataset-fashion-mnist",
+        ) from exc
     return sklearn
 
 
@@ -195,7 +226,7 @@ def _load_digits() -> SourceImages:
     rng = numpy_generator(derive_seed(DATA_SEED, "digits", "test"))
     test = np.zeros(len(labels), dtype=bool)
     for label in range(10):  # the last 90 of a seeded order per class are test (the target's test size)
-        test[rng.permutation(np.flatnonzero(labels == label))[-DIGITS.per_class[2]:]] = True
+        test[rng.permutation(np.flatnonzero(labels == label))[-DIGITS.per_class[2] :]] = True
     return SourceImages(images[~test], labels[~test], images[test], labels[test], source_files("digits"))
 
 
@@ -217,10 +248,13 @@ def target_lists(source: DemoSource, images: SourceImages) -> dict[str, list[tup
         pool = rng.permutation(np.flatnonzero(images.train_labels == label))
         tests = rng.permutation(np.flatnonzero(images.test_labels == label))
         if len(pool) < n_train + n_val or len(tests) < n_test:
-            raise BenchError(f"class {source.classnames[label]!r} has too few images", where=source.name,
-                             fix="use the full source data")
+            raise BenchError(
+                f"class {source.classnames[label]!r} has too few images",
+                where=source.name,
+                fix="use the full source data",
+            )
         lists["train"] += [(int(i), target_label) for i in pool[:n_train]]
-        lists["val"] += [(int(i), target_label) for i in pool[n_train:n_train + n_val]]
+        lists["val"] += [(int(i), target_label) for i in pool[n_train : n_train + n_val]]
         lists["test"] += [(int(i), target_label) for i in tests[:n_test]]
     return lists
 
@@ -238,7 +272,7 @@ def pretraining_images(source: DemoSource, images: SourceImages) -> np.ndarray:
         indices = [int(i) for i in np.flatnonzero(images.train_labels == label) if int(i) not in held_out]
         if label in source.target_classes:
             rng = numpy_generator(derive_seed(DATA_SEED, source.name, label, "rare"))
-            indices = [indices[i] for i in rng.permutation(len(indices))[:source.rare_images]]
+            indices = [indices[i] for i in rng.permutation(len(indices))[: source.rare_images]]
         chosen += indices
     return np.array(sorted(chosen), dtype=np.int64)
 
@@ -265,8 +299,11 @@ def write_target(dataset_dir: Path, source: DemoSource, split_file: str) -> Path
             Image.fromarray(pixels[index]).save(target)
             rows.append([relpath, target_label, classname])
         split[split_name] = rows
-    split["source"] = {"name": source.name, "files": images.files,
-                       "rare_images_in_pretraining": source.rare_images}
+    split["source"] = {
+        "name": source.name,
+        "files": images.files,
+        "rare_images_in_pretraining": source.rare_images,
+    }
     atomic_write_bytes(split_path, json.dumps(split, indent=1).encode())
     return split_path
 

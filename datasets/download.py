@@ -45,14 +45,21 @@ def verify(path: Path, checksum: str | None) -> dict[str, str]:
         return digests
     kind, _, expected = checksum.partition(":")
     if kind not in digests:
-        raise BenchError(f"unknown checksum kind {kind!r}", where=checksum, fix="write md5:<hex> or sha256:<hex>")
+        raise BenchError(
+            f"unknown checksum kind {kind!r}", where=checksum, fix="write md5:<hex> or sha256:<hex>"
+        )
     if digests[kind] != expected.lower():
-        raise BenchError(f"{kind} is {digests[kind]}, expected {expected}", where=str(path),
-                         fix="the file is corrupt or not the published one: delete it and run the command again")
+        raise BenchError(
+            f"{kind} is {digests[kind]}, expected {expected}",
+            where=str(path),
+            fix="the file is corrupt or not the published one: delete it and run the command again",
+        )
     return digests
 
 
-def fetch(url: str, dest: Path, checksum: str | None, *, progress: bool = False, timeout: float = 60.0) -> dict[str, str]:
+def fetch(
+    url: str, dest: Path, checksum: str | None, *, progress: bool = False, timeout: float = 60.0
+) -> dict[str, str]:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify it, and return its digests.
 
     Raises:
@@ -69,8 +76,11 @@ def fetch(url: str, dest: Path, checksum: str | None, *, progress: bool = False,
         digests = verify(part, checksum)
     except BenchError as exc:
         part.unlink(missing_ok=True)
-        raise BenchError(f"download of {dest.name} failed verification: {exc.what}", where=url,
-                         fix="the partial file was deleted; run the command again to download it afresh") from exc
+        raise BenchError(
+            f"download of {dest.name} failed verification: {exc.what}",
+            where=url,
+            fix="the partial file was deleted; run the command again to download it afresh",
+        ) from exc
     part.replace(dest)
     return digests
 
@@ -79,7 +89,9 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
     start = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, **({"Range": f"bytes={start}-"} if start else {})}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as response:
             if start and response.status != 206:
                 start = 0  # the server ignored the range: start over
             _refuse_web_page(response, url, part)
@@ -89,12 +101,18 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start:
             return  # the part file already holds everything; verification decides
-        raise BenchError(f"HTTP {exc.code} {exc.reason}", where=url,
-                         fix="check the address or your network; a dead link is a manual download (see the instructions)") from exc
+        raise BenchError(
+            f"HTTP {exc.code} {exc.reason}",
+            where=url,
+            fix="check the address or your network; a dead link is a manual download (see the instructions)",
+        ) from exc
     except urllib.error.URLError as exc:  # no connection at all: nothing to resume
-        raise BenchError(f"cannot connect ({exc.reason})", where=url,
-                         fix="check the network (or proxy settings), or download the file by hand "
-                             f"and save it as {part.with_suffix('')}") from exc
+        raise BenchError(
+            f"cannot connect ({exc.reason})",
+            where=url,
+            fix="check the network (or proxy settings), or download the file by hand "
+            f"and save it as {part.with_suffix('')}",
+        ) from exc
     except (OSError, http.client.HTTPException) as exc:
         raise _interrupted(url, part, exc) from exc
     if expected is not None and part.stat().st_size < expected:
@@ -102,8 +120,18 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
 
 
 def _stream(response, part: Path, start: int, expected: int | None, progress: bool) -> None:
-    with part.open("ab" if start else "wb") as fh, tqdm(total=expected, initial=start, unit="B", unit_scale=True,
-                                                        desc=part.name[:-5], disable=not progress, leave=False) as bar:
+    with (
+        part.open("ab" if start else "wb") as fh,
+        tqdm(
+            total=expected,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            desc=part.name[:-5],
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
         for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
             fh.write(chunk)
             bar.update(len(chunk))
@@ -111,15 +139,21 @@ def _stream(response, part: Path, start: int, expected: int | None, progress: bo
 
 def _refuse_web_page(response, url: str, part: Path) -> None:
     if response.headers.get_content_type() == "text/html" and not url.endswith((".html", ".htm")):
-        raise BenchError("the server sent a web page instead of the file (Google Drive asks for a confirmation "
-                         "or its download quota is exceeded)", where=url,
-                         fix=f"download it in a browser and save it as {part.with_suffix('')}, then run the command again")
+        raise BenchError(
+            "the server sent a web page instead of the file (Google Drive asks for a confirmation "
+            "or its download quota is exceeded)",
+            where=url,
+            fix=f"download it in a browser and save it as {part.with_suffix('')}, then run the command again",
+        )
 
 
 def _interrupted(url: str, part: Path, reason: object) -> BenchError:
     size = part.stat().st_size if part.exists() else 0
-    return BenchError(f"download interrupted after {size} bytes ({reason})", where=url,
-                      fix=f"run the same command again: it resumes from {part}")
+    return BenchError(
+        f"download interrupted after {size} bytes ({reason})",
+        where=url,
+        fix=f"run the same command again: it resumes from {part}",
+    )
 
 
 def unpack(archive: Path, into: Path) -> Path:
@@ -144,7 +178,9 @@ def unpack(archive: Path, into: Path) -> Path:
             else:
                 tf.extractall(into, members=members)  # every member was checked above
     else:
-        raise BenchError("not a tar or zip archive", where=str(archive), fix="delete it and run the command again")
+        raise BenchError(
+            "not a tar or zip archive", where=str(archive), fix="delete it and run the command again"
+        )
     return into
 
 
@@ -166,15 +202,25 @@ def _check_tar_members(tf: tarfile.TarFile, archive: Path) -> list[tarfile.TarIn
     members = tf.getmembers()
     for member in members:
         if _outside(member.name):
-            raise BenchError(f"archive member {member.name!r} points outside the archive", where=str(archive),
-                             fix=_NOT_PUBLISHED)
+            raise BenchError(
+                f"archive member {member.name!r} points outside the archive",
+                where=str(archive),
+                fix=_NOT_PUBLISHED,
+            )
         if (member.issym() or member.islnk()) and (_outside(member.linkname) or not member.linkname):
             kind = "symbolic" if member.issym() else "hard"
-            raise BenchError(f"archive member {member.name!r} is a {kind} link to {member.linkname!r}, outside "
-                             "the archive", where=str(archive), fix=_NOT_PUBLISHED)
+            raise BenchError(
+                f"archive member {member.name!r} is a {kind} link to {member.linkname!r}, outside "
+                "the archive",
+                where=str(archive),
+                fix=_NOT_PUBLISHED,
+            )
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-            raise BenchError(f"archive member {member.name!r} is a device or FIFO, not a file", where=str(archive),
-                             fix=_NOT_PUBLISHED)
+            raise BenchError(
+                f"archive member {member.name!r} is a device or FIFO, not a file",
+                where=str(archive),
+                fix=_NOT_PUBLISHED,
+            )
         member.mode &= 0o777
     return members
 
@@ -183,9 +229,15 @@ def _check_zip_members(zf: zipfile.ZipFile, archive: Path) -> None:
     """Zip members must have plain names (zipfile would silently rewrite others) and be files or folders."""
     for info in zf.infolist():
         if _outside(info.filename):
-            raise BenchError(f"archive member {info.filename!r} points outside the archive", where=str(archive),
-                             fix=_NOT_PUBLISHED)
+            raise BenchError(
+                f"archive member {info.filename!r} points outside the archive",
+                where=str(archive),
+                fix=_NOT_PUBLISHED,
+            )
         kind = stat.S_IFMT(info.external_attr >> 16)
         if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise BenchError(f"archive member {info.filename!r} is a link or special file, not a file",
-                             where=str(archive), fix=_NOT_PUBLISHED)
+            raise BenchError(
+                f"archive member {info.filename!r} is a link or special file, not a file",
+                where=str(archive),
+                fix=_NOT_PUBLISHED,
+            )

@@ -41,7 +41,9 @@ class PrepareReport:
         return not self.manual and self.problem is None
 
 
-def prepare(spec: DatasetSpec, data_root: Path, *, keep_archives: bool = False, progress: bool = True) -> PrepareReport:
+def prepare(
+    spec: DatasetSpec, data_root: Path, *, keep_archives: bool = False, progress: bool = True
+) -> PrepareReport:
     """Bring ``spec``'s folder under ``data_root`` to CoOp's layout, as far as downloads allow."""
     folder = Path(data_root) / spec.folder
     downloads = folder / DOWNLOADS
@@ -57,12 +59,17 @@ def prepare(spec: DatasetSpec, data_root: Path, *, keep_archives: bool = False, 
         _write_class_list(spec, folder, report)
     try:
         splits = read_dataset(spec, data_root)
-        report.lines.append(f"checked  {len(splits.classnames)} classes, {len(splits.train)}/"
-                            f"{len(splits.val) if spec.val_source == 'split' else 0}/{len(splits.test)} "
-                            "train/val/test images listed and present (`bench data check` decodes them)")
+        report.lines.append(
+            f"checked  {len(splits.classnames)} classes, {len(splits.train)}/"
+            f"{len(splits.val) if spec.val_source == 'split' else 0}/{len(splits.test)} "
+            "train/val/test images listed and present (`bench data check` decodes them)"
+        )
     except BenchError as exc:
-        report.problem = (f"{len(failed)} download step(s) failed ({', '.join(failed)}; see above); then: {exc}"
-                          if failed else str(exc))
+        report.problem = (
+            f"{len(failed)} download step(s) failed ({', '.join(failed)}; see above); then: {exc}"
+            if failed
+            else str(exc)
+        )
         if spec.manual:
             report.manual.append(spec.manual.format(folder=folder, downloads=downloads))
     return report
@@ -73,17 +80,29 @@ def _destinations(step: Download, folder: Path) -> list[str]:
     dests = [dest for _, dest in step.members] if step.members else [step.place or step.filename]
     for dest in dests:
         if Path(dest).is_absolute() or ".." in Path(dest).parts or not Path(dest).parts:
-            raise BenchError(f"destination {dest!r} of {step.filename} is outside the dataset folder", where=str(folder),
-                             fix="fix the dataset spec: destinations are paths inside its folder")
+            raise BenchError(
+                f"destination {dest!r} of {step.filename} is outside the dataset folder",
+                where=str(folder),
+                fix="fix the dataset spec: destinations are paths inside its folder",
+            )
     return dests
 
 
-def _run_step(step: Download, folder: Path, downloads: Path, report: PrepareReport, *,
-              keep_archives: bool, progress: bool) -> None:
+def _run_step(
+    step: Download,
+    folder: Path,
+    downloads: Path,
+    report: PrepareReport,
+    *,
+    keep_archives: bool,
+    progress: bool,
+) -> None:
     state = _read_state(downloads)
     entry = state.get(step.filename, {})
     dests = _destinations(step, folder)
-    if isinstance(entry, dict) and entry.get("status") == "placing":  # interrupted while placing: undo, then redo
+    if (
+        isinstance(entry, dict) and entry.get("status") == "placing"
+    ):  # interrupted while placing: undo, then redo
         for dest in dests:  # the spec's own destinations, never paths the state file names
             _remove(folder / dest, folder)
     elif all((folder / d).exists() for d in dests):
@@ -91,20 +110,40 @@ def _run_step(step: Download, folder: Path, downloads: Path, report: PrepareRepo
         return
     elif any((folder / d).exists() for d in dests):
         have = [d for d in dests if (folder / d).exists()]
-        raise BenchError(f"{', '.join(have)} exist(s) but {step.filename} also provides "
-                         f"{', '.join(d for d in dests if d not in have)}", where=str(folder),
-                         fix="remove the partial copy (it will be downloaded again) or complete it by hand")
+        raise BenchError(
+            f"{', '.join(have)} exist(s) but {step.filename} also provides "
+            f"{', '.join(d for d in dests if d not in have)}",
+            where=str(folder),
+            fix="remove the partial copy (it will be downloaded again) or complete it by hand",
+        )
     file = downloads / step.filename
     if step.url is None and not file.is_file():
         report.manual.append(f"missing  {file} (manual download)")
         return
-    digests = fetch(step.url, file, step.checksum, progress=progress) if step.url else verify(file, step.checksum)
+    digests = (
+        fetch(step.url, file, step.checksum, progress=progress) if step.url else verify(file, step.checksum)
+    )
     _place(step, file, folder, downloads, dests)
-    _write_state(downloads, {**_read_state(downloads), step.filename: {
-        "status": "done", "dests": dests, "sha256": digests["sha256"], "checksum": step.checksum, "url": step.url}})
+    _write_state(
+        downloads,
+        {
+            **_read_state(downloads),
+            step.filename: {
+                "status": "done",
+                "dests": dests,
+                "sha256": digests["sha256"],
+                "checksum": step.checksum,
+                "url": step.url,
+            },
+        },
+    )
     if step.members and not keep_archives and step.url is not None:
         file.unlink(missing_ok=True)
-    verified = f"verified {step.checksum}" if step.checksum else f"sha256 {digests['sha256']} (no published checksum)"
+    verified = (
+        f"verified {step.checksum}"
+        if step.checksum
+        else f"sha256 {digests['sha256']} (no published checksum)"
+    )
     report.lines.append(f"ready    {', '.join(dests)}  <- {step.filename}, {verified}")
 
 
@@ -119,8 +158,11 @@ def _place(step: Download, file: Path, folder: Path, downloads: Path, dests: lis
     root = unpack(scratch / step.inner, downloads / f"{step.filename}.inner") if step.inner else scratch
     absent = [src for src, _ in step.members if not (root / src).exists()]
     if absent:
-        raise BenchError(f"archive has no {absent[0]!r}", where=str(file),
-                         fix="this is not the archive the dataset spec expects: delete it and run the command again")
+        raise BenchError(
+            f"archive has no {absent[0]!r}",
+            where=str(file),
+            fix="this is not the archive the dataset spec expects: delete it and run the command again",
+        )
     _mark_placing(downloads, step, dests)
     for src, dest in step.members:
         (folder / dest).parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +179,9 @@ def _write_class_list(spec: DatasetSpec, folder: Path, report: PrepareReport) ->
         report.lines.append(f"present  {spec.split_file}")
         return
     atomic_write_bytes(path, imagenet_classnames_txt().encode())
-    report.lines.append(f"ready    {spec.split_file}  <- CLIP's ImageNet class names (open_clip), as CoOp's file")
+    report.lines.append(
+        f"ready    {spec.split_file}  <- CLIP's ImageNet class names (open_clip), as CoOp's file"
+    )
 
 
 def _read_state(downloads: Path) -> dict:
@@ -145,8 +189,11 @@ def _read_state(downloads: Path) -> dict:
     try:
         state = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as exc:
-        raise BenchError(f"unreadable download state ({exc})", where=str(path),
-                         fix="delete it; steps whose files are all in place are skipped, the others redone") from exc
+        raise BenchError(
+            f"unreadable download state ({exc})",
+            where=str(path),
+            fix="delete it; steps whose files are all in place are skipped, the others redone",
+        ) from exc
     if not isinstance(state, dict):
         raise BenchError("download state is not a JSON object", where=str(path), fix="delete it")
     return state
@@ -163,8 +210,11 @@ def _mark_placing(downloads: Path, step: Download, dests: list[str]) -> None:
 def _remove(path: Path, folder: Path) -> None:
     """Delete ``path`` (a link itself, not what it points to), if it lies inside ``folder``."""
     if not path.parent.resolve().is_relative_to(folder.resolve()):
-        raise BenchError(f"{path} lies outside the dataset folder (through a symbolic link)", where=str(folder),
-                         fix=f"remove {path} by hand if it is a partial copy, then run the command again")
+        raise BenchError(
+            f"{path} lies outside the dataset folder (through a symbolic link)",
+            where=str(folder),
+            fix=f"remove {path} by hand if it is a partial copy, then run the command again",
+        )
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:

@@ -38,8 +38,11 @@ def _expand(items: list) -> tuple[str, ...]:
             continue
         source, _, name = str(item.get("from", "")).partition(":")
         if source != "open_clip" or not name:
-            raise BenchError(f"unknown template reference {item!r}", where="bench/datasets/data/templates.json",
-                             fix='write {"from": "open_clip:NAME"} or a template string')
+            raise BenchError(
+                f"unknown template reference {item!r}",
+                where="bench/datasets/data/templates.json",
+                fix='write {"from": "open_clip:NAME"} or a template string',
+            )
         out.extend(_open_clip_templates(name))
     return tuple(out)
 

@@ -44,9 +44,12 @@ def clean_classnames(spec: DatasetSpec, names: Iterable[str]) -> tuple[str, ...]
 
 def require_file(path: Path, spec: DatasetSpec, what: str) -> Path:
     if not path.is_file():
-        raise BenchError(f"{what} of dataset {spec.name!r} not found", where=str(path),
-                         fix=f"put the dataset under {path.parent} (see `bench data prepare {spec.name}`) "
-                             "or pass --data-root")
+        raise BenchError(
+            f"{what} of dataset {spec.name!r} not found",
+            where=str(path),
+            fix=f"put the dataset under {path.parent} (see `bench data prepare {spec.name}`) "
+            "or pass --data-root",
+        )
     return path
 
 
@@ -60,41 +63,74 @@ def count_problems(spec: DatasetSpec, expected: Expectations, splits: DatasetSpl
     differ from the official data's."""
     problems = []
     n = len(splits.classnames)
-    needed = ("test",) if spec.test_only else ("train", "test") if spec.val_source != "split" else ("train", "val", "test")
+    needed = (
+        ("test",)
+        if spec.test_only
+        else ("train", "test")
+        if spec.val_source != "split"
+        else ("train", "val", "test")
+    )
     for name in needed:
         if not len(splits.split(name)):
-            problems.append(BenchError(f"the {name} split is empty", where=str(splits.source),
-                                       fix=f"list the {name} images in the split file"))
+            problems.append(
+                BenchError(
+                    f"the {name} split is empty",
+                    where=str(splits.source),
+                    fix=f"list the {name} images in the split file",
+                )
+            )
     if not spec.test_only and len(splits.train):
         absent = sorted(set(range(n)) - set(splits.train.labels))
         if absent:
-            problems.append(BenchError(
-                f"{len(absent)} class(es) have no training image, first: {splits.classnames[absent[0]]!r} "
-                f"(label {absent[0]})", where=str(splits.source), fix="every class needs training images for few-shot"))
+            problems.append(
+                BenchError(
+                    f"{len(absent)} class(es) have no training image, first: {splits.classnames[absent[0]]!r} "
+                    f"(label {absent[0]})",
+                    where=str(splits.source),
+                    fix="every class needs training images for few-shot",
+                )
+            )
     if expected.n_classes is not None and n != expected.n_classes:
         subset = n < expected.n_classes and spec.subset_of is None and not expected.miniature
-        problems.append(BenchError(
-            f"{n} classes, expected {expected.n_classes} for {spec.name!r}", where=str(splits.source),
-            fix="use the official split file and images of this dataset" + (
-                f", or declare the subset: a spec file with name, subset_of: {spec.name} and split_file, passed "
-                "with --plugins (docs/extending.md)" if subset else "")))
+        problems.append(
+            BenchError(
+                f"{n} classes, expected {expected.n_classes} for {spec.name!r}",
+                where=str(splits.source),
+                fix="use the official split file and images of this dataset"
+                + (
+                    f", or declare the subset: a spec file with name, subset_of: {spec.name} and split_file, passed "
+                    "with --plugins (docs/extending.md)"
+                    if subset
+                    else ""
+                ),
+            )
+        )
     written = tuple(splits.raw_classnames or splits.classnames)  # as the split file writes them
     if spec.classnames is not None and tuple(spec.classnames) not in (written, tuple(splits.classnames)):
-        first = next((i for i, (a, b) in enumerate(zip(written, spec.classnames, strict=False)) if a != b),
-                     min(len(written), len(spec.classnames)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(written, spec.classnames, strict=False)) if a != b),
+            min(len(written), len(spec.classnames)),
+        )
         found = written[first] if first < len(written) else "nothing"
         declared = spec.classnames[first] if first < len(spec.classnames) else "nothing"
-        problems.append(BenchError(f"label {first} is {found!r} in the split file but {declared!r} in the spec's "
-                                   "classnames", where=str(splits.source),
-                                   fix="list the class names in label order, as the split file has them"))
+        problems.append(
+            BenchError(
+                f"label {first} is {found!r} in the split file but {declared!r} in the spec's classnames",
+                where=str(splits.source),
+                fix="list the class names in label order, as the split file has them",
+            )
+        )
     sizes = split_sizes(spec, splits)
     if expected.split_sizes is not None and sizes != tuple(expected.split_sizes):
-        problems.append(BenchError(
-            f"{'/'.join(map(str, sizes))} train/val/test images, expected "
-            f"{'/'.join(map(str, expected.split_sizes))} (CoOp's split of {spec.name!r})",
-            where=str(splits.source),
-            fix="use the official split file and the complete image set; results on another split are "
-                "not comparable to the papers"))
+        problems.append(
+            BenchError(
+                f"{'/'.join(map(str, sizes))} train/val/test images, expected "
+                f"{'/'.join(map(str, expected.split_sizes))} (CoOp's split of {spec.name!r})",
+                where=str(splits.source),
+                fix="use the official split file and the complete image set; results on another split are "
+                "not comparable to the papers",
+            )
+        )
     return problems + overlap_problems(splits)
 
 
@@ -107,13 +143,23 @@ def overlap_problems(splits: DatasetSplits) -> list[BenchError]:
         paths = splits.split(name).paths
         repeated = next((p for p, n in Counter(paths).items() if n > 1), None)
         if repeated is not None:
-            problems.append(BenchError(f"{repeated!r} is listed more than once in {name}", where=str(splits.source),
-                                       fix=f"list each {name} image once"))
+            problems.append(
+                BenchError(
+                    f"{repeated!r} is listed more than once in {name}",
+                    where=str(splits.source),
+                    fix=f"list each {name} image once",
+                )
+            )
         if name == "test":
             shared = next((p for p in dict.fromkeys(paths) if p in seen), None)
             if shared is not None:
-                problems.append(BenchError(f"{shared!r} is in both {seen[shared]} and test", where=str(splits.source),
-                                           fix="the test split must not share images with train or val"))
+                problems.append(
+                    BenchError(
+                        f"{shared!r} is in both {seen[shared]} and test",
+                        where=str(splits.source),
+                        fix="the test split must not share images with train or val",
+                    )
+                )
         else:
             seen.update(dict.fromkeys(paths, name))
     return problems
@@ -128,8 +174,11 @@ def check_paths_confined(splits: DatasetSplits) -> None:
         for index, path in enumerate(splits.split(name).paths):
             parts = path.replace("\\", "/").split("/")
             if path.startswith(("/", "\\")) or ".." in parts or Path(path).is_absolute():
-                raise BenchError(f"image path {path!r} leaves the image folder", where=f"{splits.source}: {name}[{index}]",
-                                 fix=f"list images by their path relative to {splits.image_root}")
+                raise BenchError(
+                    f"image path {path!r} leaves the image folder",
+                    where=f"{splits.source}: {name}[{index}]",
+                    fix=f"list images by their path relative to {splits.image_root}",
+                )
 
 
 def check_counts(spec: DatasetSpec, expected: Expectations, splits: DatasetSplits) -> None:
@@ -161,9 +210,14 @@ def check_class_ids(spec: DatasetSpec, expected: Expectations, ids: tuple[str, .
     unknown = sorted(set(ids) - set(official))
     missing = [] if expected.miniature else sorted(set(official) - set(ids))
     if unknown or missing:
-        problem = f"unknown class folders {unknown[:3]}" if unknown else f"missing class folders {missing[:3]}"
-        raise BenchError(f"{problem} ({len(unknown) or len(missing)} in all; {len(ids)} found)", where=str(where),
-                         fix=f"the folder must hold one sub-folder per class of {spec.name!r}, named by wnid")
+        problem = (
+            f"unknown class folders {unknown[:3]}" if unknown else f"missing class folders {missing[:3]}"
+        )
+        raise BenchError(
+            f"{problem} ({len(unknown) or len(missing)} in all; {len(ids)} found)",
+            where=str(where),
+            fix=f"the folder must hold one sub-folder per class of {spec.name!r}, named by wnid",
+        )
 
 
 def read_classnames_txt(path: Path, spec: DatasetSpec) -> dict[str, str]:
@@ -174,8 +228,11 @@ def read_classnames_txt(path: Path, spec: DatasetSpec) -> dict[str, str]:
         if not wnid:
             continue
         if not name:
-            raise BenchError(f"line {number} has no class name", where=str(path),
-                             fix="each line is '<wnid> <class name>'; `bench data prepare` writes a correct file")
+            raise BenchError(
+                f"line {number} has no class name",
+                where=str(path),
+                fix="each line is '<wnid> <class name>'; `bench data prepare` writes a correct file",
+            )
         names[wnid] = name
     return names
 
@@ -187,8 +244,11 @@ def list_files(folder: Path) -> list[str]:
 
 def class_folders(root: Path, spec: DatasetSpec) -> list[str]:
     if not root.is_dir():
-        raise BenchError(f"image folder of dataset {spec.name!r} not found", where=str(root),
-                         fix=f"see `bench data prepare {spec.name}` for the expected layout")
+        raise BenchError(
+            f"image folder of dataset {spec.name!r} not found",
+            where=str(root),
+            fix=f"see `bench data prepare {spec.name}` for the expected layout",
+        )
     return sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir())
 
 
@@ -216,8 +276,11 @@ def listing_sha256(class_ids: Iterable[str], lists: Iterable[LabeledImages]) -> 
 def _names_for(ids: list[str], names: dict[str, str], path: Path) -> list[str]:
     missing = [i for i in ids if i not in names]
     if missing:
-        raise BenchError(f"no class name for {len(missing)} class folder(s), first {missing[0]!r}", where=str(path),
-                         fix="use the full classnames.txt (`bench data prepare` writes it)")
+        raise BenchError(
+            f"no class name for {len(missing)} class folder(s), first {missing[0]!r}",
+            where=str(path),
+            fix="use the full classnames.txt (`bench data prepare` writes it)",
+        )
     return [names[i] for i in ids]
 
 
@@ -231,26 +294,44 @@ def read_imagenet(spec: DatasetSpec, data_root: Path, *, strict: bool = True) ->
     check_class_ids(spec, expected, tuple(wnids), image_root / "train")
     test_wnids = class_folders(image_root / "val", spec)
     if test_wnids != wnids:
-        raise BenchError(f"val has {len(test_wnids)} class folders, train has {len(wnids)}", where=str(image_root / "val"),
-                         fix="sort the 50,000 validation images into the same wnid folders as train")
+        raise BenchError(
+            f"val has {len(test_wnids)} class folders, train has {len(wnids)}",
+            where=str(image_root / "val"),
+            fix="sort the 50,000 validation images into the same wnid folders as train",
+        )
     train = list_class_images(image_root / "train", wnids, prefix="train/")
     test = list_class_images(image_root / "val", wnids, prefix="val/")
     splits = DatasetSplits(
-        image_root=image_root, classnames=clean_classnames(spec, _names_for(wnids, names, folder / spec.split_file)),
-        train=train, val=train, test=test, source=folder, source_sha256=listing_sha256(wnids, (train, test)),
-        class_ids=tuple(wnids), miniature=expected.miniature)
+        image_root=image_root,
+        classnames=clean_classnames(spec, _names_for(wnids, names, folder / spec.split_file)),
+        train=train,
+        val=train,
+        test=test,
+        source=folder,
+        source_sha256=listing_sha256(wnids, (train, test)),
+        class_ids=tuple(wnids),
+        miniature=expected.miniature,
+    )
     if strict:
         check_counts(spec, expected, splits)
     return splits
 
 
-def _shift_splits(spec: DatasetSpec, folder: Path, ids: list[str], test: LabeledImages,
-                  expected: Expectations, strict: bool) -> DatasetSplits:
+def _shift_splits(
+    spec: DatasetSpec, folder: Path, ids: list[str], test: LabeledImages, expected: Expectations, strict: bool
+) -> DatasetSplits:
     names = read_classnames_txt(folder / spec.split_file, spec)
     splits = DatasetSplits(
-        image_root=folder / spec.image_dir, classnames=clean_classnames(spec, _names_for(ids, names, folder / spec.split_file)),
-        train=EMPTY, val=EMPTY, test=test, source=folder, source_sha256=listing_sha256(ids, (test,)),
-        class_ids=tuple(ids), miniature=expected.miniature)
+        image_root=folder / spec.image_dir,
+        classnames=clean_classnames(spec, _names_for(ids, names, folder / spec.split_file)),
+        train=EMPTY,
+        val=EMPTY,
+        test=test,
+        source=folder,
+        source_sha256=listing_sha256(ids, (test,)),
+        class_ids=tuple(ids),
+        miniature=expected.miniature,
+    )
     if strict:
         check_counts(spec, expected, splits)
     return splits
@@ -275,8 +356,11 @@ def read_imagenet_v2(spec: DatasetSpec, data_root: Path, *, strict: bool = True)
     numbers = class_folders(root, spec)
     bad = [n for n in numbers if not n.isdigit() or int(n) >= len(official)]
     if bad:
-        raise BenchError(f"class folder {bad[0]!r} is not an ImageNet label 0-{len(official) - 1}", where=str(root),
-                         fix="use the imagenetv2-matched-frequency-format-val folder as published")
+        raise BenchError(
+            f"class folder {bad[0]!r} is not an ImageNet label 0-{len(official) - 1}",
+            where=str(root),
+            fix="use the imagenetv2-matched-frequency-format-val folder as published",
+        )
     numbers.sort(key=int)
     wnids = [official[int(n)] for n in numbers]
     check_class_ids(spec, expected, tuple(wnids), root)
@@ -290,14 +374,21 @@ def read_fgvc_aircraft(spec: DatasetSpec, data_root: Path, *, strict: bool = Tru
     variants_file = require_file(folder / spec.split_file, spec, "class list")
     classnames = [line.strip() for line in variants_file.read_text().splitlines() if line.strip()]
     lookup = {name: label for label, name in enumerate(classnames)}
-    files = [variants_file] + [require_file(folder / f"images_variant_{s}.txt", spec, f"{s} list")
-                               for s in ("train", "val", "test")]
+    files = [variants_file] + [
+        require_file(folder / f"images_variant_{s}.txt", spec, f"{s} list") for s in ("train", "val", "test")
+    ]
     train, val, test = (_fgvc_list(path, lookup) for path in files[1:])
     expected = expectations(spec, folder)
     splits = DatasetSplits(
-        image_root=folder / spec.image_dir, classnames=clean_classnames(spec, classnames), train=train, val=val,
-        test=test, source=variants_file, source_sha256=sha256_json({p.name: sha256_file(p) for p in files}),
-        miniature=expected.miniature)
+        image_root=folder / spec.image_dir,
+        classnames=clean_classnames(spec, classnames),
+        train=train,
+        val=val,
+        test=test,
+        source=variants_file,
+        source_sha256=sha256_json({p.name: sha256_file(p) for p in files}),
+        miniature=expected.miniature,
+    )
     if strict:
         check_counts(spec, expected, splits)
         check_images_exist(splits)
@@ -311,8 +402,11 @@ def _fgvc_list(path: Path, lookup: dict[str, int]) -> LabeledImages:
         if not image_id:
             continue
         if variant not in lookup:
-            raise BenchError(f"line {number}: variant {variant!r} is not in variants.txt", where=str(path),
-                             fix="use the txt files of fgvc-aircraft-2013b/data unchanged")
+            raise BenchError(
+                f"line {number}: variant {variant!r} is not in variants.txt",
+                where=str(path),
+                fix="use the txt files of fgvc-aircraft-2013b/data unchanged",
+            )
         paths.append(f"{image_id}.jpg")
         labels.append(lookup[variant])
     return LabeledImages(tuple(paths), tuple(labels))

@@ -18,8 +18,11 @@ def is_present(spec: DatasetSpec, data_root: Path) -> bool:
 def refuse_test_only(spec: DatasetSpec) -> None:
     """A test-only distribution-shift set cannot be trained on: one error saying how to score it."""
     if spec.test_only:
-        raise BenchError(f"{spec.name!r} is a test-only distribution-shift set", where="--datasets",
-                         fix=f"score classifiers trained on it with --datasets {spec.shift_of} --shift {spec.name}")
+        raise BenchError(
+            f"{spec.name!r} is a test-only distribution-shift set",
+            where="--datasets",
+            fix=f"score classifiers trained on it with --datasets {spec.shift_of} --shift {spec.name}",
+        )
 
 
 def fewshot_datasets(requested: str, registry: Registry) -> list[str]:
@@ -36,12 +39,17 @@ def fewshot_datasets(requested: str, registry: Registry) -> list[str]:
                 continue
             out.append(name)
     if not out:
-        raise BenchError(f"{requested!r} names no few-shot dataset", where="--datasets",
-                         fix="name at least one (see `bench data list`), or 'all'")
+        raise BenchError(
+            f"{requested!r} names no few-shot dataset",
+            where="--datasets",
+            fix="name at least one (see `bench data list`), or 'all'",
+        )
     return out
 
 
-def shift_targets(requested: str, datasets: list[str], registry: Registry, data_root: Path) -> dict[str, tuple[str, ...]]:
+def shift_targets(
+    requested: str, datasets: list[str], registry: Registry, data_root: Path
+) -> dict[str, tuple[str, ...]]:
     """``--shift`` -> {trained dataset: shift sets}. ``all``: every shift set of a requested dataset whose data
     is present; a set named explicitly must be present (its name goes into the run id)."""
     if not requested.strip():
@@ -52,17 +60,26 @@ def shift_targets(requested: str, datasets: list[str], registry: Registry, data_
     for name in wanted:
         spec = registry.get(name)
         if not spec.test_only:
-            raise BenchError(f"{name!r} is not a distribution-shift set", where="--shift",
-                             fix=f"choose among: {', '.join(shift_sets)}")
+            raise BenchError(
+                f"{name!r} is not a distribution-shift set",
+                where="--shift",
+                fix=f"choose among: {', '.join(shift_sets)}",
+            )
         if spec.shift_of not in datasets:
             if requested.strip() == "all":
                 continue
-            raise BenchError(f"{name!r} scores classifiers trained on {spec.shift_of!r}, which is not run",
-                             where="--shift", fix=f"add {spec.shift_of} to --datasets")
+            raise BenchError(
+                f"{name!r} scores classifiers trained on {spec.shift_of!r}, which is not run",
+                where="--shift",
+                fix=f"add {spec.shift_of} to --datasets",
+            )
         if not is_present(spec, data_root):
             if requested.strip() == "all":
                 continue
-            raise BenchError(f"data of {name!r} not found", where=str(Path(data_root) / spec.folder),
-                             fix=f"see `bench data prepare {name}`, or leave it out of --shift")
+            raise BenchError(
+                f"data of {name!r} not found",
+                where=str(Path(data_root) / spec.folder),
+                fix=f"see `bench data prepare {name}`, or leave it out of --shift",
+            )
         out.setdefault(spec.shift_of, []).append(name)
     return {dataset: tuple(names) for dataset, names in out.items()}

@@ -140,11 +140,16 @@ def expectations(spec: DatasetSpec, folder: Path) -> Expectations:
         content = json.loads(marker.read_text())
         sizes, n_classes = content.get("split_sizes"), content.get("n_classes")
         if not (n_classes is None or type(n_classes) is int) or not (
-                sizes is None or (isinstance(sizes, list) and len(sizes) == 3 and all(type(s) is int for s in sizes))):
+            sizes is None
+            or (isinstance(sizes, list) and len(sizes) == 3 and all(type(s) is int for s in sizes))
+        ):
             raise TypeError("n_classes must be an integer and split_sizes three integers")
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise BenchError(f"damaged miniature marker ({type(exc).__name__}: {exc})", where=str(marker),
-                         fix=f"delete {folder} and run `bench data miniature {spec.name}` again") from exc
+        raise BenchError(
+            f"damaged miniature marker ({type(exc).__name__}: {exc})",
+            where=str(marker),
+            fix=f"delete {folder} and run `bench data miniature {spec.name}` again",
+        ) from exc
     return Expectations(n_classes, tuple(sizes) if sizes else None, miniature=True)
 
 

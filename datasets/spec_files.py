@@ -33,8 +33,19 @@ from bench.datasets.spec import DatasetSpec
 from bench.errors import BenchError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_KEYS = ("name", "version", "folder", "image_dir", "split_file", "classnames", "templates", "prompts", "subset_of",
-         "split_sha256", "n_classes")
+_KEYS = (
+    "name",
+    "version",
+    "folder",
+    "image_dir",
+    "split_file",
+    "classnames",
+    "templates",
+    "prompts",
+    "subset_of",
+    "split_sha256",
+    "n_classes",
+)
 
 
 def load_spec_file(path: Path) -> DatasetSpec:
@@ -43,26 +54,42 @@ def load_spec_file(path: Path) -> DatasetSpec:
     where = str(path)
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
-        raise BenchError(f"unknown key(s) {', '.join(map(repr, unknown))}", where=where,
-                         fix=f"keys are: {', '.join(_KEYS)}")
+        raise BenchError(
+            f"unknown key(s) {', '.join(map(repr, unknown))}",
+            where=where,
+            fix=f"keys are: {', '.join(_KEYS)}",
+        )
     get = _Getter(data, where)
     name = get.text("name", required=True)
     if not _NAME.match(name):
-        raise BenchError(f"name {name!r} is not lowercase letters, digits and _", where=f"{where}: name",
-                         fix="e.g. name: my_shapes")
+        raise BenchError(
+            f"name {name!r} is not lowercase letters, digits and _",
+            where=f"{where}: name",
+            fix="e.g. name: my_shapes",
+        )
     classnames = get.texts("classnames")
     prompts = _prompts(get)
     parent = get.text("subset_of")
-    common = {"name": name, "version": str(data.get("version", "1")), "split_sha256": get.text("split_sha256"),
-              "classnames": tuple(classnames) if classnames else None,
-              "n_classes": get.integer("n_classes") or (len(classnames) if classnames else None)}
+    common = {
+        "name": name,
+        "version": str(data.get("version", "1")),
+        "split_sha256": get.text("split_sha256"),
+        "classnames": tuple(classnames) if classnames else None,
+        "n_classes": get.integer("n_classes") or (len(classnames) if classnames else None),
+    }
     if parent is not None:
         return _subset(get, parent, prompts, common)
     if prompts is None:
-        raise BenchError("no prompt templates", where=f"{where}: templates",
-                         fix='add e.g. templates: ["a photo of a {}."]')
-    return DatasetSpec(folder=get.text("folder", required=True), image_dir=get.text("image_dir") or "images",
-                       split_file=get.text("split_file", required=True), prompts=prompts, **common)
+        raise BenchError(
+            "no prompt templates", where=f"{where}: templates", fix='add e.g. templates: ["a photo of a {}."]'
+        )
+    return DatasetSpec(
+        folder=get.text("folder", required=True),
+        image_dir=get.text("image_dir") or "images",
+        split_file=get.text("split_file", required=True),
+        prompts=prompts,
+        **common,
+    )
 
 
 def _subset(get: _Getter, parent_name: str, prompts: dict | None, common: dict[str, Any]) -> DatasetSpec:
@@ -70,21 +97,41 @@ def _subset(get: _Getter, parent_name: str, prompts: dict | None, common: dict[s
     from bench.registry import import_target
 
     if parent_name not in BUILTIN:
-        raise BenchError(f"subset_of {parent_name!r} is not a built-in dataset", where=f"{get.where}: subset_of",
-                         fix=f"one of: {', '.join(sorted(BUILTIN))}")
+        raise BenchError(
+            f"subset_of {parent_name!r} is not a built-in dataset",
+            where=f"{get.where}: subset_of",
+            fix=f"one of: {', '.join(sorted(BUILTIN))}",
+        )
     parent: DatasetSpec = import_target(BUILTIN[parent_name])
     if parent.test_only:
-        raise BenchError(f"{parent_name!r} is a test-only shift set", where=f"{get.where}: subset_of",
-                         fix="declare subsets of few-shot datasets")
+        raise BenchError(
+            f"{parent_name!r} is a test-only shift set",
+            where=f"{get.where}: subset_of",
+            fix="declare subsets of few-shot datasets",
+        )
     n_parent = parent.n_classes
     if common["n_classes"] is not None and n_parent is not None and common["n_classes"] > n_parent:
-        raise BenchError(f"a subset of {parent_name} has at most {n_parent} classes, not {common['n_classes']}",
-                         where=get.where, fix="list only classes of that dataset")
+        raise BenchError(
+            f"a subset of {parent_name} has at most {n_parent} classes, not {common['n_classes']}",
+            where=get.where,
+            fix="list only classes of that dataset",
+        )
     return dataclasses.replace(
-        parent, folder=get.text("folder") or parent.folder, image_dir=get.text("image_dir") or parent.image_dir,
-        split_file=get.text("split_file", required=True), prompts=prompts or parent.prompts, reader="split_file",
-        generator=None, split_sizes=None, val_source="split", class_id_list=None, downloads=(), manual=None,
-        subset_of=parent_name, **{**common, "version": f"{parent.version}.subset{common['version']}"})
+        parent,
+        folder=get.text("folder") or parent.folder,
+        image_dir=get.text("image_dir") or parent.image_dir,
+        split_file=get.text("split_file", required=True),
+        prompts=prompts or parent.prompts,
+        reader="split_file",
+        generator=None,
+        split_sizes=None,
+        val_source="split",
+        class_id_list=None,
+        downloads=(),
+        manual=None,
+        subset_of=parent_name,
+        **{**common, "version": f"{parent.version}.subset{common['version']}"},
+    )
 
 
 def _prompts(get: _Getter) -> dict[str, tuple[str, ...]] | None:
@@ -95,18 +142,29 @@ def _prompts(get: _Getter) -> dict[str, tuple[str, ...]] | None:
     if templates:
         prompts = {"coop": (templates[0],), "ensemble": tuple(templates)}
     elif mapping is not None:
-        if not isinstance(mapping, dict) or not mapping or not all(
-                isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in mapping.values()):
-            raise BenchError("prompts must map prompt-set names to lists of templates", where=f"{get.where}: prompts",
-                             fix='e.g. prompts: {coop: ["a photo of a {}."]}')
+        if (
+            not isinstance(mapping, dict)
+            or not mapping
+            or not all(
+                isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in mapping.values()
+            )
+        ):
+            raise BenchError(
+                "prompts must map prompt-set names to lists of templates",
+                where=f"{get.where}: prompts",
+                fix='e.g. prompts: {coop: ["a photo of a {}."]}',
+            )
         prompts = {str(k): tuple(v) for k, v in mapping.items()}
     else:
         return None
     for set_name, items in prompts.items():
         bad = next((t for t in items if t.count("{}") != 1), None)
         if bad is not None:
-            raise BenchError(f"template {bad!r} needs exactly one {{}} for the class name",
-                             where=f"{get.where}: prompts {set_name}", fix='e.g. "a photo of a {}."')
+            raise BenchError(
+                f"template {bad!r} needs exactly one {{}} for the class name",
+                where=f"{get.where}: prompts {set_name}",
+                fix='e.g. "a photo of a {}."',
+            )
     return prompts
 
 
@@ -117,8 +175,11 @@ class _Getter:
         self.data, self.where = data, where
 
     def _wrong(self, key: str, expected: str) -> BenchError:
-        return BenchError(f"key {key!r} must be {expected}, not {self.data[key]!r}", where=self.where,
-                          fix=f"fix {key} in the file")
+        return BenchError(
+            f"key {key!r} must be {expected}, not {self.data[key]!r}",
+            where=self.where,
+            fix=f"fix {key} in the file",
+        )
 
     def text(self, key: str, *, required: bool = False) -> str | None:
         if key not in self.data or self.data[key] is None:
@@ -134,7 +195,11 @@ class _Getter:
         value = self.data.get(key)
         if value is None:
             return None
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v.strip() for v in value)
+        ):
             raise self._wrong(key, "a non-empty list of strings")
         return value
 
@@ -151,8 +216,11 @@ def _read(path: Path) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BenchError(f"cannot read the dataset spec file ({getattr(exc, 'strerror', None) or exc})",
-                         where=str(path), fix="pass a readable .yaml or .json file") from exc
+        raise BenchError(
+            f"cannot read the dataset spec file ({getattr(exc, 'strerror', None) or exc})",
+            where=str(path),
+            fix="pass a readable .yaml or .json file",
+        ) from exc
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -162,9 +230,15 @@ def _read(path: Path) -> dict:
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml.YAMLError or ValueError: one line either way
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BenchError(f"not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})", where=str(path),
-                         fix="fix the file") from exc
+        raise BenchError(
+            f"not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})",
+            where=str(path),
+            fix="fix the file",
+        ) from exc
     if not isinstance(data, dict):
-        raise BenchError("a dataset spec file holds a mapping (name, folder, split_file, ...)", where=str(path),
-                         fix="see docs/extending.md")
+        raise BenchError(
+            "a dataset spec file holds a mapping (name, folder, split_file, ...)",
+            where=str(path),
+            fix="see docs/extending.md",
+        )
     return data

@@ -49,8 +49,9 @@ VAL_SHOTS_CAP = 4  # CoOp: val = generate_fewshot_dataset(val, num_shots=min(num
 INDEX_SCHEMA = 1
 
 
-def read_split_file(spec: DatasetSpec, data_root: Path, *, check_files: bool = True,
-                    strict: bool = True) -> DatasetSplits:
+def read_split_file(
+    spec: DatasetSpec, data_root: Path, *, check_files: bool = True, strict: bool = True
+) -> DatasetSplits:
     """Read ``spec``'s CoOp split file under ``data_root``.
 
     Raises:
@@ -115,8 +116,11 @@ def _classnames(lists: dict, path: Path) -> list[str]:
             given[label] |= label_names
     for label, label_names in sorted(given.items()):
         if len(label_names) > 1:
-            raise BenchError(f"label {label} is named both {' and '.join(map(repr, sorted(label_names)))}",
-                             where=str(path), fix="one class name per label")
+            raise BenchError(
+                f"label {label} is named both {' and '.join(map(repr, sorted(label_names)))}",
+                where=str(path),
+                fix="one class name per label",
+            )
     names = {label: next(iter(label_names)) for label, label_names in given.items()}
     n = len(names)
     if sorted(names) != list(range(n)):
@@ -154,7 +158,9 @@ class FewShotIndices:
     path: Path | None = None
 
 
-def draw_fewshot(labels: tuple[int, ...], shots: int, rng: random.Random, *, repeat: bool = False) -> tuple[int, ...]:
+def draw_fewshot(
+    labels: tuple[int, ...], shots: int, rng: random.Random, *, repeat: bool = False
+) -> tuple[int, ...]:
     """Dassl's per-class draw: indices of ``shots`` items per label, labels in first-seen order.
 
     ``random.sample`` without replacement. A class with fewer than ``shots`` items is taken whole
@@ -176,8 +182,11 @@ def draw_fewshot(labels: tuple[int, ...], shots: int, rng: random.Random, *, rep
 def check_sampling(sampling: str) -> None:
     """Raise a :class:`BenchError` for a sampling that is not one of :data:`SAMPLINGS`."""
     if sampling not in SAMPLINGS:
-        raise BenchError(f"unknown few-shot sampling {sampling!r}", where="--sampling",
-                         fix=f"use one of: {', '.join(SAMPLINGS)}")
+        raise BenchError(
+            f"unknown few-shot sampling {sampling!r}",
+            where="--sampling",
+            fix=f"use one of: {', '.join(SAMPLINGS)}",
+        )
 
 
 def split_protocol(spec: DatasetSpec, sampling: str = SPLIT_PROTOCOL) -> str:
@@ -190,8 +199,15 @@ def split_protocol(spec: DatasetSpec, sampling: str = SPLIT_PROTOCOL) -> str:
     return sampling + (VAL_FROM_TRAIN if spec.val_source == "train" else "")
 
 
-def sample_fewshot(splits: DatasetSplits, dataset: str, shots: int, seed: int, *,
-                   val_from_train: bool = False, repeat: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def sample_fewshot(
+    splits: DatasetSplits,
+    dataset: str,
+    shots: int,
+    seed: int,
+    *,
+    val_from_train: bool = False,
+    repeat: bool = False,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Draw (train, val) index tuples exactly as CoOp/Dassl would for ``seed``.
 
     ``repeat``: Dassl's ``repeat=True`` (protocol ``dassl_repeat``) for classes smaller than K.
@@ -210,16 +226,29 @@ def sample_fewshot(splits: DatasetSplits, dataset: str, shots: int, seed: int, *
     support = set(train)
     rest = [i for i in range(len(splits.train)) if i not in support]
     val_rng = random.Random(derive_seed(seed, dataset, shots, "val_from_train"))
-    picked = draw_fewshot(tuple(splits.train.labels[i] for i in rest), min(shots, VAL_SHOTS_CAP), val_rng,
-                          repeat=repeat)
+    picked = draw_fewshot(
+        tuple(splits.train.labels[i] for i in rest), min(shots, VAL_SHOTS_CAP), val_rng, repeat=repeat
+    )
     return train, tuple(rest[i] for i in picked)
 
 
-def fewshot_index_path(cache_root: Path, spec: DatasetSpec, shots: int, seed: int, split_sha256: str,
-                       sampling: str = SPLIT_PROTOCOL) -> Path:
+def fewshot_index_path(
+    cache_root: Path,
+    spec: DatasetSpec,
+    shots: int,
+    seed: int,
+    split_sha256: str,
+    sampling: str = SPLIT_PROTOCOL,
+) -> Path:
     """``<cache>/splits/<dataset>/<protocol>/<split sha256[:12]>/shot_K-seed_S.json``."""
-    return (Path(cache_root) / "splits" / spec.name / split_protocol(spec, sampling) / split_sha256[:12]
-            / index_file_name(shots, seed))
+    return (
+        Path(cache_root)
+        / "splits"
+        / spec.name
+        / split_protocol(spec, sampling)
+        / split_sha256[:12]
+        / index_file_name(shots, seed)
+    )
 
 
 def index_file_name(shots: int, seed: int) -> str:
@@ -227,8 +256,14 @@ def index_file_name(shots: int, seed: int) -> str:
     return f"shot_{shots}-seed_{seed}.json"
 
 
-def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int, cache_root: Path,
-                           sampling: str = SPLIT_PROTOCOL) -> FewShotIndices:
+def load_or_create_fewshot(
+    splits: DatasetSplits,
+    spec: DatasetSpec,
+    shots: int,
+    seed: int,
+    cache_root: Path,
+    sampling: str = SPLIT_PROTOCOL,
+) -> FewShotIndices:
     """The few-shot subset for (spec, shots, seed), read from its JSON index file or drawn and saved.
 
     The index file lists relative paths and labels, so it is portable between machines and can
@@ -243,8 +278,14 @@ def load_or_create_fewshot(splits: DatasetSplits, spec: DatasetSpec, shots: int,
             log.warning("%s: %s; drawing it again", path, exc.what)
             path.unlink(missing_ok=True)
     protocol = split_protocol(spec, sampling)
-    train, val = sample_fewshot(splits, spec.name, shots, seed, val_from_train=spec.val_source == "train",
-                                repeat=sampling == "dassl_repeat")
+    train, val = sample_fewshot(
+        splits,
+        spec.name,
+        shots,
+        seed,
+        val_from_train=spec.val_source == "train",
+        repeat=sampling == "dassl_repeat",
+    )
     record = {
         "schema": INDEX_SCHEMA,
         "dataset": spec.name,
@@ -271,21 +312,35 @@ def import_index(source: Path, splits: DatasetSplits, spec: DatasetSpec, cache_r
         record = json.loads(source.read_bytes())
         shots, seed = int(record["shots"]), int(record["seed"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BenchError(f"not a few-shot index file ({type(exc).__name__}: {exc})", where=str(source),
-                         fix="pass a folder written by `bench data export-splits`") from exc
+        raise BenchError(
+            f"not a few-shot index file ({type(exc).__name__}: {exc})",
+            where=str(source),
+            fix="pass a folder written by `bench data export-splits`",
+        ) from exc
     protocols = {split_protocol(spec, sampling): sampling for sampling in SAMPLINGS}
     if record.get("dataset") != spec.name:
-        raise BenchError(f"field 'dataset' is {record.get('dataset')!r}, expected {spec.name!r}",
-                         where=str(source), fix=f"put it under <folder>/{spec.name}/<protocol>/")
+        raise BenchError(
+            f"field 'dataset' is {record.get('dataset')!r}, expected {spec.name!r}",
+            where=str(source),
+            fix=f"put it under <folder>/{spec.name}/<protocol>/",
+        )
     if record.get("protocol") not in protocols:
-        raise BenchError(f"field 'protocol' is {record.get('protocol')!r}, expected one of {', '.join(protocols)}",
-                         where=str(source), fix=f"put it under <folder>/{spec.name}/{split_protocol(spec)}/")
+        raise BenchError(
+            f"field 'protocol' is {record.get('protocol')!r}, expected one of {', '.join(protocols)}",
+            where=str(source),
+            fix=f"put it under <folder>/{spec.name}/{split_protocol(spec)}/",
+        )
     _read_index(source, splits, spec, shots, seed)
-    target = fewshot_index_path(cache_root, spec, shots, seed, splits.source_sha256, protocols[record["protocol"]])
+    target = fewshot_index_path(
+        cache_root, spec, shots, seed, splits.source_sha256, protocols[record["protocol"]]
+    )
     # the same JSON content counts as the same file, whatever its formatting (indentation, key order)
     if target.is_file() and json.loads(target.read_bytes()) != record:
-        raise BenchError("a different index file for this cell is already in the cache", where=str(target),
-                         fix=f"delete it (and the results drawn from it) to use {source}")
+        raise BenchError(
+            "a different index file for this cell is already in the cache",
+            where=str(target),
+            fix=f"delete it (and the results drawn from it) to use {source}",
+        )
     if not target.is_file():
         atomic_write_bytes(target, source.read_bytes())
     return target
@@ -303,16 +358,22 @@ def _index_record(path: Path) -> dict:
             raise TypeError("not an object with a protocol")
         for name in ("train", "val"):
             if not isinstance(record.get(name), list) or not all(
-                    isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and type(e[1]) is int
-                    for e in record[name]):
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and type(e[1]) is int
+                for e in record[name]
+            ):
                 raise TypeError(f"{name!r} is not a list of [path, label] pairs")
     except (OSError, ValueError, TypeError) as exc:
-        raise DamagedIndex(f"damaged few-shot index file ({type(exc).__name__}: {' '.join(str(exc).split())})",
-                           where=str(path), fix="delete it: `bench run` draws it again, identically") from exc
+        raise DamagedIndex(
+            f"damaged few-shot index file ({type(exc).__name__}: {' '.join(str(exc).split())})",
+            where=str(path),
+            fix="delete it: `bench run` draws it again, identically",
+        ) from exc
     return record
 
 
-def _read_index(path: Path, splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int) -> FewShotIndices:
+def _read_index(
+    path: Path, splits: DatasetSplits, spec: DatasetSpec, shots: int, seed: int
+) -> FewShotIndices:
     record = _index_record(path)
     if record.get("split_file_sha256") != splits.source_sha256:
         raise BenchError(
@@ -326,9 +387,12 @@ def _read_index(path: Path, splits: DatasetSplits, spec: DatasetSpec, shots: int
     if not str(record.get("protocol", "")).startswith("dassl_repeat") and len(set(train)) < len(train):
         # protocol "dassl" never repeats an image; a file that does was drawn with replacement by an
         # earlier bench (whose "dassl" followed Dassl's old repeat=True) and would be mistaken for Dassl's draw
-        raise BenchError("few-shot index repeats images but its protocol draws without replacement "
-                         "(drawn by an earlier bench, as Dassl's repeat=True)", where=str(path),
-                         fix="delete this index file (and the results drawn from it) to redraw it as Dassl does now")
+        raise BenchError(
+            "few-shot index repeats images but its protocol draws without replacement "
+            "(drawn by an earlier bench, as Dassl's repeat=True)",
+            where=str(path),
+            fix="delete this index file (and the results drawn from it) to redraw it as Dassl does now",
+        )
     return FewShotIndices(spec.name, shots, seed, record["protocol"], train, val, sha256_file(path), path)
 
 

@@ -20,8 +20,14 @@ from PIL import Image
 from bench.fileio import atomic_write_bytes
 
 CLASSNAMES = (
-    "red_stripes", "green_stripes", "blue_stripes", "yellow_stripes",
-    "red_dots", "green_dots", "blue_dots", "yellow_dots",
+    "red_stripes",
+    "green_stripes",
+    "blue_stripes",
+    "yellow_stripes",
+    "red_dots",
+    "green_dots",
+    "blue_dots",
+    "yellow_dots",
 )
 ALT_CLASSNAMES = ("blue_dots", "red_stripes", "yellow_dots", "green_stripes", "green_dots", "yellow_stripes")
 PER_CLASS = {"train": 16, "val": 6, "test": 12}

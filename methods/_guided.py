@@ -26,7 +26,9 @@ Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(B, D) raw image features, (B,) labels, (C, D) current raw text features (float32) -> scalar loss."""
 
 
-def hand_crafted_templates(data: FewShotData, choice: str, table: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+def hand_crafted_templates(
+    data: FewShotData, choice: str, table: Mapping[str, str]
+) -> tuple[str, tuple[str, ...]]:
     """(name, templates) of the hand-crafted prompts a method consults.
 
     ``choice = "official"``: the method's own per-dataset template (``table``, keyed by bench dataset
@@ -39,7 +41,9 @@ def hand_crafted_templates(data: FewShotData, choice: str, table: Mapping[str, s
     return name, prompt_templates(data, name)
 
 
-def hand_crafted_features(ctx: FitContext, classnames: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+def hand_crafted_features(
+    ctx: FitContext, classnames: tuple[str, ...], templates: tuple[str, ...]
+) -> torch.Tensor:
     """(C, D) normalised text features of the hand-crafted prompts (templates ensembled as CLIP does)."""
     return embed_classes(ctx, classnames, templates)
 
@@ -49,8 +53,9 @@ def prompt_logits(features: torch.Tensor, text: torch.Tensor, scale: float) -> t
     return scale * F.normalize(features, dim=-1) @ F.normalize(text.float(), dim=-1).t()
 
 
-def train_context(learner: PromptLearner, data: FewShotData, cfg: Any, ctx: FitContext,
-                  objective: Objective | None = None) -> list[float]:
+def train_context(
+    learner: PromptLearner, data: FewShotData, cfg: Any, ctx: FitContext, objective: Objective | None = None
+) -> list[float]:
     """CoOp's training of ``learner.ctx`` (same seeds, batches, schedule, text-tower truncation), with
     ``objective`` in place of cross-entropy when given; returns the mean loss per epoch.
 
@@ -74,5 +79,14 @@ def train_context(learner: PromptLearner, data: FewShotData, cfg: Any, ctx: FitC
     # same cost estimate as CoOp's: forward + backward through the text tower for every class, per step
     work = 3 * data.n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
     with cpu_threads_for(ctx.device, work):
-        return train_on_features([learner.ctx], logits_fn, data.train, cfg.epochs, recipe,
-                                 torch_generator(derive_seed(ctx.seed, "loader")), ctx.device, report, loss=loss)
+        return train_on_features(
+            [learner.ctx],
+            logits_fn,
+            data.train,
+            cfg.epochs,
+            recipe,
+            torch_generator(derive_seed(ctx.seed, "loader")),
+            ctx.device,
+            report,
+            loss=loss,
+        )

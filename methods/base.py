@@ -35,8 +35,11 @@ class ImageSource:
 
     def subset(self, keep: torch.Tensor) -> ImageSource:
         """The images where the (N,) bool mask ``keep`` is true."""
-        return ImageSource(self.root, tuple(p for p, k in zip(self.paths, keep.tolist(), strict=True) if k),
-                           self.preprocessing)
+        return ImageSource(
+            self.root,
+            tuple(p for p, k in zip(self.paths, keep.tolist(), strict=True) if k),
+            self.preprocessing,
+        )
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,10 @@ class Method(Protocol):
 # Bounds (low, high; None = open) of config fields, checked whenever a user sets a value (--set):
 # these hold for any method with a field of that name; a Config adds its own as ``BOUNDS: ClassVar``.
 COMMON_BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "epochs": (0, None), "train_views": (0, None), "batch_size": (1, None), "weight_decay": (0, None),
+    "epochs": (0, None),
+    "train_views": (0, None),
+    "batch_size": (1, None),
+    "weight_decay": (0, None),
     "reduction": (1, None),
 }
 POSITIVE_FIELDS = ("lr",)  # strictly above zero
@@ -203,13 +209,19 @@ def check_config(cfg: Any, method: str) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if (low is not None and value < low) or (high is not None and value > high):
                 span = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-                raise BenchError(f"{name} = {value!r} is outside {span}", where=f"config field {method}.{name}",
-                                 fix=f"pass a value in {span} (see `bench methods {method}`)")
+                raise BenchError(
+                    f"{name} = {value!r} is outside {span}",
+                    where=f"config field {method}.{name}",
+                    fix=f"pass a value in {span} (see `bench methods {method}`)",
+                )
     for name in POSITIVE_FIELDS:
         value = getattr(cfg, name, None)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise BenchError(f"{name} = {value!r} must be positive", where=f"config field {method}.{name}",
-                             fix="pass a value above 0")
+            raise BenchError(
+                f"{name} = {value!r} must be positive",
+                where=f"config field {method}.{name}",
+                fix="pass a value above 0",
+            )
 
 
 def prompt_templates(data: FewShotData, prompt_set: str) -> tuple[str, ...]:
@@ -217,8 +229,11 @@ def prompt_templates(data: FewShotData, prompt_set: str) -> tuple[str, ...]:
     from bench.errors import BenchError
 
     if prompt_set not in data.prompts:
-        raise BenchError(f"dataset {data.dataset!r} has no prompt set {prompt_set!r}", where="config field 'prompts'",
-                         fix=f"use one of: {', '.join(sorted(data.prompts))}")
+        raise BenchError(
+            f"dataset {data.dataset!r} has no prompt set {prompt_set!r}",
+            where="config field 'prompts'",
+            fix=f"use one of: {', '.join(sorted(data.prompts))}",
+        )
     return tuple(data.prompts[prompt_set])
 
 

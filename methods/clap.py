@@ -61,14 +61,14 @@ CLASSNAME_STYLES = ("clean", "raw")
 
 @dataclass(frozen=True)
 class ClapConfig:
-    constraint: str = "l2"       # "l2" (CLAP) or "none" (ZS-LP)
+    constraint: str = "l2"  # "l2" (CLAP) or "none" (ZS-LP)
     epochs: int = 300
     lr: float = 0.1
     batch_size: int = 256
     weight_decay: float = 0.0
-    prompts: str = "coop"        # default_config: "coop_ensemble" on ImageNet
-    train_views: int = 20        # augmented views per support image (epochs_aumentation)
-    classnames: str = "clean"    # "raw": the split file's names, underscores kept (the official code)
+    prompts: str = "coop"  # default_config: "coop_ensemble" on ImageNet
+    train_views: int = 20  # augmented views per support image (epochs_aumentation)
+    classnames: str = "clean"  # "raw": the split file's names, underscores kept (the official code)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class ZsLinearProbeConfig:
     weight_decay: float = 0.0
     prompts: str = "coop"
     train_views: int = 20
-    classnames: str = "clean"    # "raw": the split file's names, underscores kept (the official code)
+    classnames: str = "clean"  # "raw": the split file's names, underscores kept (the official code)
 
 
 class PrototypeClassifier(torch.nn.Module):
@@ -94,8 +94,9 @@ class PrototypeClassifier(torch.nn.Module):
         return self.scale * F.normalize(features, dim=-1) @ F.normalize(self.prototypes, dim=-1).t()
 
 
-def class_multipliers(model: PrototypeClassifier, train_views: torch.Tensor, labels: torch.Tensor,
-                      n_classes: int) -> torch.Tensor:
+def class_multipliers(
+    model: PrototypeClassifier, train_views: torch.Tensor, labels: torch.Tensor, n_classes: int
+) -> torch.Tensor:
     """λ (C,): per class, the mean zero-shot probability of the true class over its augmented support features.
 
     Args:
@@ -112,16 +113,22 @@ def class_multipliers(model: PrototypeClassifier, train_views: torch.Tensor, lab
 def prompt_classnames(data: FewShotData, style: str) -> tuple[str, ...]:
     """The C class names the prompts are built from: ``"clean"`` (ours) or ``"raw"`` (the split file's)."""
     if style not in CLASSNAME_STYLES:
-        raise BenchError(f"unknown class-name style {style!r}", where="config field 'classnames'",
-                         fix=f"use one of: {', '.join(CLASSNAME_STYLES)}")
+        raise BenchError(
+            f"unknown class-name style {style!r}",
+            where="config field 'classnames'",
+            fix=f"use one of: {', '.join(CLASSNAME_STYLES)}",
+        )
     return (data.raw_classnames or data.classnames) if style == "raw" else data.classnames
 
 
 def fit_clap(data: FewShotData, cfg: Any, constraint: str, ctx: FitContext) -> PrototypeClassifier:
     """Train the zero-shot-initialised probe, with CLAP's penalty when ``constraint == "l2"``."""
     if constraint not in CONSTRAINTS:
-        raise BenchError(f"unknown constraint {constraint!r}", where="--set clap.constraint",
-                         fix=f"use one of: {', '.join(CONSTRAINTS)}")
+        raise BenchError(
+            f"unknown constraint {constraint!r}",
+            where="--set clap.constraint",
+            fix=f"use one of: {', '.join(CONSTRAINTS)}",
+        )
     templates = prompt_templates(data, cfg.prompts)
     zero_shot = ctx.text_features(templates, prompt_classnames(data, cfg.classnames)).to(ctx.device).mean(0)
     # (C, D): the mean of the raw (unnormalised) template features, as _get_base_text_features
@@ -130,20 +137,37 @@ def fit_clap(data: FewShotData, cfg: Any, constraint: str, ctx: FitContext) -> P
     penalty = None
     if constraint == "l2":
         multipliers = class_multipliers(model, train, data.train.labels.to(ctx.device), data.n_classes)
-        ctx.record("lambda", {"mean": float(multipliers.mean()), "min": float(multipliers.min()),
-                              "max": float(multipliers.max())})
+        ctx.record(
+            "lambda",
+            {
+                "mean": float(multipliers.mean()),
+                "min": float(multipliers.min()),
+                "max": float(multipliers.max()),
+            },
+        )
 
         def penalty() -> torch.Tensor:
             return (multipliers * (model.prototypes - zero_shot).pow(2).sum(-1)).mean()
 
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
     x_val, y_val = data.val.center.to(ctx.device), data.val.labels
-    report = val_reporter(ctx, lambda: accuracy(model(x_val), y_val), cfg.epochs)  # pruning only; no selection
+    report = val_reporter(
+        ctx, lambda: accuracy(model(x_val), y_val), cfg.epochs
+    )  # pruning only; no selection
     dim = zero_shot.shape[1]
     with cpu_threads_for(ctx.device, cfg.batch_size * dim * data.n_classes * 3):
-        losses = train_on_features([model.prototypes], model, data.train, cfg.epochs, recipe,
-                                   torch_generator(derive_seed(ctx.seed, "loader")), ctx.device, report,
-                                   penalty=penalty, sampler=pool_batches)
+        losses = train_on_features(
+            [model.prototypes],
+            model,
+            data.train,
+            cfg.epochs,
+            recipe,
+            torch_generator(derive_seed(ctx.seed, "loader")),
+            ctx.device,
+            report,
+            penalty=penalty,
+            sampler=pool_batches,
+        )
     ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
     model.requires_grad_(False)
     return model

@@ -63,17 +63,17 @@ DEFAULT_ALPHA = 0.2  # official clip_adapter.py
 @dataclass(frozen=True)
 class ClipAdapterConfig:
     BOUNDS: ClassVar[dict] = {"alpha": (0, 1), "beta": (0, 1)}  # residual ratios
-    branch: str = "visual"       # "visual" (official code), "text" or "both" (paper §3.3)
+    branch: str = "visual"  # "visual" (official code), "text" or "both" (paper §3.3)
     alpha: float = DEFAULT_ALPHA  # visual ratio α; default_config sets the paper's per-dataset value
-    beta: float = 0.2            # text ratio β (no published value)
-    reduction: int = 4           # bottleneck D / reduction (official code)
-    prompts: str = "coop"        # prompt set for the classifier weights
-    train_views: int = 10        # cached augmented views per support image
-    epochs: int = 200            # default_config sets CoOp's epochs by shots
+    beta: float = 0.2  # text ratio β (no published value)
+    reduction: int = 4  # bottleneck D / reduction (official code)
+    prompts: str = "coop"  # prompt set for the classifier weights
+    train_views: int = 10  # cached augmented views per support image
+    epochs: int = 200  # default_config sets CoOp's epochs by shots
     lr: float = 0.002
     batch_size: int = 32
     weight_decay: float = 5e-4
-    augment: str = "cached"      # "live": a fresh random crop encoded every epoch, as Dassl's loader (official)
+    augment: str = "cached"  # "live": a fresh random crop encoded every epoch, as Dassl's loader (official)
 
 
 class Adapter(torch.nn.Module):
@@ -82,15 +82,19 @@ class Adapter(torch.nn.Module):
     def __init__(self, dim: int, reduction: int):
         super().__init__()
         self.fc = torch.nn.Sequential(
-            torch.nn.Linear(dim, dim // reduction, bias=False), torch.nn.ReLU(),
-            torch.nn.Linear(dim // reduction, dim, bias=False), torch.nn.ReLU(),
+            torch.nn.Linear(dim, dim // reduction, bias=False),
+            torch.nn.ReLU(),
+            torch.nn.Linear(dim // reduction, dim, bias=False),
+            torch.nn.ReLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
 
 
-def class_text_means(ctx: FitContext, classnames: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+def class_text_means(
+    ctx: FitContext, classnames: tuple[str, ...], templates: tuple[str, ...]
+) -> torch.Tensor:
     """(C, D): each class's mean of normalised prompt features; ``normalise`` of it is
     :func:`bench.methods.base.embed_classes`, bit for bit."""
     return F.normalize(ctx.text_features(templates, classnames).to(ctx.device), dim=-1).mean(0)
@@ -105,8 +109,16 @@ def seeded_adapter(dim: int, reduction: int, seed: int) -> Adapter:
 class AdapterClassifier(torch.nn.Module):
     """logits = scale · normalise(f') · normalise(W')ᵀ; a branch whose adapter is ``None`` is the identity."""
 
-    def __init__(self, visual: Adapter | None, text: Adapter | None, alpha: float, beta: float,
-                 class_means: torch.Tensor, scale: float, templates: tuple[str, ...]):
+    def __init__(
+        self,
+        visual: Adapter | None,
+        text: Adapter | None,
+        alpha: float,
+        beta: float,
+        class_means: torch.Tensor,
+        scale: float,
+        templates: tuple[str, ...],
+    ):
         super().__init__()
         self.visual, self.text = visual, text
         self.alpha, self.beta, self.scale, self.templates = alpha, beta, scale, templates
@@ -127,21 +139,27 @@ class AdapterClassifier(torch.nn.Module):
     def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> AdapterClassifier:
         """The trained adapters applied to another label space's prompt features."""
         means = class_text_means(ctx, classnames, self.templates)
-        return AdapterClassifier(self.visual, self.text, self.alpha, self.beta, means, self.scale, self.templates)
+        return AdapterClassifier(
+            self.visual, self.text, self.alpha, self.beta, means, self.scale, self.templates
+        )
 
 
 class VisualAdapterClassifier(AdapterClassifier):
     """The visual branch alone, the official code's model (version 1's constructor, kept for callers)."""
 
-    def __init__(self, adapter: Adapter, alpha: float, weights: torch.Tensor, scale: float,
-                 templates: tuple[str, ...]):
+    def __init__(
+        self, adapter: Adapter, alpha: float, weights: torch.Tensor, scale: float, templates: tuple[str, ...]
+    ):
         super().__init__(adapter, None, alpha, 0.0, weights, scale, templates)
 
 
 def check_branch(branch: str, method: str) -> None:
     if branch not in BRANCHES:
-        raise BenchError(f"unknown CLIP-Adapter branch {branch!r}", where=f"--set {method}.branch",
-                         fix=f"use one of: {', '.join(BRANCHES)}")
+        raise BenchError(
+            f"unknown CLIP-Adapter branch {branch!r}",
+            where=f"--set {method}.branch",
+            fix=f"use one of: {', '.join(BRANCHES)}",
+        )
 
 
 def fit_adapters(model: torch.nn.Module, data: FewShotData, cfg: Any, ctx: FitContext) -> list[float]:
@@ -155,11 +173,22 @@ def fit_adapters(model: torch.nn.Module, data: FewShotData, cfg: Any, ctx: FitCo
     params = [p for p in model.parameters() if p.requires_grad]
     generator = torch_generator(derive_seed(ctx.seed, "loader"))
     if getattr(cfg, "augment", "cached") == "live":  # the image encoder runs every epoch: no thread pinning
-        losses = train_on_live_features(params, model, data.train, cfg.epochs, recipe, generator, ctx.backbone,
-                                        derive_seed(ctx.seed, "augment"), report)
+        losses = train_on_live_features(
+            params,
+            model,
+            data.train,
+            cfg.epochs,
+            recipe,
+            generator,
+            ctx.backbone,
+            derive_seed(ctx.seed, "augment"),
+            report,
+        )
     else:
         with cpu_threads_for(ctx.device, work):
-            losses = train_on_features(params, model, data.train, cfg.epochs, recipe, generator, ctx.device, report)
+            losses = train_on_features(
+                params, model, data.train, cfg.epochs, recipe, generator, ctx.device, report
+            )
     model.eval()
     ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
     return losses
@@ -175,7 +204,9 @@ class ClipAdapter:
     as_published: ClassVar[dict[str, Any]] = {"alpha": 0.2, "augment": "live"}
 
     def default_config(self, dataset: str, shots: int) -> ClipAdapterConfig:
-        return ClipAdapterConfig(alpha=ALPHA_BY_DATASET.get(dataset, DEFAULT_ALPHA), epochs=coop_epochs(dataset, shots))
+        return ClipAdapterConfig(
+            alpha=ALPHA_BY_DATASET.get(dataset, DEFAULT_ALPHA), epochs=coop_epochs(dataset, shots)
+        )
 
     def needs(self, cfg: ClipAdapterConfig) -> Needs:
         check_augment(cfg.augment, self.name)
@@ -199,9 +230,19 @@ class ClipAdapter:
         templates = prompt_templates(data, cfg.prompts)
         means = class_text_means(ctx, data.classnames, templates)
         dim = means.shape[1]
-        visual = seeded_adapter(dim, cfg.reduction, derive_seed(ctx.seed, "init")) if cfg.branch != "text" else None
-        text = seeded_adapter(dim, cfg.reduction, derive_seed(ctx.seed, "init", "text")) if cfg.branch != "visual" else None
-        model = AdapterClassifier(visual, text, cfg.alpha, cfg.beta, means, ctx.logit_scale, templates).to(ctx.device)
+        visual = (
+            seeded_adapter(dim, cfg.reduction, derive_seed(ctx.seed, "init"))
+            if cfg.branch != "text"
+            else None
+        )
+        text = (
+            seeded_adapter(dim, cfg.reduction, derive_seed(ctx.seed, "init", "text"))
+            if cfg.branch != "visual"
+            else None
+        )
+        model = AdapterClassifier(visual, text, cfg.alpha, cfg.beta, means, ctx.logit_scale, templates).to(
+            ctx.device
+        )
         fit_adapters(model, data, cfg, ctx)
         return model
 
@@ -211,8 +252,10 @@ class StackedAdapters(torch.nn.Module):
 
     def __init__(self, adapters: list[Adapter]):
         super().__init__()
-        self.down = torch.nn.Parameter(torch.stack([a.fc[0].weight.detach() for a in adapters]))  # (S, D/r, D)
-        self.up = torch.nn.Parameter(torch.stack([a.fc[2].weight.detach() for a in adapters]))    # (S, D, D/r)
+        self.down = torch.nn.Parameter(
+            torch.stack([a.fc[0].weight.detach() for a in adapters])
+        )  # (S, D/r, D)
+        self.up = torch.nn.Parameter(torch.stack([a.fc[2].weight.detach() for a in adapters]))  # (S, D, D/r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(F.relu(x @ self.down.transpose(1, 2)) @ self.up.transpose(1, 2))
@@ -227,7 +270,9 @@ class StackedAdapters(torch.nn.Module):
         return out
 
 
-def fit_many(data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitContext]) -> list[AdapterClassifier]:
+def fit_many(
+    data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitContext]
+) -> list[AdapterClassifier]:
     """Train the cells of one config (seeds, or trials of one α) as one stacked model (issue 22): the same
     adapters, initialisations, batches and SGD steps as :meth:`ClipAdapter.fit` per cell, the cells' losses
     summed so each cell's gradient is its own. Features are (S, B, D) batched products instead of (B, D)
@@ -238,18 +283,32 @@ def fit_many(data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitCont
     from bench.methods.training import train_stacked
 
     shapes = {tuple(d.train.features.shape) for d in data}
-    if (len(shapes) != 1 or cfg.augment != "cached" or any(c.report is not None for c in ctxs)
-            or len({d.classnames for d in data}) != 1):
+    if (
+        len(shapes) != 1
+        or cfg.augment != "cached"
+        or any(c.report is not None for c in ctxs)
+        or len({d.classnames for d in data}) != 1
+    ):
         return [ClipAdapter().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
     check_branch(cfg.branch, "clip_adapter")
     ctx, device = ctxs[0], ctxs[0].device
     templates = prompt_templates(data[0], cfg.prompts)
     means = class_text_means(ctx, data[0].classnames, templates)
     dim = means.shape[1]
-    visual = (StackedAdapters([seeded_adapter(dim, cfg.reduction, derive_seed(c.seed, "init")) for c in ctxs]).to(device)
-              if cfg.branch != "text" else None)
-    text = (StackedAdapters([seeded_adapter(dim, cfg.reduction, derive_seed(c.seed, "init", "text")) for c in ctxs])
-            .to(device) if cfg.branch != "visual" else None)
+    visual = (
+        StackedAdapters([seeded_adapter(dim, cfg.reduction, derive_seed(c.seed, "init")) for c in ctxs]).to(
+            device
+        )
+        if cfg.branch != "text"
+        else None
+    )
+    text = (
+        StackedAdapters(
+            [seeded_adapter(dim, cfg.reduction, derive_seed(c.seed, "init", "text")) for c in ctxs]
+        ).to(device)
+        if cfg.branch != "visual"
+        else None
+    )
     scale = ctx.logit_scale
 
     def logits(x: torch.Tensor) -> torch.Tensor:  # (S, B, D) -> (S, B, C)
@@ -263,19 +322,31 @@ def fit_many(data: list[FewShotData], cfg: ClipAdapterConfig, ctxs: list[FitCont
     params = [p for m in (visual, text) if m is not None for p in m.parameters()]
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
     features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
-    labels = torch.stack([d.train.labels for d in data]).to(device)      # (S, N)
+    labels = torch.stack([d.train.labels for d in data]).to(device)  # (S, N)
     generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
     cells = torch.arange(len(ctxs), device=device)[:, None]
     # the threads of one cell's fit (one thread for small problems on the CPU), so timings compare
-    work = (cfg.batch_size + data[0].n_classes) * dim * (dim // cfg.reduction) * 2 + cfg.batch_size * dim * data[0].n_classes
+    work = (cfg.batch_size + data[0].n_classes) * dim * (
+        dim // cfg.reduction
+    ) * 2 + cfg.batch_size * dim * data[0].n_classes
     with cpu_threads_for(device, work), torch.enable_grad():
-        losses = train_stacked(params, lambda views, index: logits(features[cells, views, index]), features, labels,
-                               cfg.epochs, recipe, generators, ctxs)
+        losses = train_stacked(
+            params,
+            lambda views, index: logits(features[cells, views, index]),
+            features,
+            labels,
+            cfg.epochs,
+            recipe,
+            generators,
+            ctxs,
+        )
     visuals = visual.unstack(dim, cfg.reduction) if visual is not None else [None] * len(ctxs)
     texts = text.unstack(dim, cfg.reduction) if text is not None else [None] * len(ctxs)
     out = []
     for s, c in enumerate(ctxs):
-        model = AdapterClassifier(visuals[s], texts[s], cfg.alpha, cfg.beta, means, scale, templates).to(device)
+        model = AdapterClassifier(visuals[s], texts[s], cfg.alpha, cfg.beta, means, scale, templates).to(
+            device
+        )
         model.eval()
         c.record("train_loss_first_last", [float(losses[0][s]), float(losses[-1][s])] if losses else [])
         out.append(model)

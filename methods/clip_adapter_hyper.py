@@ -49,14 +49,14 @@ from bench.seeding import derive_seed
 @dataclass(frozen=True)
 class ClipAdapterHyperConfig:
     BOUNDS: ClassVar[dict] = {"alpha_init": (0, 1), "beta_init": (0, 1), "q_reduction": (1, None)}
-    branch: str = "both"              # which ratios are learned: "visual" (α), "text" (β) or "both"
+    branch: str = "both"  # which ratios are learned: "visual" (α), "text" (β) or "both"
     alpha_init: float = DEFAULT_ALPHA  # α₀; default_config sets clip_adapter's per-dataset α
-    beta_init: float = 0.2            # β₀ (clip_adapter's β)
-    reduction: int = 4                # adapter bottleneck D / reduction
-    q_reduction: int = 16             # hypernetwork hidden width D / q_reduction
+    beta_init: float = 0.2  # β₀ (clip_adapter's β)
+    reduction: int = 4  # adapter bottleneck D / reduction
+    q_reduction: int = 16  # hypernetwork hidden width D / q_reduction
     prompts: str = "coop"
     train_views: int = 10
-    epochs: int = 200                 # default_config sets CoOp's epochs by shots
+    epochs: int = 200  # default_config sets CoOp's epochs by shots
     lr: float = 0.002
     batch_size: int = 32
     weight_decay: float = 5e-4
@@ -83,8 +83,16 @@ class RatioNet(torch.nn.Module):
 class HyperAdapterClassifier(torch.nn.Module):
     """CLIP-Adapter whose α (per image) and β (per class) come from :class:`RatioNet` s."""
 
-    def __init__(self, visual: Adapter | None, text: Adapter | None, q_visual: RatioNet | None,
-                 q_text: RatioNet | None, class_means: torch.Tensor, scale: float, templates: tuple[str, ...]):
+    def __init__(
+        self,
+        visual: Adapter | None,
+        text: Adapter | None,
+        q_visual: RatioNet | None,
+        q_text: RatioNet | None,
+        class_means: torch.Tensor,
+        scale: float,
+        templates: tuple[str, ...],
+    ):
         super().__init__()
         self.visual, self.text, self.q_visual, self.q_text = visual, text, q_visual, q_text
         self.scale, self.templates = scale, templates
@@ -96,7 +104,11 @@ class HyperAdapterClassifier(torch.nn.Module):
 
     def beta(self) -> torch.Tensor:
         """(C,) β per class (zeros without a text branch)."""
-        return self.q_text(self.class_means) if self.q_text is not None else self.class_means.new_zeros(len(self.class_means))
+        return (
+            self.q_text(self.class_means)
+            if self.q_text is not None
+            else self.class_means.new_zeros(len(self.class_means))
+        )
 
     def class_weights(self) -> torch.Tensor:
         w = self.class_means
@@ -114,25 +126,35 @@ class HyperAdapterClassifier(torch.nn.Module):
     def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> HyperAdapterClassifier:
         """The trained adapters and hypernetworks on another label space (β recomputed per new class)."""
         means = class_text_means(ctx, classnames, self.templates)
-        return HyperAdapterClassifier(self.visual, self.text, self.q_visual, self.q_text, means, self.scale,
-                                      self.templates)
+        return HyperAdapterClassifier(
+            self.visual, self.text, self.q_visual, self.q_text, means, self.scale, self.templates
+        )
 
 
 def _stats(values: torch.Tensor) -> dict[str, float]:
     values = values.detach().double().cpu()
-    return {"mean": float(values.mean()), "std": float(values.std(unbiased=False)),
-            "min": float(values.min()), "max": float(values.max())}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(unbiased=False)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
-def _build(dim: int, cfg: ClipAdapterHyperConfig, means: torch.Tensor, ctx: FitContext,
-           templates: tuple[str, ...]) -> HyperAdapterClassifier:
+def _build(
+    dim: int, cfg: ClipAdapterHyperConfig, means: torch.Tensor, ctx: FitContext, templates: tuple[str, ...]
+) -> HyperAdapterClassifier:
     seed = ctx.seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init", "hyper"))
         q_visual = RatioNet(dim, cfg.q_reduction, cfg.alpha_init) if cfg.branch != "text" else None
         q_text = RatioNet(dim, cfg.q_reduction, cfg.beta_init) if cfg.branch != "visual" else None
     visual = seeded_adapter(dim, cfg.reduction, derive_seed(seed, "init")) if cfg.branch != "text" else None
-    text = seeded_adapter(dim, cfg.reduction, derive_seed(seed, "init", "text")) if cfg.branch != "visual" else None
+    text = (
+        seeded_adapter(dim, cfg.reduction, derive_seed(seed, "init", "text"))
+        if cfg.branch != "visual"
+        else None
+    )
     return HyperAdapterClassifier(visual, text, q_visual, q_text, means, ctx.logit_scale, templates)
 
 
@@ -143,13 +165,16 @@ class ClipAdapterHyper:
     Config = ClipAdapterHyperConfig
 
     def default_config(self, dataset: str, shots: int) -> ClipAdapterHyperConfig:
-        return ClipAdapterHyperConfig(alpha_init=ALPHA_BY_DATASET.get(dataset, DEFAULT_ALPHA),
-                                      epochs=coop_epochs(dataset, shots))
+        return ClipAdapterHyperConfig(
+            alpha_init=ALPHA_BY_DATASET.get(dataset, DEFAULT_ALPHA), epochs=coop_epochs(dataset, shots)
+        )
 
     def needs(self, cfg: ClipAdapterHyperConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
 
-    def search_space(self, trial: Any, dataset: str, shots: int, cfg: ClipAdapterHyperConfig) -> dict[str, Any]:
+    def search_space(
+        self, trial: Any, dataset: str, shots: int, cfg: ClipAdapterHyperConfig
+    ) -> dict[str, Any]:
         """The ratios are learned; only the learning rate is searched (log-uniform, 10x around CoOp's 0.002)."""
         return {"lr": trial.suggest_float("lr", 2e-4, 2e-2, log=True)}
 

@@ -66,18 +66,18 @@ SLOTS = {"q": 0, "k": 1, "v": 2}
 @dataclass(frozen=True)
 class ClipLoraConfig:
     BOUNDS: ClassVar[dict] = {"rank": (1, None), "n_iters": (0, None), "dropout": (0, 1)}
-    rank: int = 2                       # r
-    alpha: float = 1.0                  # scaling s = alpha / sqrt(r)
-    dropout: float = 0.25               # on the adapter's input
-    targets: str = "qkv"                # attention projections adapted: letters of q, k, v, o
-    encoders: str = "both"              # "text", "vision" or "both"
-    n_iters: int = 500                  # iterations per shot: 500 x K in all
+    rank: int = 2  # r
+    alpha: float = 1.0  # scaling s = alpha / sqrt(r)
+    dropout: float = 0.25  # on the adapter's input
+    targets: str = "qkv"  # attention projections adapted: letters of q, k, v, o
+    encoders: str = "both"  # "text", "vision" or "both"
+    n_iters: int = 500  # iterations per shot: 500 x K in all
     lr: float = 2e-4
-    weight_decay: float = 1e-2          # AdamW
-    eta_min: float = 1e-6               # cosine floor
+    weight_decay: float = 1e-2  # AdamW
+    eta_min: float = 1e-6  # cosine floor
     batch_size: int = 32
     template: str = "a photo of a {}."  # the official code's one template, every dataset
-    grad_checkpointing: bool = False    # recompute activations in the backward (memory for time)
+    grad_checkpointing: bool = False  # recompute activations in the backward (memory for time)
 
 
 def _uniform_a(rank: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -99,15 +99,21 @@ class LoraAttention(torch.nn.Module):
     def __init__(self, mha: torch.nn.MultiheadAttention, cfg: ClipLoraConfig, generator: torch.Generator):
         super().__init__()
         if not getattr(mha, "batch_first", False) or not mha._qkv_same_embed_dim:
-            raise BenchError("CLIP-LoRA needs open_clip's batch-first attention blocks", where="--backbone",
-                             fix="install open_clip_torch>=3.0 (the versions bench is tested with)")
+            raise BenchError(
+                "CLIP-LoRA needs open_clip's batch-first attention blocks",
+                where="--backbone",
+                fix="install open_clip_torch>=3.0 (the versions bench is tested with)",
+            )
         self._base = (mha,)  # not a submodule: the frozen weights stay the backbone's, out of this state dict
         width = mha.embed_dim
         self.slots = [c for c in cfg.targets if c in "qkvo"]
         self.scale, self.p = cfg.alpha / math.sqrt(cfg.rank), cfg.dropout
-        self.A = torch.nn.ParameterDict({c: torch.nn.Parameter(_uniform_a(cfg.rank, width, generator))
-                                         for c in self.slots})
-        self.B = torch.nn.ParameterDict({c: torch.nn.Parameter(torch.zeros(width, cfg.rank)) for c in self.slots})
+        self.A = torch.nn.ParameterDict(
+            {c: torch.nn.Parameter(_uniform_a(cfg.rank, width, generator)) for c in self.slots}
+        )
+        self.B = torch.nn.ParameterDict(
+            {c: torch.nn.Parameter(torch.zeros(width, cfg.rank)) for c in self.slots}
+        )
         self.to(mha.in_proj_weight.device)
 
     @property
@@ -133,7 +139,11 @@ class LoraAttention(torch.nn.Module):
         heads = mha.num_heads
         q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in qkv)
         mask = attn_mask.to(q.dtype) if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(batch, length, width)
+        out = (
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            .transpose(1, 2)
+            .reshape(batch, length, width)
+        )
         projected = mha.out_proj(out)
         if "o" in self.slots:
             projected = projected + self._lora(out, "o")
@@ -144,8 +154,10 @@ class LoraAttention(torch.nn.Module):
         deltas = [self.delta(c) if c in self.slots else None for c in "qkv"]
         params = {}
         if any(d is not None for d in deltas):
-            zero = torch.zeros_like(mha.in_proj_weight[:mha.embed_dim])
-            params["in_proj_weight"] = mha.in_proj_weight + torch.cat([d if d is not None else zero for d in deltas])
+            zero = torch.zeros_like(mha.in_proj_weight[: mha.embed_dim])
+            params["in_proj_weight"] = mha.in_proj_weight + torch.cat(
+                [d if d is not None else zero for d in deltas]
+            )
         if "o" in self.slots:
             params["out_proj.weight"] = mha.out_proj.weight + self.delta("o")
         return torch.func.functional_call(mha, params, (query, key, value), kwargs, strict=False)
@@ -181,11 +193,17 @@ class LoraAdapters(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, cfg: ClipLoraConfig, generator: torch.Generator):
         super().__init__()
         if cfg.encoders not in ENCODERS:
-            raise BenchError(f"unknown encoders {cfg.encoders!r}", where="config field clip_lora.encoders",
-                             fix=f"use one of: {', '.join(ENCODERS)}")
+            raise BenchError(
+                f"unknown encoders {cfg.encoders!r}",
+                where="config field clip_lora.encoders",
+                fix=f"use one of: {', '.join(ENCODERS)}",
+            )
         if not cfg.targets or set(cfg.targets) - set("qkvo"):
-            raise BenchError(f"targets {cfg.targets!r} is not a set of q, k, v, o", where="config field clip_lora.targets",
-                             fix='use e.g. "qkv" (the official default) or "qkvo"')
+            raise BenchError(
+                f"targets {cfg.targets!r} is not a set of q, k, v, o",
+                where="config field clip_lora.targets",
+                fix='use e.g. "qkv" (the official default) or "qkvo"',
+            )
         self.places: list[tuple[torch.nn.Module, str]] = []
         modules: list[torch.nn.Module] = []
         if cfg.encoders in ("text", "both"):
@@ -210,8 +228,14 @@ class LoraAdapters(torch.nn.Module):
     @contextmanager
     def installed(self, model: torch.nn.Module):
         with ExitStack() as stack:
-            stack.enter_context(wrapped([(parent, name, module) for (parent, name), module
-                                         in zip(self.places, self.adapters, strict=True)]))
+            stack.enter_context(
+                wrapped(
+                    [
+                        (parent, name, module)
+                        for (parent, name), module in zip(self.places, self.adapters, strict=True)
+                    ]
+                )
+            )
             stack.enter_context(grad_checkpointing(model, self.checkpointing and self.training))
             yield
 
@@ -281,14 +305,19 @@ class ClipLora:
     def search_space(self, trial: Any, dataset: str, shots: int, cfg: ClipLoraConfig) -> dict[str, Any]:
         """``--tune``: the learning rate around 2e-4 (a decade either way) and the rank {2, 4, 8} of the
         paper's ablation."""
-        return {"lr": trial.suggest_float("lr", 2e-5, 2e-3, log=True),
-                "rank": trial.suggest_categorical("rank", [2, 4, 8])}
+        return {
+            "lr": trial.suggest_float("lr", 2e-5, 2e-3, log=True),
+            "rank": trial.suggest_categorical("rank", [2, 4, 8]),
+        }
 
     def fit(self, data: FewShotData, cfg: ClipLoraConfig, ctx: FitContext) -> AdaptedEncoderClassifier:
         backbone, device = ctx.backbone, ctx.device
         if data.train.images is None:
-            raise BenchError("clip_lora trains on images and got none", where="FewShotData.train.images",
-                             fix="run it through the runner (bench run), which attaches the images")
+            raise BenchError(
+                "clip_lora trains on images and got none",
+                where="FewShotData.train.images",
+                fix="run it through the runner (bench run), which attaches the images",
+            )
         lora = LoraModel(backbone.model, cfg, torch_generator(derive_seed(ctx.seed, "init")))
         params = [p for p in lora.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
@@ -321,18 +350,32 @@ class ClipLora:
 
         def val_accuracy() -> float:
             model = classifier()
-            score = accuracy(model(encoded_set(model.encode_images, data.val, device).center.to(device)), data.val.labels)
+            score = accuracy(
+                model(encoded_set(model.encode_images, data.val, device).center.to(device)), data.val.labels
+            )
             lora.train()
             return score
 
         report = val_reporter(ctx, val_accuracy, epochs, every=max(1, epochs // 5))
         lora.train()
         with seeded_global_rng(derive_seed(ctx.seed, "dropout"), device):
-            losses = train_steps(params, optimizer, loss_fn, data.train.images, data.train.labels, epochs=epochs,
-                                 batch_size=cfg.batch_size, generator=torch_generator(derive_seed(ctx.seed, "loader")),
-                                 seed=derive_seed(ctx.seed, "augment"), device=device, max_steps=total,
-                                 drop_last=False, after_step=after_step, on_epoch_end=report,
-                                 work=step_work(backbone.model, cfg.batch_size, data.n_classes))
+            losses = train_steps(
+                params,
+                optimizer,
+                loss_fn,
+                data.train.images,
+                data.train.labels,
+                epochs=epochs,
+                batch_size=cfg.batch_size,
+                generator=torch_generator(derive_seed(ctx.seed, "loader")),
+                seed=derive_seed(ctx.seed, "augment"),
+                device=device,
+                max_steps=total,
+                drop_last=False,
+                after_step=after_step,
+                on_epoch_end=report,
+                work=step_work(backbone.model, cfg.batch_size, data.n_classes),
+            )
         ctx.record("iterations", total)
         ctx.record("adapted_modules", len(lora.adapters))
         ctx.record("trainable_parameters", sum(p.numel() for p in params))

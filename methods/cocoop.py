@@ -54,15 +54,15 @@ ACTIVATION_FLOATS = 16  # floats per token, layer and width unit one prompt keep
 @dataclass(frozen=True)
 class CocoopConfig:
     BOUNDS: ClassVar[dict] = {"n_ctx": (1, None), "meta_reduction": (1, None), "memory_mb": (1, None)}
-    n_ctx: int = 4                 # N_CTX of the c4 config (a phrase sets M to its length)
+    n_ctx: int = 4  # N_CTX of the c4 config (a phrase sets M to its length)
     ctx_init: str = "a photo of a"  # CTX_INIT of the ctxv1 config; "" = random N(0, 0.02²)
-    meta_reduction: int = 16       # meta-net hidden width D // 16
-    train_views: int = 10          # cached augmented views per support image
+    meta_reduction: int = 16  # meta-net hidden width D // 16
+    train_views: int = 10  # cached augmented views per support image
     epochs: int = 10
     lr: float = 0.002
     batch_size: int = 1
     weight_decay: float = 5e-4
-    memory_mb: int = 1024          # budget of one chunk of the images × classes text pass (memory only)
+    memory_mb: int = 1024  # budget of one chunk of the images × classes text pass (memory only)
 
 
 def rows_per_chunk(tower: torch.nn.Module, length: int, memory_mb: int) -> int:
@@ -77,12 +77,22 @@ def make_meta_net(image_dim: int, ctx_dim: int, reduction: int, seed: int) -> to
     """The official ``meta_net`` with PyTorch's default init, drawn from ``seed`` (not the global RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return torch.nn.Sequential(torch.nn.Linear(image_dim, image_dim // reduction), torch.nn.ReLU(),
-                                   torch.nn.Linear(image_dim // reduction, ctx_dim))
+        return torch.nn.Sequential(
+            torch.nn.Linear(image_dim, image_dim // reduction),
+            torch.nn.ReLU(),
+            torch.nn.Linear(image_dim // reduction, ctx_dim),
+        )
 
 
-def conditioned_text_features(tower: torch.nn.Module, learner: PromptLearner, bias: torch.Tensor, rows: int,
-                              start: int = 0, stop: int | None = None, use_checkpoint: bool = False) -> torch.Tensor:
+def conditioned_text_features(
+    tower: torch.nn.Module,
+    learner: PromptLearner,
+    bias: torch.Tensor,
+    rows: int,
+    start: int = 0,
+    stop: int | None = None,
+    use_checkpoint: bool = False,
+) -> torch.Tensor:
     """Text features of the image-conditioned prompts, image-major rows ``start:stop`` of (images × classes).
 
     Args:
@@ -95,8 +105,10 @@ def conditioned_text_features(tower: torch.nn.Module, learner: PromptLearner, bi
     """
     n_classes = learner.prefix.shape[0]
     stop = len(bias) * n_classes if stop is None else stop
-    length = int(learner.eot.max()) + 1  # every chunk as long as the longest prompt: results do not depend on `rows`
-    suffix = learner.suffix[:, :length - 1 - learner.n_ctx]
+    length = (
+        int(learner.eot.max()) + 1
+    )  # every chunk as long as the longest prompt: results do not depend on `rows`
+    suffix = learner.suffix[:, : length - 1 - learner.n_ctx]
 
     def chunk(index: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
         classes = index % n_classes
@@ -117,8 +129,15 @@ def conditioned_text_features(tower: torch.nn.Module, learner: PromptLearner, bi
 class CocoopClassifier(torch.nn.Module):
     """logits[i, c] = scale · cos(f̂_i, t_c(f̂_i)) for (N, D) raw image features, in chunks of ``rows`` prompts."""
 
-    def __init__(self, learner: PromptLearner, meta_net: torch.nn.Module, scale: float, backbone: Any,
-                 ctx_text: str, memory_mb: int):
+    def __init__(
+        self,
+        learner: PromptLearner,
+        meta_net: torch.nn.Module,
+        scale: float,
+        backbone: Any,
+        ctx_text: str,
+        memory_mb: int,
+    ):
         super().__init__()
         self.learner, self.meta_net = learner, meta_net
         self.scale, self.backbone, self.ctx_text, self.memory_mb = scale, backbone, ctx_text, memory_mb
@@ -138,19 +157,30 @@ class CocoopClassifier(torch.nn.Module):
             logits = torch.empty(total, device=x.device)
             for start in range(0, total, rows):  # one chunk's text features at a time
                 stop = min(start + rows, total)
-                text = F.normalize(conditioned_text_features(tower, self.learner, bias, rows, start, stop).float(), dim=-1)
+                text = F.normalize(
+                    conditioned_text_features(tower, self.learner, bias, rows, start, stop).float(), dim=-1
+                )
                 images = torch.arange(start, stop, device=x.device) // n_classes
                 logits[start:stop] = (x[images] * text).sum(-1)
         return self.scale * logits.view(len(x), n_classes)
 
     def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> CocoopClassifier:
-        learner = build_prompt_learner(ctx.backbone, classnames, self.learner.ctx.detach(), self.ctx_text, "end")
-        return CocoopClassifier(learner.requires_grad_(False), self.meta_net, self.scale, ctx.backbone, self.ctx_text,
-                                self.memory_mb)
+        learner = build_prompt_learner(
+            ctx.backbone, classnames, self.learner.ctx.detach(), self.ctx_text, "end"
+        )
+        return CocoopClassifier(
+            learner.requires_grad_(False),
+            self.meta_net,
+            self.scale,
+            ctx.backbone,
+            self.ctx_text,
+            self.memory_mb,
+        )
 
 
-def _train(learner: PromptLearner, meta_net: torch.nn.Module, data: FewShotData, cfg: CocoopConfig,
-           ctx: FitContext) -> list[float]:
+def _train(
+    learner: PromptLearner, meta_net: torch.nn.Module, data: FewShotData, cfg: CocoopConfig, ctx: FitContext
+) -> list[float]:
     tower, scale = text_tower(ctx.backbone.model), ctx.logit_scale
     length = int(learner.eot.max()) + 1
     rows = rows_per_chunk(tower, length, cfg.memory_mb)
@@ -161,7 +191,9 @@ def _train(learner: PromptLearner, meta_net: torch.nn.Module, data: FewShotData,
         with ctx.backbone.autocast():
             bias = meta_net(x)
             many = len(x) * data.n_classes > rows
-            text = conditioned_text_features(tower, learner, bias, rows, use_checkpoint=many and torch.is_grad_enabled())
+            text = conditioned_text_features(
+                tower, learner, bias, rows, use_checkpoint=many and torch.is_grad_enabled()
+            )
         text = F.normalize(text.float(), dim=-1).view(len(x), data.n_classes, -1)
         return scale * torch.einsum("bd,bcd->bc", x, text)
 
@@ -169,10 +201,20 @@ def _train(learner: PromptLearner, meta_net: torch.nn.Module, data: FewShotData,
     report = val_reporter(ctx, lambda: accuracy(logits_fn(x_val), y_val), cfg.epochs, every=1)
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
     width = learner.prefix.shape[-1]
-    work = 3 * cfg.batch_size * data.n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
+    work = (
+        3 * cfg.batch_size * data.n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
+    )
     with cpu_threads_for(ctx.device, work):
-        return train_on_features([learner.ctx, *meta_net.parameters()], logits_fn, data.train, cfg.epochs, recipe,
-                                 torch_generator(derive_seed(ctx.seed, "loader")), ctx.device, report)
+        return train_on_features(
+            [learner.ctx, *meta_net.parameters()],
+            logits_fn,
+            data.train,
+            cfg.epochs,
+            recipe,
+            torch_generator(derive_seed(ctx.seed, "loader")),
+            ctx.device,
+            report,
+        )
 
 
 class Cocoop:
@@ -197,16 +239,29 @@ class Cocoop:
 
     def fit(self, data: FewShotData, cfg: CocoopConfig, ctx: FitContext) -> CocoopClassifier:
         coop_cfg = CoopConfig(n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init)
-        vectors, ctx_text = init_context(ctx.backbone, coop_cfg, data.n_classes,
-                                         torch_generator(derive_seed(ctx.seed, "init")))
+        vectors, ctx_text = init_context(
+            ctx.backbone, coop_cfg, data.n_classes, torch_generator(derive_seed(ctx.seed, "init"))
+        )
         learner = build_prompt_learner(ctx.backbone, data.classnames, vectors, ctx_text, "end")
-        meta_net = make_meta_net(ctx.backbone.embed_dim, learner.prefix.shape[-1], cfg.meta_reduction,
-                                 derive_seed(ctx.seed, "meta_net")).to(ctx.device)
+        meta_net = make_meta_net(
+            ctx.backbone.embed_dim,
+            learner.prefix.shape[-1],
+            cfg.meta_reduction,
+            derive_seed(ctx.seed, "meta_net"),
+        ).to(ctx.device)
         losses = _train(learner, meta_net, data, cfg, ctx)
         ctx.record("n_ctx", learner.n_ctx)
         ctx.record("prompt", {"context": ctx_text, "position": "end", "tokens": f"{ctx_text} {{}}."})
-        ctx.record("rows_per_chunk", rows_per_chunk(text_tower(ctx.backbone.model), int(learner.eot.max()) + 1,
-                                                    cfg.memory_mb))
+        ctx.record(
+            "rows_per_chunk",
+            rows_per_chunk(text_tower(ctx.backbone.model), int(learner.eot.max()) + 1, cfg.memory_mb),
+        )
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
-        return CocoopClassifier(learner.requires_grad_(False), meta_net.requires_grad_(False), ctx.logit_scale,
-                                ctx.backbone, ctx_text, cfg.memory_mb)
+        return CocoopClassifier(
+            learner.requires_grad_(False),
+            meta_net.requires_grad_(False),
+            ctx.logit_scale,
+            ctx.backbone,
+            ctx_text,
+            cfg.memory_mb,
+        )

@@ -64,16 +64,16 @@ CTX_INIT_STD = 0.02  # CoOp trainers/coop.py: nn.init.normal_(ctx_vectors, std=0
 @dataclass(frozen=True)
 class CoopConfig:
     BOUNDS: ClassVar[dict] = {"n_ctx": (1, None)}
-    n_ctx: int = 16                    # M context vectors (train.py default; the paper also runs 4 and 8)
-    ctx_init: str = ""                 # "" = random N(0, 0.02²); a phrase ("a photo of a") = its embeddings, M = its length
+    n_ctx: int = 16  # M context vectors (train.py default; the paper also runs 4 and 8)
+    ctx_init: str = ""  # "" = random N(0, 0.02²); a phrase ("a photo of a") = its embeddings, M = its length
     class_token_position: str = "end"  # "end", "middle" or "front"
-    csc: bool = False                  # class-specific context vectors
-    train_views: int = 10              # cached augmented views per support image
-    epochs: int = 200                  # default_config sets CoOp's epochs by shots
+    csc: bool = False  # class-specific context vectors
+    train_views: int = 10  # cached augmented views per support image
+    epochs: int = 200  # default_config sets CoOp's epochs by shots
     lr: float = 0.002
     batch_size: int = 32
     weight_decay: float = 5e-4
-    augment: str = "cached"            # "live": a fresh random crop encoded every epoch, as Dassl's loader (official)
+    augment: str = "cached"  # "live": a fresh random crop encoded every epoch, as Dassl's loader (official)
 
 
 def text_tower(model: torch.nn.Module) -> torch.nn.Module:
@@ -81,14 +81,22 @@ def text_tower(model: torch.nn.Module) -> torch.nn.Module:
     CoOp can drive: causal mask, EOT pooling by argmax, no appended class token."""
     tower = model.text if hasattr(model, "text") else model
     pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
-    if pool != "argmax" or getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
-        raise BenchError(f"CoOp needs a CLIP text tower that pools the EOT token by argmax (this one pools {pool!r})",
-                         where="--backbone", fix="use an OpenAI-style CLIP architecture (RN50, ViT-B-16, ...)")
+    if (
+        pool != "argmax"
+        or getattr(tower, "cls_emb", None) is not None
+        or getattr(tower, "use_pad_mask", False)
+    ):
+        raise BenchError(
+            f"CoOp needs a CLIP text tower that pools the EOT token by argmax (this one pools {pool!r})",
+            where="--backbone",
+            fix="use an OpenAI-style CLIP architecture (RN50, ViT-B-16, ...)",
+        )
     return tower
 
 
-def encode_prompt_embeddings(tower: torch.nn.Module, embeddings: torch.Tensor, eot: torch.Tensor,
-                             truncate: bool = True) -> torch.Tensor:
+def encode_prompt_embeddings(
+    tower: torch.nn.Module, embeddings: torch.Tensor, eot: torch.Tensor, truncate: bool = True
+) -> torch.Tensor:
     """The frozen text transformer on prompt embeddings -> (P, D) raw text features.
 
     Args:
@@ -117,21 +125,30 @@ def _positions(name_lens: torch.Tensor, n_ctx: int, length: int, position: str) 
     for c, n in enumerate(name_lens.tolist()):
         ctx = list(range(1, 1 + n_ctx))
         name = list(range(1 + n_ctx, 1 + n_ctx + n))
-        index[c, 1:1 + n_ctx + n] = torch.tensor(ctx[:first] + name + ctx[first:])
+        index[c, 1 : 1 + n_ctx + n] = torch.tensor(ctx[:first] + name + ctx[first:])
     return index
 
 
 class PromptLearner(torch.nn.Module):
     """Learnable context + frozen SOT/name/period/EOT embeddings -> (C, L, W) prompt embeddings."""
 
-    def __init__(self, ctx: torch.Tensor, prefix: torch.Tensor, suffix: torch.Tensor, name_lens: torch.Tensor,
-                 eot: torch.Tensor, position: str):
+    def __init__(
+        self,
+        ctx: torch.Tensor,
+        prefix: torch.Tensor,
+        suffix: torch.Tensor,
+        name_lens: torch.Tensor,
+        eot: torch.Tensor,
+        position: str,
+    ):
         super().__init__()
         self.ctx = torch.nn.Parameter(ctx)  # (M, W) unified or (C, M, W) class-specific
         self.register_buffer("prefix", prefix)  # (C, 1, W) SOT
         self.register_buffer("suffix", suffix)  # (C, L - 1 - M, W) name, period, EOT, padding
-        self.register_buffer("eot", eot)        # (C,)
-        self.register_buffer("order", _positions(name_lens, ctx.shape[-2], 1 + ctx.shape[-2] + suffix.shape[1], position))
+        self.register_buffer("eot", eot)  # (C,)
+        self.register_buffer(
+            "order", _positions(name_lens, ctx.shape[-2], 1 + ctx.shape[-2] + suffix.shape[1], position)
+        )
         self.position = position
 
     @property
@@ -143,7 +160,7 @@ class PromptLearner(torch.nn.Module):
         length = length or self.order.shape[1]
         n_classes = self.prefix.shape[0]
         ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(n_classes, -1, -1)
-        end = torch.cat([self.prefix, ctx, self.suffix[:, :length - 1 - self.n_ctx]], dim=1)
+        end = torch.cat([self.prefix, ctx, self.suffix[:, : length - 1 - self.n_ctx]], dim=1)
         if self.position == "end":
             return end
         return end.gather(1, self.order[:, :length, None].expand(-1, -1, end.shape[-1]))
@@ -158,7 +175,9 @@ def _eot_positions(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.argmax(dim=-1)  # EOT has the largest id (open_clip's argmax pooling)
 
 
-def init_context(backbone: Any, cfg: CoopConfig, n_classes: int, generator: torch.Generator) -> tuple[torch.Tensor, str]:
+def init_context(
+    backbone: Any, cfg: CoopConfig, n_classes: int, generator: torch.Generator
+) -> tuple[torch.Tensor, str]:
     """Context vectors, (M, W) or (C, M, W), and the text standing in for them when tokenising."""
     tower = text_tower(backbone.model)
     embedding = tower.token_embedding
@@ -167,34 +186,51 @@ def init_context(backbone: Any, cfg: CoopConfig, n_classes: int, generator: torc
         tokens = backbone.tokenize([phrase]).to(embedding.weight.device)
         n_ctx = int(_eot_positions(tokens)[0]) - 1
         with torch.no_grad():
-            vectors = embedding(tokens)[0, 1:1 + n_ctx].float().clone()
+            vectors = embedding(tokens)[0, 1 : 1 + n_ctx].float().clone()
         return (vectors.repeat(n_classes, 1, 1) if cfg.csc else vectors), phrase
     if cfg.n_ctx < 1:
-        raise BenchError(f"n_ctx must be at least 1, got {cfg.n_ctx}", where="--set coop.n_ctx", fix="use e.g. 4, 8 or 16")
-    shape = (n_classes, cfg.n_ctx, embedding.weight.shape[1]) if cfg.csc else (cfg.n_ctx, embedding.weight.shape[1])
+        raise BenchError(
+            f"n_ctx must be at least 1, got {cfg.n_ctx}", where="--set coop.n_ctx", fix="use e.g. 4, 8 or 16"
+        )
+    shape = (
+        (n_classes, cfg.n_ctx, embedding.weight.shape[1])
+        if cfg.csc
+        else (cfg.n_ctx, embedding.weight.shape[1])
+    )
     vectors = torch.empty(shape).normal_(0.0, CTX_INIT_STD, generator=generator)
     return vectors, " ".join(["X"] * cfg.n_ctx)
 
 
-def build_prompt_learner(backbone: Any, classnames: tuple[str, ...], ctx: torch.Tensor, ctx_text: str,
-                         position: str) -> PromptLearner:
+def build_prompt_learner(
+    backbone: Any, classnames: tuple[str, ...], ctx: torch.Tensor, ctx_text: str, position: str
+) -> PromptLearner:
     """Tokenise ``"<ctx_text> <name>."`` per class as CoOp does and keep the frozen embeddings around the context."""
     if position not in POSITIONS:
-        raise BenchError(f"unknown class-token position {position!r}", where="--set coop.class_token_position",
-                         fix=f"use one of: {', '.join(POSITIONS)}")
+        raise BenchError(
+            f"unknown class-token position {position!r}",
+            where="--set coop.class_token_position",
+            fix=f"use one of: {', '.join(POSITIONS)}",
+        )
     tower = text_tower(backbone.model)
     device = tower.token_embedding.weight.device
-    names = [" ".join(name.split()) for name in classnames]  # "_" -> " " is the dataset reader's (CoOp's) clean-up
+    names = [
+        " ".join(name.split()) for name in classnames
+    ]  # "_" -> " " is the dataset reader's (CoOp's) clean-up
     tokens = backbone.tokenize([f"{ctx_text} {name}." for name in names]).to(device)
     name_lens = _eot_positions(backbone.tokenize(names)) - 1
     n_ctx = ctx.shape[-2]
     eot = _eot_positions(tokens)
     if not torch.equal(eot.cpu(), 1 + n_ctx + name_lens + 1) or eot.max() >= tokens.shape[1] - 1:
-        raise BenchError("a prompt does not tokenise as [SOT][context][name][.][EOT] within the context length",
-                         where="method coop", fix="shorten the class names or use fewer context vectors (n_ctx)")
+        raise BenchError(
+            "a prompt does not tokenise as [SOT][context][name][.][EOT] within the context length",
+            where="method coop",
+            fix="shorten the class names or use fewer context vectors (n_ctx)",
+        )
     with torch.no_grad():
         embedded = tower.token_embedding(tokens).float()
-    return PromptLearner(ctx.to(device), embedded[:, :1], embedded[:, 1 + n_ctx:], name_lens, eot, position).to(device)
+    return PromptLearner(
+        ctx.to(device), embedded[:, :1], embedded[:, 1 + n_ctx :], name_lens, eot, position
+    ).to(device)
 
 
 class PromptClassifier(torch.nn.Module):
@@ -212,15 +248,18 @@ class PromptClassifier(torch.nn.Module):
 class TransferablePromptClassifier(PromptClassifier):
     """A unified-context classifier: the learned context applies to any class names (base-to-new)."""
 
-    def __init__(self, text_features: torch.Tensor, scale: float, ctx: torch.Tensor, ctx_text: str, position: str):
+    def __init__(
+        self, text_features: torch.Tensor, scale: float, ctx: torch.Tensor, ctx_text: str, position: str
+    ):
         super().__init__(text_features, scale)
         self.register_buffer("ctx", ctx.detach().clone())
         self.ctx_text, self.position = ctx_text, position
 
     def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> TransferablePromptClassifier:
         learner = build_prompt_learner(ctx.backbone, classnames, self.ctx, self.ctx_text, self.position)
-        return TransferablePromptClassifier(final_text_features(learner, ctx), self.scale, self.ctx, self.ctx_text,
-                                            self.position)
+        return TransferablePromptClassifier(
+            final_text_features(learner, ctx), self.scale, self.ctx, self.ctx_text, self.position
+        )
 
 
 def final_text_features(learner: PromptLearner, ctx: FitContext) -> torch.Tensor:
@@ -245,11 +284,21 @@ def _train(learner: PromptLearner, data: FewShotData, cfg: CoopConfig, ctx: FitC
     work = 3 * data.n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
     generator = torch_generator(derive_seed(ctx.seed, "loader"))
     if cfg.augment == "live":
-        return train_on_live_features([learner.ctx], logits_fn, data.train, cfg.epochs, recipe, generator,
-                                      ctx.backbone, derive_seed(ctx.seed, "augment"), report)
+        return train_on_live_features(
+            [learner.ctx],
+            logits_fn,
+            data.train,
+            cfg.epochs,
+            recipe,
+            generator,
+            ctx.backbone,
+            derive_seed(ctx.seed, "augment"),
+            report,
+        )
     with cpu_threads_for(ctx.device, work):
-        return train_on_features([learner.ctx], logits_fn, data.train, cfg.epochs, recipe, generator, ctx.device,
-                                 report)
+        return train_on_features(
+            [learner.ctx], logits_fn, data.train, cfg.epochs, recipe, generator, ctx.device, report
+        )
 
 
 class Coop:
@@ -280,24 +329,43 @@ class Coop:
     def fit(self, data: FewShotData, cfg: CoopConfig, ctx: FitContext) -> PromptClassifier:
         generator = torch_generator(derive_seed(ctx.seed, "init"))
         vectors, ctx_text = init_context(ctx.backbone, cfg, data.n_classes, generator)
-        learner = build_prompt_learner(ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position)
+        learner = build_prompt_learner(
+            ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position
+        )
         losses = _train(learner, data, cfg, ctx)
         ctx.record("n_ctx", learner.n_ctx)
-        ctx.record("prompt", {"context": ctx_text, "position": cfg.class_token_position, "csc": cfg.csc,
-                              "tokens": f"{ctx_text} {{}}."})
+        ctx.record(
+            "prompt",
+            {
+                "context": ctx_text,
+                "position": cfg.class_token_position,
+                "csc": cfg.csc,
+                "tokens": f"{ctx_text} {{}}.",
+            },
+        )
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
         features = final_text_features(learner, ctx)
         if cfg.csc:
-            return PromptClassifier(features, ctx.logit_scale)  # class-specific context: tied to these classes
-        return TransferablePromptClassifier(features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position)
+            return PromptClassifier(
+                features, ctx.logit_scale
+            )  # class-specific context: tied to these classes
+        return TransferablePromptClassifier(
+            features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position
+        )
 
 
 def _stacked_prompts(learner: PromptLearner, ctx: torch.Tensor, length: int) -> torch.Tensor:
     """(S·C, length, W) prompt embeddings of S unified contexts ``ctx`` (S, M, W) around ``learner``'s tokens."""
     n_cells, n_classes, width = ctx.shape[0], learner.prefix.shape[0], ctx.shape[-1]
     expand = (n_cells, n_classes, -1, -1)
-    end = torch.cat([learner.prefix.expand(*expand), ctx[:, None].expand(*expand),
-                     learner.suffix[:, :length - 1 - ctx.shape[1]].expand(*expand)], dim=2)
+    end = torch.cat(
+        [
+            learner.prefix.expand(*expand),
+            ctx[:, None].expand(*expand),
+            learner.suffix[:, : length - 1 - ctx.shape[1]].expand(*expand),
+        ],
+        dim=2,
+    )
     if learner.position != "end":
         end = end.gather(2, learner.order[:, :length, None].expand(*expand[:2], -1, width))
     return end.flatten(0, 1)
@@ -312,21 +380,30 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
     names, or a listener for intermediate val scores."""
     from bench.methods.training import train_stacked
 
-    if (cfg.csc or cfg.augment != "cached" or len({tuple(d.train.features.shape) for d in data}) != 1
-            or len({d.classnames for d in data}) != 1 or any(c.report is not None for c in ctxs)):
+    if (
+        cfg.csc
+        or cfg.augment != "cached"
+        or len({tuple(d.train.features.shape) for d in data}) != 1
+        or len({d.classnames for d in data}) != 1
+        or any(c.report is not None for c in ctxs)
+    ):
         return [Coop().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
     ctx0, device = ctxs[0], ctxs[0].device
-    inits = [init_context(ctx0.backbone, cfg, data[0].n_classes, torch_generator(derive_seed(c.seed, "init")))
-             for c in ctxs]
+    inits = [
+        init_context(ctx0.backbone, cfg, data[0].n_classes, torch_generator(derive_seed(c.seed, "init")))
+        for c in ctxs
+    ]
     ctx_text = inits[0][1]
-    learner = build_prompt_learner(ctx0.backbone, data[0].classnames, inits[0][0], ctx_text, cfg.class_token_position)
+    learner = build_prompt_learner(
+        ctx0.backbone, data[0].classnames, inits[0][0], ctx_text, cfg.class_token_position
+    )
     stacked = torch.nn.Parameter(torch.stack([v for v, _ in inits]).to(device))  # (S, M, W)
     tower, scale, n_cells = text_tower(ctx0.backbone.model), ctx0.logit_scale, len(ctxs)
     length = int(learner.eot.max()) + 1
     eot = learner.eot.repeat(n_cells)
     recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
     features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
-    labels = torch.stack([d.train.labels for d in data]).to(device)      # (S, N)
+    labels = torch.stack([d.train.labels for d in data]).to(device)  # (S, N)
     generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
     cells = torch.arange(n_cells, device=device)[:, None]
 
@@ -340,15 +417,28 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
     # one cell's work: the same thread policy as its own fit, so timings compare
     work = 3 * data[0].n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
     with cpu_threads_for(device, work), torch.enable_grad():
-        losses = train_stacked([stacked], stacked_logits, features, labels, cfg.epochs, recipe, generators, ctxs)
+        losses = train_stacked(
+            [stacked], stacked_logits, features, labels, cfg.epochs, recipe, generators, ctxs
+        )
     out = []
     for s, c in enumerate(ctxs):
-        cell = build_prompt_learner(c.backbone, data[s].classnames, stacked[s].detach().clone(), ctx_text,
-                                    cfg.class_token_position)
+        cell = build_prompt_learner(
+            c.backbone, data[s].classnames, stacked[s].detach().clone(), ctx_text, cfg.class_token_position
+        )
         c.record("n_ctx", cell.n_ctx)
-        c.record("prompt", {"context": ctx_text, "position": cfg.class_token_position, "csc": cfg.csc,
-                            "tokens": f"{ctx_text} {{}}."})
+        c.record(
+            "prompt",
+            {
+                "context": ctx_text,
+                "position": cfg.class_token_position,
+                "csc": cfg.csc,
+                "tokens": f"{ctx_text} {{}}.",
+            },
+        )
         c.record("train_loss_first_last", [float(losses[0][s]), float(losses[-1][s])] if losses else [])
-        out.append(TransferablePromptClassifier(final_text_features(cell, c), c.logit_scale, cell.ctx, ctx_text,
-                                                cfg.class_token_position))
+        out.append(
+            TransferablePromptClassifier(
+                final_text_features(cell, c), c.logit_scale, cell.ctx, ctx_text, cfg.class_token_position
+            )
+        )
     return out

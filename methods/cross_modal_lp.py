@@ -44,26 +44,26 @@ from bench.methods.tip_adapter import default_prompts
 from bench.methods.training import cpu_threads_for
 from bench.seeding import derive_seed, torch_generator
 
-LR_GRID = (1e-3, 1e-4)             # HYPER_DICT['linear']
+LR_GRID = (1e-3, 1e-4)  # HYPER_DICT['linear']
 WEIGHT_DECAY_GRID = (0.0, 1e-2, 1e-4)
 BATCH_GRID = (8, 32)
-TEXT_RATIO = 0.5                   # train.py CROSS_MODAL_BATCH_RATIO
+TEXT_RATIO = 0.5  # train.py CROSS_MODAL_BATCH_RATIO
 INITS = ("zeroshot", "random")
 
 
 @dataclass(frozen=True)
 class CrossModalLpConfig:
     BOUNDS: ClassVar[dict] = {"iters": (0, None), "warmup_iters": (0, None), "eval_every": (1, None)}
-    lr: float | None = None            # None: searched over LR_GRID on val
+    lr: float | None = None  # None: searched over LR_GRID on val
     weight_decay: float | None = None  # None: searched over WEIGHT_DECAY_GRID
-    batch_size: int | None = None      # None: searched over BATCH_GRID (images + texts per step)
-    iters: int = 12800                 # HYPER_DICT['linear']['max_iter']
-    warmup_iters: int = 50             # linear warm-up from warmup_lr
+    batch_size: int | None = None  # None: searched over BATCH_GRID (images + texts per step)
+    iters: int = 12800  # HYPER_DICT['linear']['max_iter']
+    warmup_iters: int = 50  # linear warm-up from warmup_lr
     warmup_lr: float = 1e-5
-    eval_every: int = 100              # train.py EVAL_FREQ: val accuracy for the best-iteration choice
-    text_samples: bool = True          # False: the uni-modal probe
-    init: str = "zeroshot"             # "zeroshot" (README) or "random" (nn.Linear's default init)
-    prompts: str = "coop"              # default_config: ImageNet "coop_ensemble" (hand_crafted templates)
+    eval_every: int = 100  # train.py EVAL_FREQ: val accuracy for the best-iteration choice
+    text_samples: bool = True  # False: the uni-modal probe
+    init: str = "zeroshot"  # "zeroshot" (README) or "random" (nn.Linear's default init)
+    prompts: str = "coop"  # default_config: ImageNet "coop_ensemble" (hand_crafted templates)
 
 
 def lr_factor(step: int, cfg: CrossModalLpConfig) -> float | None:
@@ -79,7 +79,9 @@ def loader_batches(n: int, batch_size: int, steps: int, generator: torch.Generat
     """(steps, batch_size) indices of a shuffled ``drop_last`` loader over n items, reshuffled when exhausted."""
     per_pass = n // batch_size
     passes = math.ceil(steps / per_pass)
-    order = torch.stack([torch.randperm(n, generator=generator)[:per_pass * batch_size] for _ in range(passes)])
+    order = torch.stack(
+        [torch.randperm(n, generator=generator)[: per_pass * batch_size] for _ in range(passes)]
+    )
     return order.view(passes * per_pass, batch_size)[:steps]
 
 
@@ -112,9 +114,19 @@ class NormalizedLinear(torch.nn.Module):
         return self.scale * F.normalize(features.float(), dim=-1) @ self.weight.t()
 
 
-def train_heads(init: torch.Tensor, hypers: list[Hyper], images: torch.Tensor, image_labels: torch.Tensor,
-                texts: torch.Tensor | None, text_labels: torch.Tensor | None, val: torch.Tensor,
-                val_labels: torch.Tensor, cfg: CrossModalLpConfig, scale: float, seed: int) -> list[tuple[float, int, torch.Tensor]]:
+def train_heads(
+    init: torch.Tensor,
+    hypers: list[Hyper],
+    images: torch.Tensor,
+    image_labels: torch.Tensor,
+    texts: torch.Tensor | None,
+    text_labels: torch.Tensor | None,
+    val: torch.Tensor,
+    val_labels: torch.Tensor,
+    cfg: CrossModalLpConfig,
+    scale: float,
+    seed: int,
+) -> list[tuple[float, int, torch.Tensor]]:
     """Train one head per hyperparameter setting of one batch size, side by side as a (G, C, D) stack; every
     setting draws its own batches. The cross-entropy gradient and AdamW's update (``torch.optim.AdamW``'s
     arithmetic, per-setting lr and weight decay) are written out so that one step is a few tensor ops for
@@ -132,14 +144,29 @@ def train_heads(init: torch.Tensor, hypers: list[Hyper], images: torch.Tensor, i
     device = init.device
     index = []
     for h in hypers:
-        generator = torch_generator(derive_seed(seed, "cross_modal_lp", "batches", h.lr, h.weight_decay, h.batch_size))
-        index.append((loader_batches(len(images), n_image, cfg.iters, generator) if n_image else None,
-                      loader_batches(len(texts), n_text, cfg.iters, generator) if n_text else None))
+        generator = torch_generator(
+            derive_seed(seed, "cross_modal_lp", "batches", h.lr, h.weight_decay, h.batch_size)
+        )
+        index.append(
+            (
+                loader_batches(len(images), n_image, cfg.iters, generator) if n_image else None,
+                loader_batches(len(texts), n_text, cfg.iters, generator) if n_text else None,
+            )
+        )
     pool = images if texts is None else torch.cat([images, texts])
     pool_labels = image_labels if texts is None else torch.cat([image_labels, text_labels])
     # (iters, G, B) rows of `pool`: each setting's image half, then its text half
-    rows = torch.stack([torch.cat([i for i in (img, None if txt is None else txt + len(images)) if i is not None], 1)
-                        for img, txt in index], 1).to(device) if cfg.iters else None
+    rows = (
+        torch.stack(
+            [
+                torch.cat([i for i in (img, None if txt is None else txt + len(images)) if i is not None], 1)
+                for img, txt in index
+            ],
+            1,
+        ).to(device)
+        if cfg.iters
+        else None
+    )
     lr = torch.tensor([h.lr for h in hypers], device=device).view(-1, 1, 1)
     wd = torch.tensor([h.weight_decay for h in hypers], device=device).view(-1, 1, 1)
     beta1, beta2, eps = 0.9, 0.999, 1e-8  # AdamW defaults, engine/optimizer/optim.py ADAM_BETAS
@@ -157,8 +184,8 @@ def train_heads(init: torch.Tensor, hypers: list[Hyper], images: torch.Tensor, i
         weight.mul_(1 - step_lr * wd)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
-        weight.addcdiv_(exp_avg, denom * (1 - beta1 ** t) / step_lr, value=-1.0)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+        weight.addcdiv_(exp_avg, denom * (1 - beta1**t) / step_lr, value=-1.0)
         if step % cfg.eval_every == 0:
             accuracy = ((val @ weight.transpose(1, 2)).argmax(2) == val_labels).double().mean(1)
             for g, acc in enumerate(accuracy.tolist()):
@@ -185,18 +212,28 @@ class CrossModalLp:
     def search_space(self, trial: Any, dataset: str, shots: int, cfg: CrossModalLpConfig) -> dict[str, Any]:
         """``--tune``: lr and weight decay over the official grid's ranges (log scale) and the batch size,
         each trial one setting (the internal grid search is then off)."""
-        return {"lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
-                "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),
-                "batch_size": trial.suggest_categorical("batch_size", list(BATCH_GRID))}
+        return {
+            "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", list(BATCH_GRID)),
+        }
 
     def fit(self, data: FewShotData, cfg: CrossModalLpConfig, ctx: FitContext) -> NormalizedLinear:
         if cfg.init not in INITS:
-            raise BenchError(f"unknown init {cfg.init!r}", where="cross_modal_lp.init", fix=f"use one of: {', '.join(INITS)}")
+            raise BenchError(
+                f"unknown init {cfg.init!r}",
+                where="cross_modal_lp.init",
+                fix=f"use one of: {', '.join(INITS)}",
+            )
         device = ctx.device
-        text = ctx.text_features(prompt_templates(data, cfg.prompts), data.classnames).to(device).float()  # (T, C, D)
+        text = (
+            ctx.text_features(prompt_templates(data, cfg.prompts), data.classnames).to(device).float()
+        )  # (T, C, D)
         n_classes, dim = data.n_classes, text.shape[-1]
         if cfg.init == "zeroshot":
-            init = F.normalize(text.mean(0), dim=-1)  # get_zero_shot_weights: mean of raw features, normalised
+            init = F.normalize(
+                text.mean(0), dim=-1
+            )  # get_zero_shot_weights: mean of raw features, normalised
         else:  # nn.Linear's default init, U(-1/sqrt(D), 1/sqrt(D))
             generator = torch_generator(derive_seed(ctx.seed, "cross_modal_lp", "init"))
             init = ((torch.rand(n_classes, dim, generator=generator) * 2 - 1) / math.sqrt(dim)).to(device)
@@ -206,13 +243,20 @@ class CrossModalLp:
         if cfg.text_samples:
             texts = F.normalize(text.reshape(-1, dim), dim=-1)
             text_labels = torch.arange(n_classes, device=device).repeat(text.shape[0])
-        sizes = valid_batch_sizes((cfg.batch_size,) if cfg.batch_size else BATCH_GRID, len(images),
-                                  0 if texts is None else len(texts), cfg.text_samples)
+        sizes = valid_batch_sizes(
+            (cfg.batch_size,) if cfg.batch_size else BATCH_GRID,
+            len(images),
+            0 if texts is None else len(texts),
+            cfg.text_samples,
+        )
         if not sizes:
-            raise BenchError(f"no batch size fits {len(images)} support images"
-                             + (f" and {len(texts)} text samples" if texts is not None else ""),
-                             where="cross_modal_lp.batch_size", fix="set a smaller batch_size (each half must be "
-                             "smaller than its dataset, as the official code requires)")
+            raise BenchError(
+                f"no batch size fits {len(images)} support images"
+                + (f" and {len(texts)} text samples" if texts is not None else ""),
+                where="cross_modal_lp.batch_size",
+                fix="set a smaller batch_size (each half must be "
+                "smaller than its dataset, as the official code requires)",
+            )
         val = F.normalize(data.val.center.to(device).float(), dim=-1)
         val_labels = data.val.labels.to(device)
         scale = ctx.logit_scale
@@ -223,14 +267,46 @@ class CrossModalLp:
         with cpu_threads_for(device, work):
             for size in sizes:  # one batch size at a time: its settings train side by side
                 hypers = [Hyper(lr, wd, size) for lr, wd in itertools.product(lrs, wds)]
-                trained = train_heads(init, hypers, images, image_labels, texts, text_labels, val, val_labels, cfg,
-                                      scale, ctx.seed)
+                trained = train_heads(
+                    init,
+                    hypers,
+                    images,
+                    image_labels,
+                    texts,
+                    text_labels,
+                    val,
+                    val_labels,
+                    cfg,
+                    scale,
+                    ctx.seed,
+                )
                 results += list(zip(hypers, trained, strict=True))
         order = {(lr, wd, size): i for i, (lr, wd, size) in enumerate(itertools.product(lrs, wds, sizes))}
-        results.sort(key=lambda r: order[(r[0].lr, r[0].weight_decay, r[0].batch_size)])  # eval.py's sweep order
+        results.sort(
+            key=lambda r: order[(r[0].lr, r[0].weight_decay, r[0].batch_size)]
+        )  # eval.py's sweep order
         best_hyper, (best_acc, best_step, weight) = max(results, key=lambda r: r[1][0])  # first of the best
-        ctx.record("search", [{"lr": h.lr, "weight_decay": h.weight_decay, "batch_size": h.batch_size,
-                               "val_top1": acc, "best_iter": step} for h, (acc, step, _) in results])
-        ctx.record("chosen", {"lr": best_hyper.lr, "weight_decay": best_hyper.weight_decay,
-                              "batch_size": best_hyper.batch_size, "val_top1": best_acc, "best_iter": best_step})
+        ctx.record(
+            "search",
+            [
+                {
+                    "lr": h.lr,
+                    "weight_decay": h.weight_decay,
+                    "batch_size": h.batch_size,
+                    "val_top1": acc,
+                    "best_iter": step,
+                }
+                for h, (acc, step, _) in results
+            ],
+        )
+        ctx.record(
+            "chosen",
+            {
+                "lr": best_hyper.lr,
+                "weight_decay": best_hyper.weight_decay,
+                "batch_size": best_hyper.batch_size,
+                "val_top1": best_acc,
+                "best_iter": best_step,
+            },
+        )
         return NormalizedLinear(weight, scale)

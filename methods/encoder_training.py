@@ -49,19 +49,26 @@ def loader_workers(device: torch.device) -> int:
     return 0 if device.type != "cuda" else min(8, os.cpu_count() or 1)
 
 
-def live_view(seed: int, epoch: int, augment: bool = True, scale: tuple[float, float] = (0.08, 1.0)) -> ViewSpec:
+def live_view(
+    seed: int, epoch: int, augment: bool = True, scale: tuple[float, float] = (0.08, 1.0)
+) -> ViewSpec:
     """The view of every support image in ``epoch``: one fresh random crop (``augment``) or the centre view."""
     if not augment:
         return CENTER
     return replace(ViewSpec.augment(1, seed=derive_seed(seed, "live", epoch)), scale=tuple(scale))
 
 
-def pixel_batches(source: ImageSource, view: ViewSpec, order: Sequence[torch.Tensor],
-                  device: torch.device) -> Iterator[torch.Tensor]:
+def pixel_batches(
+    source: ImageSource, view: ViewSpec, order: Sequence[torch.Tensor], device: torch.device
+) -> Iterator[torch.Tensor]:
     """(B, 3, S, S) pixels of each index batch of ``order``, decoded and augmented by DataLoader workers."""
     dataset = ImageViews(source.root, list(source.paths), source.preprocessing, view)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[b.tolist() for b in order],
-                                         num_workers=loader_workers(device), pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=[b.tolist() for b in order],
+        num_workers=loader_workers(device),
+        pin_memory=device.type == "cuda",
+    )
     for views, errors in loader:
         bad = [e for e in errors if e]
         if bad:
@@ -83,20 +90,34 @@ def image_features(backbone, pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_source(encode: Callable[[torch.Tensor], torch.Tensor], source: ImageSource, device: torch.device,
-                  view: ViewSpec = CENTER, batch_size: int = EVAL_IMAGE_BATCH) -> torch.Tensor:
+def encode_source(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    source: ImageSource,
+    device: torch.device,
+    view: ViewSpec = CENTER,
+    batch_size: int = EVAL_IMAGE_BATCH,
+) -> torch.Tensor:
     """(N, D) float32 on the CPU: ``encode`` ((B, 3, S, S) -> (B, D)) over every image of ``source``."""
     order = list(torch.arange(len(source.paths)).split(batch_size))
-    chunks = [encode(to_device(pixels, device)).float().cpu() for pixels in pixel_batches(source, view, order, device)]
+    chunks = [
+        encode(to_device(pixels, device)).float().cpu()
+        for pixels in pixel_batches(source, view, order, device)
+    ]
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
-def encoded_set(encode: Callable[[torch.Tensor], torch.Tensor], data: FeatureSet, device: torch.device) -> FeatureSet:
+def encoded_set(
+    encode: Callable[[torch.Tensor], torch.Tensor], data: FeatureSet, device: torch.device
+) -> FeatureSet:
     """``data`` with its features replaced by ``encode`` over its images (centre view): what an adapted
     encoder sees at test time. Raises when the set carries no images."""
     if data.images is None:
-        raise BenchError("this classifier adapted the image encoder, and the feature set it is scored on carries "
-                         "no images", where="scoring", fix="score it through the runner (bench run)")
+        raise BenchError(
+            "this classifier adapted the image encoder, and the feature set it is scored on carries "
+            "no images",
+            where="scoring",
+            fix="score it through the runner (bench run)",
+        )
     features = encode_source(encode, data.images, device)
     return FeatureSet(features[None], data.labels, data.images)
 
@@ -104,8 +125,15 @@ def encoded_set(encode: Callable[[torch.Tensor], torch.Tensor], data: FeatureSet
 @contextmanager
 def grad_checkpointing(model: torch.nn.Module, enable: bool) -> Iterator[None]:
     """open_clip's own activation checkpointing of both transformers for the ``with`` block (then restored)."""
-    towers = [t for t in (getattr(model, "transformer", None), getattr(getattr(model, "visual", None), "transformer", None),
-                          getattr(getattr(model, "text", None), "transformer", None)) if hasattr(t, "grad_checkpointing")]
+    towers = [
+        t
+        for t in (
+            getattr(model, "transformer", None),
+            getattr(getattr(model, "visual", None), "transformer", None),
+            getattr(getattr(model, "text", None), "transformer", None),
+        )
+        if hasattr(t, "grad_checkpointing")
+    ]
     before = [t.grad_checkpointing for t in towers]
     for tower in towers:
         tower.grad_checkpointing = enable or tower.grad_checkpointing
@@ -164,7 +192,9 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def epoch_order(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:
+def epoch_order(
+    n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True
+) -> list[torch.Tensor]:
     """One epoch's shuffled index batches. ``drop_last``: Dassl's rule (drop the partial batch only when a
     full one exists); ``False``: keep it (CLIP-LoRA's loader, ``drop_last=False``)."""
     from bench.methods.training import batches
@@ -272,8 +302,11 @@ def live_features(backbone, source: ImageSource, view: ViewSpec) -> torch.Tensor
 
 def check_augment(augment: str, method: str) -> None:
     if augment not in AUGMENTS:
-        raise BenchError(f"unknown augment {augment!r}", where=f"config field {method}.augment",
-                         fix=f"use one of: {', '.join(AUGMENTS)}")
+        raise BenchError(
+            f"unknown augment {augment!r}",
+            where=f"config field {method}.augment",
+            fix=f"use one of: {', '.join(AUGMENTS)}",
+        )
 
 
 def normalised_logits(scale: float, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -281,10 +314,18 @@ def normalised_logits(scale: float, image: torch.Tensor, text: torch.Tensor) -> 
     return scale * F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()
 
 
-def train_on_live_features(params: list[torch.nn.Parameter], logits_fn: Callable[[torch.Tensor], torch.Tensor],
-                           train: FeatureSet, epochs: int, recipe, generator: torch.Generator, backbone, seed: int,
-                           on_epoch_end: Callable[[int], None] | None = None,
-                           scale: tuple[float, float] = (0.08, 1.0)) -> list[float]:
+def train_on_live_features(
+    params: list[torch.nn.Parameter],
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    train: FeatureSet,
+    epochs: int,
+    recipe,
+    generator: torch.Generator,
+    backbone,
+    seed: int,
+    on_epoch_end: Callable[[int], None] | None = None,
+    scale: tuple[float, float] = (0.08, 1.0),
+) -> list[float]:
     """:func:`bench.methods.training.train_on_features` with live augmentation (``augment="live"``): every
     epoch, each support image is encoded anew by the frozen encoder through one fresh random crop (what
     Dassl's loader does every epoch), instead of one of its cached views being drawn.
@@ -298,8 +339,11 @@ def train_on_live_features(params: list[torch.nn.Parameter], logits_fn: Callable
     from bench.methods.training import check_loss, dassl_lr, make_optimizer, run_epoch
 
     if train.images is None:
-        raise BenchError("live augmentation needs the support images and got none", where="FewShotData.train.images",
-                         fix="run it through the runner (bench run), which attaches the images")
+        raise BenchError(
+            "live augmentation needs the support images and got none",
+            where="FewShotData.train.images",
+            fix="run it through the runner (bench run), which attaches the images",
+        )
     device = backbone.device
     optimizer = make_optimizer(params, recipe)
     labels = train.labels.to(device)
@@ -312,7 +356,11 @@ def train_on_live_features(params: list[torch.nn.Parameter], logits_fn: Callable
         for epoch in range(epochs):
             for group in optimizer.param_groups:
                 group["lr"] = dassl_lr(epoch, epochs, recipe)
-            crops = live_features(backbone, train.images, live_view(seed, epoch, True, scale)).clone()[None].to(device)
+            crops = (
+                live_features(backbone, train.images, live_view(seed, epoch, True, scale))
+                .clone()[None]
+                .to(device)
+            )
             losses.append(float(run_epoch(optimizer, loss_fn, crops, labels, recipe.batch_size, generator)))
             check_loss(losses[-1], epoch)
             if on_epoch_end is not None:

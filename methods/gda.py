@@ -44,12 +44,16 @@ COVARIANCES = ("shrinkage", "empirical")
 
 @dataclass(frozen=True)
 class GdaConfig:
-    BOUNDS: ClassVar[dict] = {"alpha": (0, None), "new_class_neighbours": (2, None), "new_class_text_copies": (0, None)}
-    alpha: float | None = None       # None: the first best of ALPHA_GRID on val (the official search)
-    covariance: str = "shrinkage"    # "shrinkage" (few-shot code, KS estimator) or "empirical" (base2new code)
-    train_views: int = 10            # augment_epoch: 10
-    prompts: str = "coop"            # default_config: ImageNet "coop_ensemble"
-    new_class_neighbours: int = 64   # main_base2new.py k
+    BOUNDS: ClassVar[dict] = {
+        "alpha": (0, None),
+        "new_class_neighbours": (2, None),
+        "new_class_text_copies": (0, None),
+    }
+    alpha: float | None = None  # None: the first best of ALPHA_GRID on val (the official search)
+    covariance: str = "shrinkage"  # "shrinkage" (few-shot code, KS estimator) or "empirical" (base2new code)
+    train_views: int = 10  # augment_epoch: 10
+    prompts: str = "coop"  # default_config: ImageNet "coop_ensemble"
+    new_class_neighbours: int = 64  # main_base2new.py k
     new_class_text_copies: int = 16  # main_base2new.py: w.unsqueeze(0).repeat(16, 1)
 
 
@@ -66,18 +70,28 @@ def shrinkage_precision(centred: torch.Tensor) -> torch.Tensor:
     return dim * torch.linalg.pinv((n - 1) * cov + cov.trace() * eye)
 
 
-def precision_matrix(samples: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, covariance: str) -> torch.Tensor:
+def precision_matrix(
+    samples: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, covariance: str
+) -> torch.Tensor:
     """(D, D) shared precision of ``samples`` (n, D) around their class ``means`` (C, D)."""
     if covariance == "shrinkage":
         return shrinkage_precision(samples - means[labels])
     if covariance == "empirical":
         counts = torch.bincount(labels, minlength=len(means))
         if int(counts.min()) < 2:
-            raise BenchError("the empirical covariance needs at least two samples per class", where="gda.covariance",
-                             fix="use covariance=shrinkage, or cache augmented views (train_views > 0)")
-        return torch.linalg.pinv(torch.stack([samples[labels == c].T.cov() for c in range(len(means))]).mean(0))
-    raise BenchError(f"unknown covariance estimator {covariance!r}", where="gda.covariance",
-                     fix=f"use one of: {', '.join(COVARIANCES)}")
+            raise BenchError(
+                "the empirical covariance needs at least two samples per class",
+                where="gda.covariance",
+                fix="use covariance=shrinkage, or cache augmented views (train_views > 0)",
+            )
+        return torch.linalg.pinv(
+            torch.stack([samples[labels == c].T.cov() for c in range(len(means))]).mean(0)
+        )
+    raise BenchError(
+        f"unknown covariance estimator {covariance!r}",
+        where="gda.covariance",
+        fix=f"use one of: {', '.join(COVARIANCES)}",
+    )
 
 
 def discriminant(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +101,9 @@ def discriminant(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Te
     return weight, bias
 
 
-def choose_alpha(zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
+def choose_alpha(
+    zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, list[float]]:
     """The official α search: the first α of ``ALPHA_GRID`` with the best val accuracy (strict ``>``, starting
     from 0 and α = 0.1). zero_shot, gda: (N, C) logits of the val features. -> (α, accuracy per α)."""
     best_acc, best_alpha, scores = 0.0, 0.1, []
@@ -102,15 +118,34 @@ def choose_alpha(zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tenso
 class GdaClassifier(torch.nn.Module):
     """logits = scale · f̂ Zᵀ + α (f̂ Wᵀ + b); f̂ the normalised (N, D) features, Z (C, D), W (C, D), b (C,)."""
 
-    def __init__(self, zero_shot: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float, scale: float,
-                 *, classnames: tuple[str, ...], templates: tuple[str, ...], samples: torch.Tensor, cfg: GdaConfig):
+    def __init__(
+        self,
+        zero_shot: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        alpha: float,
+        scale: float,
+        *,
+        classnames: tuple[str, ...],
+        templates: tuple[str, ...],
+        samples: torch.Tensor,
+        cfg: GdaConfig,
+    ):
         super().__init__()
         self.register_buffer("zero_shot", zero_shot.float())
         self.register_buffer("weight", weight.float())
         self.register_buffer("bias", bias.float())
         self.register_buffer("samples", samples)  # (n, D) normalised support samples, for new classes
-        self.alpha, self.scale, self.classnames, self.templates, self.cfg = alpha, scale, classnames, templates, cfg
-        self.fitted: tuple[GdaClassifier, ...] = ()  # a synthesised classifier keeps the fitted one (not a submodule)
+        self.alpha, self.scale, self.classnames, self.templates, self.cfg = (
+            alpha,
+            scale,
+            classnames,
+            templates,
+            cfg,
+        )
+        self.fitted: tuple[
+            GdaClassifier, ...
+        ] = ()  # a synthesised classifier keeps the fitted one (not a submodule)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = F.normalize(features.float(), dim=-1)
@@ -122,19 +157,36 @@ class GdaClassifier(torch.nn.Module):
         if tuple(classnames) == fitted.classnames:
             return fitted
         text = embed_classes(ctx, tuple(classnames), self.templates)
-        weight, bias = synthesise_new_classes(self.samples.double(), text.double(), self.cfg.new_class_neighbours,
-                                              self.cfg.new_class_text_copies)
-        new = GdaClassifier(text, weight, bias, self.alpha, self.scale, classnames=tuple(classnames),
-                            templates=self.templates, samples=self.samples, cfg=self.cfg)
+        weight, bias = synthesise_new_classes(
+            self.samples.double(),
+            text.double(),
+            self.cfg.new_class_neighbours,
+            self.cfg.new_class_text_copies,
+        )
+        new = GdaClassifier(
+            text,
+            weight,
+            bias,
+            self.alpha,
+            self.scale,
+            classnames=tuple(classnames),
+            templates=self.templates,
+            samples=self.samples,
+            cfg=self.cfg,
+        )
         new.fitted = (fitted,)
         return new
 
 
-def synthesise_new_classes(samples: torch.Tensor, text: torch.Tensor, k: int, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+def synthesise_new_classes(
+    samples: torch.Tensor, text: torch.Tensor, k: int, copies: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``main_base2new.py``: GDA (W (C', D), b (C',)) for classes with text weights ``text`` (C', D) and no samples."""
     k = min(k, len(samples))
     neighbours = [samples[torch.topk(t @ samples.T, k=k).indices] for t in text]
-    means = torch.stack([torch.cat([nb, t.expand(copies, -1)]).mean(0) for nb, t in zip(neighbours, text, strict=True)])
+    means = torch.stack(
+        [torch.cat([nb, t.expand(copies, -1)]).mean(0) for nb, t in zip(neighbours, text, strict=True)]
+    )
     dim = samples.shape[1]
     eye = torch.eye(dim, dtype=samples.dtype, device=samples.device)
     precisions = []
@@ -164,12 +216,23 @@ class Gda:
         templates = prompt_templates(data, cfg.prompts)
         zero_shot = embed_classes(ctx, data.classnames, templates)
         views = data.train.features.to(ctx.device)
-        samples = F.normalize(views.reshape(-1, views.shape[-1]).double(), dim=-1)  # view-major: view v, image i
+        samples = F.normalize(
+            views.reshape(-1, views.shape[-1]).double(), dim=-1
+        )  # view-major: view v, image i
         labels = data.train.labels.to(ctx.device).repeat(views.shape[0])
         means = class_means(samples, labels, data.n_classes)
         weight, bias = discriminant(means, precision_matrix(samples, labels, means, cfg.covariance))
-        classifier = GdaClassifier(zero_shot, weight, bias, 0.0, ctx.logit_scale, classnames=data.classnames,
-                                   templates=templates, samples=samples.float(), cfg=cfg)
+        classifier = GdaClassifier(
+            zero_shot,
+            weight,
+            bias,
+            0.0,
+            ctx.logit_scale,
+            classnames=data.classnames,
+            templates=templates,
+            samples=samples.float(),
+            cfg=cfg,
+        )
         alpha = cfg.alpha
         if alpha is None:
             x_val = F.normalize(data.val.center.to(ctx.device).float(), dim=-1)

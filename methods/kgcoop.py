@@ -62,12 +62,14 @@ KGCOOP_TEMPLATES = {
 @dataclass(frozen=True)
 class KgCoopConfig:
     BOUNDS: ClassVar[dict] = {"lam": (0, None), "n_ctx": (1, None)}
-    lam: float = 8.0                   # λ, the weight of 1 − mean cos(learned, hand-crafted) (official TRAINER.COOP.W)
-    anchor: str = OFFICIAL             # hand-crafted prompts: "official" (KgCoOp's templates) or a prompt set ("coop", ...)
-    n_ctx: int = 4                     # used only with random init (ctx_init = "")
-    ctx_init: str = "a photo of a"     # the phrase's token embeddings (M = its tokens); "" = random N(0, 0.02²)
+    lam: float = 8.0  # λ, the weight of 1 − mean cos(learned, hand-crafted) (official TRAINER.COOP.W)
+    anchor: str = (
+        OFFICIAL  # hand-crafted prompts: "official" (KgCoOp's templates) or a prompt set ("coop", ...)
+    )
+    n_ctx: int = 4  # used only with random init (ctx_init = "")
+    ctx_init: str = "a photo of a"  # the phrase's token embeddings (M = its tokens); "" = random N(0, 0.02²)
     class_token_position: str = "end"  # "end" (official), "middle" or "front"
-    train_views: int = 10              # cached augmented views per support image
+    train_views: int = 10  # cached augmented views per support image
     epochs: int = 100
     lr: float = 0.002
     batch_size: int = 128
@@ -97,9 +99,12 @@ class KgCoop:
 
     def fit(self, data: FewShotData, cfg: KgCoopConfig, ctx: FitContext) -> TransferablePromptClassifier:
         coop_cfg = CoopConfig(n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init)
-        vectors, ctx_text = init_context(ctx.backbone, coop_cfg, data.n_classes,
-                                         torch_generator(derive_seed(ctx.seed, "init")))
-        learner = build_prompt_learner(ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position)
+        vectors, ctx_text = init_context(
+            ctx.backbone, coop_cfg, data.n_classes, torch_generator(derive_seed(ctx.seed, "init"))
+        )
+        learner = build_prompt_learner(
+            ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position
+        )
         anchor_set, templates = hand_crafted_templates(data, cfg.anchor, KGCOOP_TEMPLATES)
         anchor = hand_crafted_features(ctx, data.classnames, templates)
         objective = None
@@ -107,13 +112,20 @@ class KgCoop:
             scale = ctx.logit_scale
 
             def objective(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-                return F.cross_entropy(prompt_logits(x, text, scale), y) + cfg.lam * knowledge_distance(text, anchor)
+                return F.cross_entropy(prompt_logits(x, text, scale), y) + cfg.lam * knowledge_distance(
+                    text, anchor
+                )
 
         losses = train_context(learner, data, cfg, ctx, objective)
         features = final_text_features(learner, ctx)
         ctx.record("n_ctx", learner.n_ctx)
-        ctx.record("prompt", {"context": ctx_text, "position": cfg.class_token_position, "tokens": f"{ctx_text} {{}}."})
+        ctx.record(
+            "prompt",
+            {"context": ctx_text, "position": cfg.class_token_position, "tokens": f"{ctx_text} {{}}."},
+        )
         ctx.record("hand_crafted", {"set": anchor_set, "templates": list(templates)})
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
         ctx.record("knowledge_distance", float(knowledge_distance(features.float(), anchor)))
-        return TransferablePromptClassifier(features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position)
+        return TransferablePromptClassifier(
+            features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position
+        )

@@ -36,11 +36,11 @@ SMALL_PROBLEM = 50_000_000  # N x D x C below which one CPU thread beats several
 class LinearProbeConfig:
     BOUNDS: ClassVar[dict] = {"search_steps": (0, None), "max_iter": (1, None)}
     c_sweep: tuple[float, ...] = C_SWEEP  # lpclip's initial search list
-    search_steps: int = 8                 # lpclip --num_step
-    max_iter: int = 1000                  # sklearn LogisticRegression(max_iter=1000)
-    tol: float = 1e-4                     # sklearn's default tol (L-BFGS-B gtol)
-    warm_start: bool = False              # True: start each fit from the nearest fitted C's solution instead of
-                                          # zeros (lpclip); ~5% faster, but moves the chosen C (docs/performance.md)
+    search_steps: int = 8  # lpclip --num_step
+    max_iter: int = 1000  # sklearn LogisticRegression(max_iter=1000)
+    tol: float = 1e-4  # sklearn's default tol (L-BFGS-B gtol)
+    warm_start: bool = False  # True: start each fit from the nearest fitted C's solution instead of
+    # zeros (lpclip); ~5% faster, but moves the chosen C (docs/performance.md)
 
 
 class LinearLogits(torch.nn.Module):
@@ -59,8 +59,15 @@ class LinearLogits(torch.nn.Module):
         return torch.cat([self.weight.flatten(), self.bias]).double().cpu().numpy()
 
 
-def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, n_classes: int, c: float,
-                            max_iter: int = 1000, tol: float = 1e-4, init: LinearLogits | None = None) -> LinearLogits:
+def fit_logistic_regression(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    c: float,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    init: LinearLogits | None = None,
+) -> LinearLogits:
     """L2-regularised multinomial logistic regression (sklearn's objective and solver).
 
     Args:
@@ -80,7 +87,7 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, n_clas
     @torch.no_grad()
     def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
         params = torch.from_numpy(theta).to(x.device)
-        weight, bias = params[: n_classes * d].view(n_classes, d), params[n_classes * d:]
+        weight, bias = params[: n_classes * d].view(n_classes, d), params[n_classes * d :]
         log_probs = (x @ weight.t() + bias).log_softmax(dim=1)
         loss = -(log_probs * one_hot).sum() / n + penalty * weight.pow(2).sum()
         residual = (log_probs.exp() - one_hot) / n  # d(mean CE)/d(logits)
@@ -90,13 +97,16 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, n_clas
     theta0 = np.zeros(n_classes * d + n_classes) if init is None else init.theta()
     with _few_threads(x.device.type == "cpu" and n * d * n_classes < SMALL_PROBLEM):
         result = scipy.optimize.minimize(
-            loss_and_grad, theta0, jac=True, method="L-BFGS-B",
+            loss_and_grad,
+            theta0,
+            jac=True,
+            method="L-BFGS-B",
             options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
         )
     if not (np.isfinite(result.fun) and np.isfinite(result.x).all()):
         raise NonFiniteError(f"logistic regression diverged at C={c:g} after {result.nit} iterations")
     theta = torch.from_numpy(result.x).to(x.device)
-    return LinearLogits(theta[: n_classes * d].view(n_classes, d), theta[n_classes * d:])
+    return LinearLogits(theta[: n_classes * d].view(n_classes, d), theta[n_classes * d :])
 
 
 @contextmanager
@@ -144,7 +154,9 @@ class LinearProbe:
             if c not in fits:
                 near = min(fits, key=lambda f: abs(np.log10(f) - np.log10(c)), default=None)
                 init = fits[near][1] if cfg.warm_start and near is not None else None
-                model = fit_logistic_regression(x_train, y_train, data.n_classes, c, cfg.max_iter, cfg.tol, init)
+                model = fit_logistic_regression(
+                    x_train, y_train, data.n_classes, c, cfg.max_iter, cfg.tol, init
+                )
                 fits[c] = _val_accuracy(model, x_val, y_val), model
             return fits[c]
 

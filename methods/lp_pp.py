@@ -43,13 +43,13 @@ from bench.methods.training import accuracy, check_loss, cpu_threads_for
 @dataclass(frozen=True)
 class LpPlusPlusConfig:
     BOUNDS: ClassVar[dict] = {"alpha_every": (1, None), "momentum": (0, 1)}
-    epochs: int = 300                 # configs/base.yaml train_epoch
-    alpha_every: int = 10             # an α step every 10 epochs
-    alpha_init_scale: float = 250.0   # α₀ = 250 · mean own-class text similarity
-    momentum: float = 0.9             # SGD momentum on W
-    prompts: str = "coop"             # default_config: "coop_ensemble" on ImageNet
-    train_views: int = 1              # one augmented view per support image
-    precision: str = "fp32"           # "fp16": W, α, features and text in half precision (the official code)
+    epochs: int = 300  # configs/base.yaml train_epoch
+    alpha_every: int = 10  # an α step every 10 epochs
+    alpha_init_scale: float = 250.0  # α₀ = 250 · mean own-class text similarity
+    momentum: float = 0.9  # SGD momentum on W
+    prompts: str = "coop"  # default_config: "coop_ensemble" on ImageNet
+    train_views: int = 1  # one augmented view per support image
+    precision: str = "fp32"  # "fp16": W, α, features and text in half precision (the official code)
 
 
 class BlendedLinear(torch.nn.Module):
@@ -81,8 +81,14 @@ def initial_alpha(text_logits: torch.Tensor, labels: torch.Tensor, n_classes: in
     return float(scale * (per_class / counts).mean())
 
 
-def train_lp_pp(normed: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, cfg: LpPlusPlusConfig,
-                val: tuple[torch.Tensor, torch.Tensor], ctx: FitContext) -> tuple[BlendedLinear, dict]:
+def train_lp_pp(
+    normed: torch.Tensor,
+    labels: torch.Tensor,
+    text: torch.Tensor,
+    cfg: LpPlusPlusConfig,
+    val: tuple[torch.Tensor, torch.Tensor],
+    ctx: FitContext,
+) -> tuple[BlendedLinear, dict]:
     """Full-batch LP++ on normalised support features (N, D); returns the best-val model and diagnostics.
 
     With ``cfg.precision == "fp16"`` W, α, the features and the text logits are half precision, as in
@@ -122,9 +128,14 @@ def train_lp_pp(normed: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, 
             ctx.report(epoch + 1, score)
     if model is None:  # zero epochs: the initialisation
         model = BlendedLinear(weight.detach().float().clone(), alpha.detach().float().clone(), text)
-    diagnostics = {"lr_w": lr_w, "lr_alpha": lr_alpha, "alpha_init": alpha0, "best_val_top1": best,
-                   "best_epoch": len(history) - history[::-1].index(best) if history else 0,
-                   "alpha_mean": float(model.alpha.mean())}
+    diagnostics = {
+        "lr_w": lr_w,
+        "lr_alpha": lr_alpha,
+        "alpha_init": alpha0,
+        "best_val_top1": best,
+        "best_epoch": len(history) - history[::-1].index(best) if history else 0,
+        "alpha_mean": float(model.alpha.mean()),
+    }
     return model, diagnostics
 
 

@@ -67,9 +67,9 @@ DEEP_PROMPT_STD = 0.02  # trainers/maple.py: nn.init.normal_(single_para, std=0.
 @dataclass(frozen=True)
 class MapleConfig:
     BOUNDS: ClassVar[dict] = {"n_ctx": (0, None), "prompt_depth": (1, None)}
-    n_ctx: int = 2                   # prompt tokens per layer and modality
-    ctx_init: str = "a photo of a"   # "" = random N(0, 0.02²) context, prompt "X X {name}."
-    prompt_depth: int = 9            # layers 0 .. depth-1 carry prompts
+    n_ctx: int = 2  # prompt tokens per layer and modality
+    ctx_init: str = "a photo of a"  # "" = random N(0, 0.02²) context, prompt "X X {name}."
+    prompt_depth: int = 9  # layers 0 .. depth-1 carry prompts
     epochs: int = 5
     lr: float = 0.0035
     batch_size: int = 4
@@ -80,15 +80,24 @@ class MapleConfig:
 def _check_vit(model: torch.nn.Module) -> None:
     visual = model.visual
     if vision_blocks(model) is None:
-        raise BenchError("MaPLe needs a ViT image encoder (its prompts are transformer tokens)", where="--backbone",
-                         fix="use a ViT backbone (ViT-B-16/openai, as the paper)")
+        raise BenchError(
+            "MaPLe needs a ViT image encoder (its prompts are transformer tokens)",
+            where="--backbone",
+            fix="use a ViT backbone (ViT-B-16/openai, as the paper)",
+        )
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-        raise BenchError("MaPLe needs a ViT that pools the class token", where="--backbone",
-                         fix="use an OpenAI-style ViT (ViT-B-16, ViT-B-32, ...)")
+        raise BenchError(
+            "MaPLe needs a ViT that pools the class token",
+            where="--backbone",
+            fix="use an OpenAI-style ViT (ViT-B-16, ViT-B-32, ...)",
+        )
     for tower in (visual.transformer, text_tower(model).transformer):
         if not getattr(tower, "batch_first", True):
-            raise BenchError("MaPLe needs open_clip's batch-first transformers", where="--backbone",
-                             fix="install open_clip_torch>=3.0 (the versions bench is tested with)")
+            raise BenchError(
+                "MaPLe needs open_clip's batch-first transformers",
+                where="--backbone",
+                fix="install open_clip_torch>=3.0 (the versions bench is tested with)",
+            )
 
 
 class MaplePrompts(torch.nn.Module):
@@ -107,17 +116,27 @@ class MaplePrompts(torch.nn.Module):
         tokens = backbone.tokenize([phrase]).to(tower.token_embedding.weight.device)
         phrase_len = int(tokens.argmax(-1)[0]) - 1
         if cfg.n_ctx > phrase_len:
-            raise BenchError(f"n_ctx = {cfg.n_ctx} is longer than ctx_init {cfg.ctx_init!r} ({phrase_len} tokens)",
-                             where="config field maple.n_ctx", fix="use fewer context tokens or a longer phrase")
+            raise BenchError(
+                f"n_ctx = {cfg.n_ctx} is longer than ctx_init {cfg.ctx_init!r} ({phrase_len} tokens)",
+                where="config field maple.n_ctx",
+                fix="use fewer context tokens or a longer phrase",
+            )
         with torch.no_grad():
-            ctx = tower.token_embedding(tokens)[0, 1:1 + cfg.n_ctx].float().clone()
+            ctx = tower.token_embedding(tokens)[0, 1 : 1 + cfg.n_ctx].float().clone()
         generator = torch_generator(derive_seed(seed, "init"))
         device = ctx.device
         self.phrase, self.n_ctx = phrase, cfg.n_ctx
         self.ctx = torch.nn.Parameter(ctx)
-        self.deep_text = torch.nn.ParameterList([
-            torch.nn.Parameter(torch.empty(cfg.n_ctx, text_width).normal_(0, DEEP_PROMPT_STD, generator=generator).to(device))
-            for _ in range(self.depth - 1)])
+        self.deep_text = torch.nn.ParameterList(
+            [
+                torch.nn.Parameter(
+                    torch.empty(cfg.n_ctx, text_width)
+                    .normal_(0, DEEP_PROMPT_STD, generator=generator)
+                    .to(device)
+                )
+                for _ in range(self.depth - 1)
+            ]
+        )
         with seeded_global_rng(derive_seed(seed, "couplings"), torch.device("cpu")):  # nn.Linear's own init
             self.proj = torch.nn.Linear(text_width, vision_width)
             single = torch.nn.Linear(text_width, vision_width)
@@ -127,7 +146,9 @@ class MaplePrompts(torch.nn.Module):
 
     def vision_prompts(self) -> list[torch.Tensor]:
         """Per layer 0 .. depth-1: (n, Wv) vision tokens coupled from that layer's text tokens."""
-        return [self.proj(self.ctx)] + [proj(p) for proj, p in zip(self.deep_proj, self.deep_text, strict=True)]
+        return [self.proj(self.ctx)] + [
+            proj(p) for proj, p in zip(self.deep_proj, self.deep_text, strict=True)
+        ]
 
     @contextmanager
     def installed(self, model: torch.nn.Module):
@@ -139,20 +160,23 @@ class MaplePrompts(torch.nn.Module):
                 x = args[0]
                 tokens = prompt.to(x.dtype).expand(x.shape[0], -1, -1)
                 return (torch.cat([x, tokens], dim=1), *args[1:]), kwargs
+
             return hook
 
         def replace_last(prompt):
             def hook(module, args, kwargs):
                 x = args[0]
                 tokens = prompt.to(x.dtype).expand(x.shape[0], -1, -1)
-                return (torch.cat([x[:, :x.shape[1] - n], tokens], dim=1), *args[1:]), kwargs
+                return (torch.cat([x[:, : x.shape[1] - n], tokens], dim=1), *args[1:]), kwargs
+
             return hook
 
         def replace_after_sot(prompt):
             def hook(module, args, kwargs):
                 x = args[0]
                 tokens = prompt.to(x.dtype).expand(x.shape[0], -1, -1)
-                return (torch.cat([x[:, :1], tokens, x[:, 1 + n:]], dim=1), *args[1:]), kwargs
+                return (torch.cat([x[:, :1], tokens, x[:, 1 + n :]], dim=1), *args[1:]), kwargs
+
             return hook
 
         blocks_v, blocks_t = vision_blocks(model), text_blocks(model)
@@ -167,19 +191,32 @@ class MaplePrompts(torch.nn.Module):
         whose context is this module's ``ctx`` (shared, so gradients reach it)."""
         tower = text_tower(backbone.model)
         names = [" ".join(name.split()) for name in classnames]
-        tokens = backbone.tokenize([f"{self.phrase} {name}." for name in names]).to(tower.token_embedding.weight.device)
+        tokens = backbone.tokenize([f"{self.phrase} {name}." for name in names]).to(
+            tower.token_embedding.weight.device
+        )
         eot = tokens.argmax(-1)
         if int(eot.max()) >= tokens.shape[1] - 1:
-            raise BenchError("a MaPLe prompt does not fit the context length", where="method maple",
-                             fix="shorten the class names")
+            raise BenchError(
+                "a MaPLe prompt does not fit the context length",
+                where="method maple",
+                fix="shorten the class names",
+            )
         with torch.no_grad():
             embedded = tower.token_embedding(tokens).float()
-        learner = PromptLearner(self.ctx.detach(), embedded[:, :1], embedded[:, 1 + self.n_ctx:],
-                                torch.zeros(len(names), dtype=torch.long), eot, "end")
+        learner = PromptLearner(
+            self.ctx.detach(),
+            embedded[:, :1],
+            embedded[:, 1 + self.n_ctx :],
+            torch.zeros(len(names), dtype=torch.long),
+            eot,
+            "end",
+        )
         learner.ctx = self.ctx  # the learnable context itself, not a copy
         return learner
 
-    def text_features(self, backbone: Any, classnames: tuple[str, ...], truncate: bool = False) -> torch.Tensor:
+    def text_features(
+        self, backbone: Any, classnames: tuple[str, ...], truncate: bool = False
+    ) -> torch.Tensor:
         """(C, D) float32 raw text features of the prompted text encoder."""
         learner = self.learner(backbone, classnames)
         with self.installed(backbone.model), backbone.autocast():
@@ -201,14 +238,19 @@ class Maple:
     def search_space(self, trial: Any, dataset: str, shots: int, cfg: MapleConfig) -> dict[str, Any]:
         """``--tune``: the learning rate around 0.0035 (a decade either way) and the depth {3, 6, 9, 12}
         of the paper's ablation."""
-        return {"lr": trial.suggest_float("lr", 3.5e-4, 3.5e-2, log=True),
-                "prompt_depth": trial.suggest_categorical("prompt_depth", [3, 6, 9, 12])}
+        return {
+            "lr": trial.suggest_float("lr", 3.5e-4, 3.5e-2, log=True),
+            "prompt_depth": trial.suggest_categorical("prompt_depth", [3, 6, 9, 12]),
+        }
 
     def fit(self, data: FewShotData, cfg: MapleConfig, ctx: FitContext) -> AdaptedEncoderClassifier:
         backbone, device = ctx.backbone, ctx.device
         if data.train.images is None:
-            raise BenchError("maple trains on images and got none", where="FewShotData.train.images",
-                             fix="run it through the runner (bench run), which attaches the images")
+            raise BenchError(
+                "maple trains on images and got none",
+                where="FewShotData.train.images",
+                fix="run it through the runner (bench run), which attaches the images",
+            )
         prompts = MaplePrompts(backbone, cfg, ctx.seed)
         params = list(prompts.parameters())
         recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
@@ -228,19 +270,33 @@ class Maple:
 
         def val_accuracy() -> float:
             model = classifier()
-            score = accuracy(model(encoded_set(model.encode_images, data.val, device).center.to(device)), data.val.labels)
+            score = accuracy(
+                model(encoded_set(model.encode_images, data.val, device).center.to(device)), data.val.labels
+            )
             prompts.train()
             return score
 
         report = val_reporter(ctx, val_accuracy, cfg.epochs, every=1)
         prompts.train()
-        losses = train_steps(params, optimizer, loss_fn, data.train.images, data.train.labels, epochs=cfg.epochs,
-                             batch_size=cfg.batch_size, generator=torch_generator(derive_seed(ctx.seed, "loader")),
-                             seed=derive_seed(ctx.seed, "augment"), device=device,
-                             epoch_lr=lambda epoch: dassl_lr(epoch, cfg.epochs, recipe), on_epoch_end=report,
-                                 work=step_work(backbone.model, cfg.batch_size, data.n_classes))
+        losses = train_steps(
+            params,
+            optimizer,
+            loss_fn,
+            data.train.images,
+            data.train.labels,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            generator=torch_generator(derive_seed(ctx.seed, "loader")),
+            seed=derive_seed(ctx.seed, "augment"),
+            device=device,
+            epoch_lr=lambda epoch: dassl_lr(epoch, cfg.epochs, recipe),
+            on_epoch_end=report,
+            work=step_work(backbone.model, cfg.batch_size, data.n_classes),
+        )
         ctx.record("prompt_depth_used", prompts.depth)
-        ctx.record("prompt", {"context": prompts.phrase, "n_ctx": prompts.n_ctx, "tokens": f"{prompts.phrase} {{}}."})
+        ctx.record(
+            "prompt", {"context": prompts.phrase, "n_ctx": prompts.n_ctx, "tokens": f"{prompts.phrase} {{}}."}
+        )
         ctx.record("trainable_parameters", sum(p.numel() for p in params))
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
         return classifier()

@@ -73,14 +73,14 @@ TEMPLATE = "template"  # ctx_init: the teacher template's words before "{}"
 @dataclass(frozen=True)
 class ProGradConfig:
     BOUNDS: ClassVar[dict] = {"lam": (0, None), "temperature": (1e-3, None), "n_ctx": (1, None)}
-    lam: float = 1.0                   # λ, share of the conflicting component removed; 0 = no projection (CoOp)
-    temperature: float = 1.0           # T of the KL to the zero-shot prediction (LOSS.T)
-    teacher: str = OFFICIAL            # hand-crafted prompts: "official" (ProGrad's templates) or a prompt set
+    lam: float = 1.0  # λ, share of the conflicting component removed; 0 = no projection (CoOp)
+    temperature: float = 1.0  # T of the KL to the zero-shot prediction (LOSS.T)
+    teacher: str = OFFICIAL  # hand-crafted prompts: "official" (ProGrad's templates) or a prompt set
     n_ctx: int = 16
-    ctx_init: str = TEMPLATE           # "template", a phrase (both right-aligned after zero vectors), "" = random
+    ctx_init: str = TEMPLATE  # "template", a phrase (both right-aligned after zero vectors), "" = random
     class_token_position: str = "end"  # "end", "middle" or "front"
-    train_views: int = 10              # cached augmented views per support image
-    epochs: int = 200                  # default_config sets CoOp's epochs by shots
+    train_views: int = 10  # cached augmented views per support image
+    epochs: int = 200  # default_config sets CoOp's epochs by shots
     lr: float = 0.002
     batch_size: int = 32
     weight_decay: float = 5e-4
@@ -103,11 +103,12 @@ def project(domain: torch.Tensor, general: torch.Tensor, lam: float) -> tuple[to
 def teacher_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """``ProGradLoss``'s KL term: (B, C) student and teacher logits -> scalar."""
     soft = F.softmax(teacher / temperature, dim=-1)
-    return (-soft * F.log_softmax(student / temperature, dim=-1) * temperature ** 2).sum(1).mean()
+    return (-soft * F.log_softmax(student / temperature, dim=-1) * temperature**2).sum(1).mean()
 
 
-def context_init(backbone: Any, cfg: ProGradConfig, phrase: str, n_classes: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, str]:
+def context_init(
+    backbone: Any, cfg: ProGradConfig, phrase: str, n_classes: int, generator: torch.Generator
+) -> tuple[torch.Tensor, str]:
     """(n_ctx, W) context and its stand-in text: random (``ctx_init = ""``, CoOp's draw) or ``phrase``'s token
     embeddings at the end of ``n_ctx`` vectors, the ones before it zero (ProGrad's ``PromptLearner``)."""
     if not cfg.ctx_init:
@@ -117,8 +118,11 @@ def context_init(backbone: Any, cfg: ProGradConfig, phrase: str, n_classes: int,
     else:  # a template with nothing before "{}" ("{} texture."): all context vectors start at zero
         vectors = torch.zeros(0, text_tower(backbone.model).token_embedding.weight.shape[1])
     if len(vectors) > cfg.n_ctx:
-        raise BenchError(f"the context phrase {phrase!r} has {len(vectors)} tokens, more than n_ctx = {cfg.n_ctx}",
-                         where="config field prograd.n_ctx", fix=f"set n_ctx to at least {len(vectors)}")
+        raise BenchError(
+            f"the context phrase {phrase!r} has {len(vectors)} tokens, more than n_ctx = {cfg.n_ctx}",
+            where="config field prograd.n_ctx",
+            fix=f"set n_ctx to at least {len(vectors)}",
+        )
     padding = cfg.n_ctx - len(vectors)
     vectors = torch.cat([torch.zeros(padding, vectors.shape[1]), vectors])
     return vectors, " ".join(["X"] * padding + ([phrase] if phrase else []))
@@ -136,7 +140,9 @@ class ProGrad:
     Config = ProGradConfig
 
     def default_config(self, dataset: str, shots: int) -> ProGradConfig:
-        return ProGradConfig(epochs=coop_epochs(dataset, shots), lam=0.8 if dataset in LAMBDA_08 and shots >= 8 else 1.0)
+        return ProGradConfig(
+            epochs=coop_epochs(dataset, shots), lam=0.8 if dataset in LAMBDA_08 and shots >= 8 else 1.0
+        )
 
     def needs(self, cfg: ProGradConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
@@ -147,27 +153,51 @@ class ProGrad:
 
     def fit(self, data: FewShotData, cfg: ProGradConfig, ctx: FitContext) -> TransferablePromptClassifier:
         teacher_set, templates = hand_crafted_templates(data, cfg.teacher, PROGRAD_TEMPLATES)
-        vectors, ctx_text = context_init(ctx.backbone, cfg, init_phrase(cfg, templates), data.n_classes,
-                                         torch_generator(derive_seed(ctx.seed, "init")))
-        learner = build_prompt_learner(ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position)
+        vectors, ctx_text = context_init(
+            ctx.backbone,
+            cfg,
+            init_phrase(cfg, templates),
+            data.n_classes,
+            torch_generator(derive_seed(ctx.seed, "init")),
+        )
+        learner = build_prompt_learner(
+            ctx.backbone, data.classnames, vectors, ctx_text, cfg.class_token_position
+        )
         steps = {"all": 0, "projected": 0}
         objective = None
         if cfg.lam != 0:  # λ = 0 leaves every gradient as CoOp's: CoOp's objective, computed as CoOp does
-            objective = projected_objective(learner.ctx, hand_crafted_features(ctx, data.classnames, templates),
-                                            cfg, ctx.logit_scale, steps)
+            objective = projected_objective(
+                learner.ctx,
+                hand_crafted_features(ctx, data.classnames, templates),
+                cfg,
+                ctx.logit_scale,
+                steps,
+            )
         losses = train_context(learner, data, cfg, ctx, objective)
         ctx.record("n_ctx", learner.n_ctx)
-        ctx.record("prompt", {"context": ctx_text, "position": cfg.class_token_position, "tokens": f"{ctx_text} {{}}."})
+        ctx.record(
+            "prompt",
+            {"context": ctx_text, "position": cfg.class_token_position, "tokens": f"{ctx_text} {{}}."},
+        )
         ctx.record("hand_crafted", {"set": teacher_set, "templates": list(templates)})
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
         ctx.record("projected_steps", steps)
-        return TransferablePromptClassifier(final_text_features(learner, ctx), ctx.logit_scale, learner.ctx, ctx_text,
-                                            cfg.class_token_position)
+        return TransferablePromptClassifier(
+            final_text_features(learner, ctx),
+            ctx.logit_scale,
+            learner.ctx,
+            ctx_text,
+            cfg.class_token_position,
+        )
 
 
-
-def projected_objective(param: torch.nn.Parameter, teacher_text: torch.Tensor, cfg: ProGradConfig, scale: float,
-                        steps: dict[str, int]) -> Objective:
+def projected_objective(
+    param: torch.nn.Parameter,
+    teacher_text: torch.Tensor,
+    cfg: ProGradConfig,
+    scale: float,
+    steps: dict[str, int],
+) -> Objective:
     """An objective whose value is the cross-entropy and whose gradient with respect to ``param`` is ProGrad's
     projected direction: both gradients are taken here (two passes through the text tower, as the official
     trainer's two backward calls), and the returned surrogate ``CE.detach() + ⟨param, g⟩ − ⟨param, g⟩.detach()``
@@ -182,7 +212,9 @@ def projected_objective(param: torch.nn.Parameter, teacher_text: torch.Tensor, c
         with torch.no_grad():
             teacher = scale * F.normalize(x, dim=-1) @ teacher_text.t()
         ce = F.cross_entropy(student, y)
-        (general,) = torch.autograd.grad(teacher_loss(student, teacher, cfg.temperature), param, retain_graph=True)
+        (general,) = torch.autograd.grad(
+            teacher_loss(student, teacher, cfg.temperature), param, retain_graph=True
+        )
         (domain,) = torch.autograd.grad(ce, param)
         direction, conflict = project(domain, general, cfg.lam)
         steps["all"] += 1

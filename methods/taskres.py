@@ -40,14 +40,14 @@ OPTIMIZERS = ("adam", "sgd")
 @dataclass(frozen=True)
 class TaskResConfig:
     BOUNDS: ClassVar[dict] = {"alpha": (0, None)}
-    alpha: float = 0.5         # residual scale α (official TRAINER.TaskRes.RESIDUAL_SCALE); Flowers102 1.0
-    prompts: str = "coop"      # prompt set of the base classifier; ImageNet "coop_ensemble" (default_config)
-    train_views: int = 10      # cached augmented views per support image
-    epochs: int = 200          # default_config: 100 at 1/2/4 shots, 200 at 8/16
-    lr: float = 2e-3           # ImageNet 2e-4
+    alpha: float = 0.5  # residual scale α (official TRAINER.TaskRes.RESIDUAL_SCALE); Flowers102 1.0
+    prompts: str = "coop"  # prompt set of the base classifier; ImageNet "coop_ensemble" (default_config)
+    train_views: int = 10  # cached augmented views per support image
+    epochs: int = 200  # default_config: 100 at 1/2/4 shots, 200 at 8/16
+    lr: float = 2e-3  # ImageNet 2e-4
     batch_size: int = 256
     weight_decay: float = 5e-4
-    optimizer: str = "adam"    # "adam" (official) or "sgd" (momentum 0.9)
+    optimizer: str = "adam"  # "adam" (official) or "sgd" (momentum 0.9)
 
 
 class ResidualClassifier(torch.nn.Module):
@@ -76,9 +76,12 @@ class TaskRes:
 
     def default_config(self, dataset: str, shots: int) -> TaskResConfig:
         imagenet = dataset in IMAGENET_LIKE
-        return TaskResConfig(alpha=1.0 if dataset == "oxford_flowers" else 0.5,
-                             prompts="coop_ensemble" if imagenet else "coop",
-                             lr=2e-4 if imagenet else 2e-3, epochs=100 if shots <= 4 else 200)
+        return TaskResConfig(
+            alpha=1.0 if dataset == "oxford_flowers" else 0.5,
+            prompts="coop_ensemble" if imagenet else "coop",
+            lr=2e-4 if imagenet else 2e-3,
+            epochs=100 if shots <= 4 else 200,
+        )
 
     def needs(self, cfg: TaskResConfig) -> Needs:
         return Needs(train_views=cfg.train_views)
@@ -89,8 +92,11 @@ class TaskRes:
 
     def fit(self, data: FewShotData, cfg: TaskResConfig, ctx: FitContext) -> ResidualClassifier:
         if cfg.optimizer not in OPTIMIZERS:
-            raise BenchError(f"unknown optimizer {cfg.optimizer!r}", where="config field taskres.optimizer",
-                             fix=f"use one of: {', '.join(OPTIMIZERS)}")
+            raise BenchError(
+                f"unknown optimizer {cfg.optimizer!r}",
+                where="config field taskres.optimizer",
+                fix=f"use one of: {', '.join(OPTIMIZERS)}",
+            )
         base = base_classifier(data, cfg, ctx)
         residual = torch.nn.Parameter(torch.zeros_like(base))
         scale = ctx.logit_scale
@@ -101,11 +107,23 @@ class TaskRes:
 
         x_val, y_val = data.val.center.to(ctx.device), data.val.labels
         report = val_reporter(ctx, lambda: accuracy(logits_fn(x_val), y_val), cfg.epochs)
-        recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer)
+        recipe = SGDRecipe(
+            lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer
+        )
         with cpu_threads_for(ctx.device, 3 * cfg.batch_size * base.numel()):
-            losses = train_on_features([residual], logits_fn, data.train, cfg.epochs, recipe,
-                                       torch_generator(derive_seed(ctx.seed, "loader")), ctx.device, report)
+            losses = train_on_features(
+                [residual],
+                logits_fn,
+                data.train,
+                cfg.epochs,
+                recipe,
+                torch_generator(derive_seed(ctx.seed, "loader")),
+                ctx.device,
+                report,
+            )
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
-        ctx.record("residual_norm_ratio", float((cfg.alpha * residual.detach()).norm(dim=-1).mean()
-                                                / base.norm(dim=-1).mean()))
+        ctx.record(
+            "residual_norm_ratio",
+            float((cfg.alpha * residual.detach()).norm(dim=-1).mean() / base.norm(dim=-1).mean()),
+        )
         return ResidualClassifier(base, residual, cfg.alpha, scale)

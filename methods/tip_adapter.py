@@ -59,8 +59,11 @@ def train_dtype(precision: str) -> torch.dtype:
     """The dtype a method trains its parameters in: ``"fp32"`` (ours) or ``"fp16"`` (official codes that
     train in CLIP's half precision: Tip-Adapter-F, LP++)."""
     if precision not in PRECISIONS:
-        raise BenchError(f"unknown precision {precision!r}", where="config field 'precision'",
-                         fix=f"use one of: {', '.join(PRECISIONS)}")
+        raise BenchError(
+            f"unknown precision {precision!r}",
+            where="config field 'precision'",
+            fix=f"use one of: {', '.join(PRECISIONS)}",
+        )
     return PRECISIONS[precision]
 
 
@@ -98,47 +101,72 @@ def default_prompts(dataset: str) -> str:
 
 @dataclass(frozen=True)
 class TipAdapterConfig:
-    BOUNDS: ClassVar[dict] = {"alpha": (0, None), "beta": (0, None), "search_steps_alpha": (1, None),
-                              "search_steps_beta": (1, None)}
-    alpha: float = 1.0              # residual ratio α (initial value when search_hp); per dataset
-    beta: float = 1.0               # sharpness β (initial value when search_hp); per dataset
-    search_hp: bool = True          # grid-search (β, α) on the few-shot val split
-    scale_alpha: float = 10.0       # α grid: search_steps_alpha values in [0.1, scale_alpha)
-    scale_beta: float = 10.0        # β grid: search_steps_beta values in [0.1, scale_beta)
+    BOUNDS: ClassVar[dict] = {
+        "alpha": (0, None),
+        "beta": (0, None),
+        "search_steps_alpha": (1, None),
+        "search_steps_beta": (1, None),
+    }
+    alpha: float = 1.0  # residual ratio α (initial value when search_hp); per dataset
+    beta: float = 1.0  # sharpness β (initial value when search_hp); per dataset
+    search_hp: bool = True  # grid-search (β, α) on the few-shot val split
+    scale_alpha: float = 10.0  # α grid: search_steps_alpha values in [0.1, scale_alpha)
+    scale_beta: float = 10.0  # β grid: search_steps_beta values in [0.1, scale_beta)
     search_steps_alpha: int = 20
     search_steps_beta: int = 200
     prompts: str = "coop"
-    train_views: int = 10           # augmented views averaged into each key (augment_epoch)
+    train_views: int = 10  # augmented views averaged into each key (augment_epoch)
 
 
 @dataclass(frozen=True)
 class TipAdapterFConfig(TipAdapterConfig):
-    epochs: int = 20                # 100 on EuroSAT
+    epochs: int = 20  # 100 on EuroSAT
     lr: float = 0.001
     batch_size: int = 256
-    eps: float = 1e-4               # AdamW eps
-    weight_decay: float = 0.01      # torch.optim.AdamW default (Tip passes none)
-    precision: str = "fp32"         # "fp16": keys, features and AdamW state in half precision (the official code)
+    eps: float = 1e-4  # AdamW eps
+    weight_decay: float = 0.01  # torch.optim.AdamW default (Tip passes none)
+    precision: str = "fp32"  # "fp16": keys, features and AdamW state in half precision (the official code)
 
 
 class TipClassifier(torch.nn.Module):
     """logits = scale · f̂·Wᵀ + α · exp(−β(1 − f̂·Kᵀ)) · V for raw features f (N, D)."""
 
-    def __init__(self, weights: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, alpha: float, beta: float,
-                 scale: float):
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        alpha: float,
+        beta: float,
+        scale: float,
+    ):
         super().__init__()
         self.register_buffer("weights", weights)  # (C, D) normalised zero-shot classifier
-        self.register_buffer("keys", keys)        # (N_cache, D)
-        self.register_buffer("values", values)    # (N_cache, C) one-hot
+        self.register_buffer("keys", keys)  # (N_cache, D)
+        self.register_buffer("values", values)  # (N_cache, C) one-hot
         self.alpha, self.beta, self.scale = alpha, beta, scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return tip_logits(F.normalize(features, dim=-1), self.weights, self.keys, self.values, self.alpha, self.beta,
-                          self.scale)
+        return tip_logits(
+            F.normalize(features, dim=-1),
+            self.weights,
+            self.keys,
+            self.values,
+            self.alpha,
+            self.beta,
+            self.scale,
+        )
 
 
-def tip_logits(normed: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               alpha: float, beta: float, scale: float) -> torch.Tensor:
+def tip_logits(
+    normed: torch.Tensor,
+    weights: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    alpha: float,
+    beta: float,
+    scale: float,
+) -> torch.Tensor:
     """(N, C) Tip-Adapter logits of normalised features (N, D)."""
     cache = torch.exp(-beta * (1 - normed @ keys.t())) @ values
     return scale * normed @ weights.t() + alpha * cache
@@ -151,11 +179,20 @@ def cache_model(data: FewShotData, device: torch.device) -> tuple[torch.Tensor, 
     return keys, values
 
 
-def search_ratios(normed: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
-                  values: torch.Tensor, cfg: TipAdapterConfig, scale: float) -> tuple[float, float, float]:
+def search_ratios(
+    normed: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    cfg: TipAdapterConfig,
+    scale: float,
+) -> tuple[float, float, float]:
     """Tip's (β, α) grid on val features (N, D) normalised -> (β, α, val accuracy), first best in β-major order."""
     betas = [i * (cfg.scale_beta - 0.1) / cfg.search_steps_beta + 0.1 for i in range(cfg.search_steps_beta)]
-    alpha_grid = [i * (cfg.scale_alpha - 0.1) / cfg.search_steps_alpha + 0.1 for i in range(cfg.search_steps_alpha)]
+    alpha_grid = [
+        i * (cfg.scale_alpha - 0.1) / cfg.search_steps_alpha + 0.1 for i in range(cfg.search_steps_alpha)
+    ]
     alphas = torch.tensor(alpha_grid, device=normed.device)
     clip_logits, affinity = scale * normed @ weights.t(), normed @ keys.t()
     labels = labels.to(normed.device)
@@ -169,15 +206,25 @@ def search_ratios(normed: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     return betas[i], alpha_grid[j], float(scores[i, j])
 
 
-def _ratios(data: FewShotData, cfg: TipAdapterConfig, weights: torch.Tensor, keys: torch.Tensor,
-            values: torch.Tensor, ctx: FitContext) -> tuple[float, float]:
+def _ratios(
+    data: FewShotData,
+    cfg: TipAdapterConfig,
+    weights: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    ctx: FitContext,
+) -> tuple[float, float]:
     """(α, β): the config's, or the val-grid's when ``search_hp``; recorded either way."""
     alpha, beta = cfg.alpha, cfg.beta
     if cfg.search_hp:
         val = F.normalize(data.val.center.to(ctx.device), dim=-1)
-        work = len(val) * len(keys) * (data.n_classes + 2) + cfg.search_steps_alpha * len(val) * data.n_classes
+        work = (
+            len(val) * len(keys) * (data.n_classes + 2) + cfg.search_steps_alpha * len(val) * data.n_classes
+        )
         with cpu_threads_for(ctx.device, work):
-            beta, alpha, score = search_ratios(val, data.val.labels, weights, keys, values, cfg, ctx.logit_scale)
+            beta, alpha, score = search_ratios(
+                val, data.val.labels, weights, keys, values, cfg, ctx.logit_scale
+            )
         ctx.record("search_val_top1", score)
     ctx.record("alpha", alpha)
     ctx.record("beta", beta)
@@ -217,14 +264,22 @@ class TipAdapter:
 
 def _dataset_fields(dataset: str) -> dict[str, Any]:
     row = TIP_DEFAULTS.get(dataset, OTHER_DATASETS)
-    return {"alpha": row.init_alpha, "beta": row.init_beta, "scale_alpha": row.scale_alpha,
-            "scale_beta": row.scale_beta, "prompts": default_prompts(dataset)}
+    return {
+        "alpha": row.init_alpha,
+        "beta": row.init_beta,
+        "scale_alpha": row.scale_alpha,
+        "scale_beta": row.scale_beta,
+        "prompts": default_prompts(dataset),
+    }
 
 
 def _ratio_space(trial: Any, dataset: str) -> dict[str, Any]:
     row = TIP_DEFAULTS.get(dataset, OTHER_DATASETS)
-    return {"alpha": trial.suggest_float("alpha", 0.1, row.scale_alpha),
-            "beta": trial.suggest_float("beta", 0.1, row.scale_beta), "search_hp": False}
+    return {
+        "alpha": trial.suggest_float("alpha", 0.1, row.scale_alpha),
+        "beta": trial.suggest_float("beta", 0.1, row.scale_beta),
+        "search_hp": False,
+    }
 
 
 def _all_view_batches(n_views: int, n: int, batch_size: int, generator: torch.Generator) -> Batches:
@@ -233,8 +288,14 @@ def _all_view_batches(n_views: int, n: int, batch_size: int, generator: torch.Ge
     return [(views[index], index) for index in torch.randperm(n, generator=generator).split(batch_size)]
 
 
-def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tensor, keys: torch.Tensor,
-                  values: torch.Tensor, ctx: FitContext) -> torch.Tensor:
+def finetune_keys(
+    data: FewShotData,
+    cfg: TipAdapterFConfig,
+    weights: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    ctx: FitContext,
+) -> torch.Tensor:
     """Tip-F: train the keys (N, D); returns the keys (float32) of the epoch with the best few-shot val accuracy.
 
     With ``cfg.precision == "fp16"`` the keys, features, zero-shot weights and cache values are half
@@ -257,7 +318,9 @@ def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tens
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step[0] / total_steps))
 
     def logits(normed: torch.Tensor) -> torch.Tensor:
-        return tip_logits(normed.to(dtype), weights, learned, values, cfg.alpha, cfg.beta, ctx.logit_scale).float()
+        return tip_logits(
+            normed.to(dtype), weights, learned, values, cfg.alpha, cfg.beta, ctx.logit_scale
+        ).float()
 
     def loss_fn(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits(F.normalize(features, dim=-1)), labels)
@@ -268,8 +331,9 @@ def finetune_keys(data: FewShotData, cfg: TipAdapterFConfig, weights: torch.Tens
     best_score, best_keys, history = -1.0, learned.detach().float().clone(), []
     for epoch in range(cfg.epochs):
         with torch.enable_grad():
-            loss = run_epoch(optimizer, loss_fn, train, labels, cfg.batch_size, generator, _all_view_batches,
-                             cosine_step)
+            loss = run_epoch(
+                optimizer, loss_fn, train, labels, cfg.batch_size, generator, _all_view_batches, cosine_step
+            )
         check_loss(loss, epoch)
         with torch.no_grad():
             score = accuracy(logits(val), data.val.labels)
@@ -292,7 +356,9 @@ class TipAdapterF(TipAdapter):
     version = "1"
     trainable = True
     Config = TipAdapterFConfig
-    as_published: ClassVar[dict[str, Any]] = {"precision": "fp16"}  # main.py trains fp16 keys (docs/fidelity.md)
+    as_published: ClassVar[dict[str, Any]] = {
+        "precision": "fp16"
+    }  # main.py trains fp16 keys (docs/fidelity.md)
 
     def default_config(self, dataset: str, shots: int) -> TipAdapterFConfig:
         epochs = TIP_DEFAULTS.get(dataset, OTHER_DATASETS).epochs

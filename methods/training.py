@@ -50,7 +50,9 @@ class SGDRecipe:
     batch_size: int = 32
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
-    optimizer: str = "sgd"  # "adam": Dassl's build_optimizer Adam (betas 0.9/0.999, L2 weight decay), as TaskRes trains
+    optimizer: str = (
+        "sgd"  # "adam": Dassl's build_optimizer Adam (betas 0.9/0.999, L2 weight decay), as TaskRes trains
+    )
 
 
 def make_optimizer(params: list[torch.nn.Parameter], recipe: SGDRecipe) -> torch.optim.Optimizer:
@@ -78,7 +80,7 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch's shuffled index batches; the last partial batch is dropped only if a full one exists."""
     order = torch.randperm(n, generator=generator)
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(batches_per_epoch(n, batch_size))]
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(batches_per_epoch(n, batch_size))]
 
 
 def view_batches(n_views: int, n: int, batch_size: int, generator: torch.Generator) -> Batches:
@@ -92,7 +94,7 @@ def pool_batches(n_views: int, n: int, batch_size: int, generator: torch.Generat
     a shuffle of the pool of all V·N augmented features (pool index p = view p // N, image p % N)."""
     order = torch.randperm(n_views * n, generator=generator)
     n_batches = n // batch_size if n >= batch_size else 1
-    chunks = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    chunks = [order[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
     return [(chunk // n, chunk % n) for chunk in chunks]
 
 
@@ -140,16 +142,25 @@ def train_on_features(
         for epoch in range(epochs):
             for group in optimizer.param_groups:
                 group["lr"] = dassl_lr(epoch, epochs, recipe)
-            losses.append(run_epoch(optimizer, loss_fn, features, labels, recipe.batch_size, generator, sampler))
+            losses.append(
+                run_epoch(optimizer, loss_fn, features, labels, recipe.batch_size, generator, sampler)
+            )
             check_loss(losses[-1], epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     return [float(loss) for loss in losses]
 
 
-def run_epoch(optimizer: torch.optim.Optimizer, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-              features: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator,
-              sampler: Sampler = view_batches, after_step: Callable[[], None] | None = None) -> torch.Tensor:
+def run_epoch(
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    sampler: Sampler = view_batches,
+    after_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """One epoch of optimiser steps on ``loss_fn(features (B, D), labels (B,))``; returns the mean loss.
 
     Args:
@@ -202,8 +213,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels.to(logits.device)).double().mean())
 
 
-def val_reporter(ctx: FitContext, val_accuracy: Callable[[], float], epochs: int,
-                 every: int = 10) -> Callable[[int], None] | None:
+def val_reporter(
+    ctx: FitContext, val_accuracy: Callable[[], float], epochs: int, every: int = 10
+) -> Callable[[int], None] | None:
     """An ``on_epoch_end`` that hands the few-shot val accuracy to ``ctx.report`` every ``every`` epochs
     and after the last one, and the epoch count to ``ctx.progress_step``; ``None`` when nobody listens
     (no extra evaluation then)."""
@@ -221,9 +233,16 @@ def val_reporter(ctx: FitContext, val_accuracy: Callable[[], float], epochs: int
     return on_epoch_end
 
 
-def train_stacked(params: list[torch.Tensor], stacked_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  features: torch.Tensor, labels: torch.Tensor, epochs: int, recipe: SGDRecipe,
-                  generators: list[torch.Generator], ctxs: list[FitContext]) -> list[torch.Tensor]:
+def train_stacked(
+    params: list[torch.Tensor],
+    stacked_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    recipe: SGDRecipe,
+    generators: list[torch.Generator],
+    ctxs: list[FitContext],
+) -> list[torch.Tensor]:
     """S cells trained as one stacked model (issue 22): each cell draws its own batches from its own
     generator, as :func:`train_on_features` would, and the cells' mean losses are summed so each cell's
     gradient is its own; one optimizer step serves all.

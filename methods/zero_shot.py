@@ -24,7 +24,9 @@ from bench.methods.base import (
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
-    prompts: str = "coop"  # prompt set: "coop" (one template), "coop_ensemble" (CoOp's 7) or "ensemble" (CLIP's)
+    prompts: str = (
+        "coop"  # prompt set: "coop" (one template), "coop_ensemble" (CoOp's 7) or "ensemble" (CLIP's)
+    )
 
 
 class ZeroShot:

@@ -32,11 +32,17 @@ _DEDUP_KEYS = [*TABLE_KEYS, "method", "prompts", "trials", "dataset", "shots", "
 METRICS = ("top1", "top5", "mean_per_class_recall", "val_top1")
 BASE2NEW_METRICS = ("base_top1", "new_top1", "harmonic_mean")
 TRANSFER_PREFIX = "transfer/"
-MINIATURE_SUFFIX = " (miniature)"  # on the dataset of a miniature's records (never averaged with the real set)
+MINIATURE_SUFFIX = (
+    " (miniature)"  # on the dataset of a miniature's records (never averaged with the real set)
+)
 NO_PROMPTS = "n/a"  # methods without prompts (linear probe); a string so groupby keeps the rows
 MIXABLE = ("backbone", "weights", "preprocessing", "prompts")
-_MIX_COLUMNS = {"backbone": ["backbone", "arch", "weights_sha256"], "weights": ["weights_sha256"],
-                "preprocessing": ["preprocessing", "generation"], "prompts": ["prompts"]}
+_MIX_COLUMNS = {
+    "backbone": ["backbone", "arch", "weights_sha256"],
+    "weights": ["weights_sha256"],
+    "preprocessing": ["preprocessing", "generation"],
+    "prompts": ["prompts"],
+}
 OPENAI_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
@@ -44,7 +50,9 @@ def method_label(spec: Spec) -> str:
     """``clip_adapter``, or ``clip_adapter[alpha=0.5]`` for a cell with ``--set`` overrides."""
     if not spec.overrides:
         return spec.method
-    inner = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(spec.overrides.items()))
+    inner = ",".join(
+        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(spec.overrides.items())
+    )
     return f"{spec.method}[{inner}]"
 
 
@@ -65,8 +73,11 @@ def _normalisation(prep: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _openai_normalisation(prep: dict) -> bool:
-    return all(math.isclose(a, b, rel_tol=1e-6) for got, ref in zip(_normalisation(prep), OPENAI_NORM, strict=True)
-               for a, b in zip(got, ref, strict=True))
+    return all(
+        math.isclose(a, b, rel_tol=1e-6)
+        for got, ref in zip(_normalisation(prep), OPENAI_NORM, strict=True)
+        for a, b in zip(got, ref, strict=True)
+    )
 
 
 NO_GENERATION = "none"
@@ -96,7 +107,9 @@ def paper_arch(backbone: BackboneInfo) -> str:
         return arch
     if backbone.paper_arch:
         return backbone.paper_arch
-    mark = {"none": "random init", "other": backbone.weights}.get(backbone.weights_origin) or backbone.activation
+    mark = {"none": "random init", "other": backbone.weights}.get(
+        backbone.weights_origin
+    ) or backbone.activation
     return f"{arch} ({mark})"
 
 
@@ -162,8 +175,11 @@ def _adopt_orphans(frame: pd.DataFrame) -> pd.DataFrame:
     known = frame[~orphan]
     for index in frame.index[orphan]:
         row = frame.loc[index]
-        same = known[(known["backbone"] == row["backbone"]) & (known["tune"] == row["tune"])
-                     & (known["protocol"] == row["protocol"])]
+        same = known[
+            (known["backbone"] == row["backbone"])
+            & (known["tune"] == row["tune"])
+            & (known["protocol"] == row["protocol"])
+        ]
         tables = same[["weights_sha256", "preprocessing", "generation"]].drop_duplicates()
         if len(tables) == 1:
             frame.loc[index, ["weights_sha256", "preprocessing", "generation"]] = tables.iloc[0].tolist()
@@ -179,9 +195,12 @@ def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     n_prompts = frame.groupby([*TABLE_KEYS, "method"])["prompts"].transform("nunique")
     n_budgets = frame.groupby([*TABLE_KEYS, "method", "prompts"])["trials"].transform("nunique")
-    frame["label"] = [m + ("" if n <= 1 else f" (prompts: {p})") + ("" if b <= 1 else f" ({t} trials)")
-                      for m, p, n, t, b in zip(frame["method"], frame["prompts"], n_prompts, frame["trials"],
-                                               n_budgets, strict=True)]
+    frame["label"] = [
+        m + ("" if n <= 1 else f" (prompts: {p})") + ("" if b <= 1 else f" ({t} trials)")
+        for m, p, n, t, b in zip(
+            frame["method"], frame["prompts"], n_prompts, frame["trials"], n_budgets, strict=True
+        )
+    ]
     return frame
 
 
@@ -193,7 +212,11 @@ def mix_settings(frame: pd.DataFrame, allowed: frozenset[str]) -> pd.DataFrame:
     """
     unknown = sorted(set(allowed) - set(MIXABLE))
     if unknown:
-        raise BenchError(f"cannot mix {', '.join(unknown)}", where="--allow-mixed", fix=f"use some of: {', '.join(MIXABLE)}")
+        raise BenchError(
+            f"cannot mix {', '.join(unknown)}",
+            where="--allow-mixed",
+            fix=f"use some of: {', '.join(MIXABLE)}",
+        )
     if frame.empty or not allowed:
         return frame
     frame = frame.copy()
@@ -225,22 +248,32 @@ class Filters:
 
 def filter_frame(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """Rows of ``frame`` that pass every filter; a filter that matches nothing is a user error."""
-    checks = [("--methods", filters.methods, ["method_name", "method"]), ("--datasets", filters.datasets, ["dataset"]),
-              ("--backbone", filters.backbones, ["backbone", "arch"]), ("--tune", filters.tune, ["tune"]),
-              ("--shots", filters.shots, ["shots"]), ("--seeds", filters.seeds, ["seed"])]
+    checks = [
+        ("--methods", filters.methods, ["method_name", "method"]),
+        ("--datasets", filters.datasets, ["dataset"]),
+        ("--backbone", filters.backbones, ["backbone", "arch"]),
+        ("--tune", filters.tune, ["tune"]),
+        ("--shots", filters.shots, ["shots"]),
+        ("--seeds", filters.seeds, ["seed"]),
+    ]
     for flag, wanted, columns in checks:
         if wanted is None or frame.empty:
             continue
         keep = np.zeros(len(frame), dtype=bool)
         for column in columns:
             keep |= frame[column].map(lambda v, w=wanted: _matches(v, w)).to_numpy(dtype=bool)
-            if column == "dataset":  # a miniature's rows read "dtd (miniature)": --datasets dtd selects them too
+            if (
+                column == "dataset"
+            ):  # a miniature's rows read "dtd (miniature)": --datasets dtd selects them too
                 names = frame[column].astype(str).str.removesuffix(MINIATURE_SUFFIX)
                 keep |= names.map(lambda v, w=wanted: _matches(v, w)).to_numpy(dtype=bool)
         if not keep.any():
             available = sorted({str(v) for v in frame[columns[0]]})
-            raise BenchError(f"no result records match {','.join(map(str, wanted))}", where=flag,
-                             fix=f"records have: {', '.join(available)}")
+            raise BenchError(
+                f"no result records match {','.join(map(str, wanted))}",
+                where=flag,
+                fix=f"records have: {', '.join(available)}",
+            )
         frame = frame[keep]
     return frame.reset_index(drop=True)
 
@@ -261,16 +294,34 @@ def aggregate(frame: pd.DataFrame, value: str = "top1") -> pd.DataFrame:
     ``value`` is absent do not count; cells with no value at all are left out.
     """
     ok = frame[(frame["status"] == "ok") & frame[value].notna()] if value in frame else frame.iloc[0:0]
-    columns = [*CELL_KEYS, "mean", "std", "ci95", "ci95_t", "n_seeds", "seeds", "method", "method_name", "prompts",
-               "arch", "generation"]
+    columns = [
+        *CELL_KEYS,
+        "mean",
+        "std",
+        "ci95",
+        "ci95_t",
+        "n_seeds",
+        "seeds",
+        "method",
+        "method_name",
+        "prompts",
+        "arch",
+        "generation",
+    ]
     if ok.empty:
         return pd.DataFrame(columns=columns)
     rows = []
     for key, group in ok.groupby(CELL_KEYS, sort=True):
         values = group[value].to_numpy(dtype=float)
         first = group.iloc[0]
-        rows.append({**dict(zip(CELL_KEYS, key, strict=True)), **spread(values), "seeds": sorted(group["seed"].tolist()),
-                     **{c: first[c] for c in ("method", "method_name", "prompts", "arch", "generation")}})
+        rows.append(
+            {
+                **dict(zip(CELL_KEYS, key, strict=True)),
+                **spread(values),
+                "seeds": sorted(group["seed"].tolist()),
+                **{c: first[c] for c in ("method", "method_name", "prompts", "arch", "generation")},
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -281,15 +332,22 @@ def spread(values: np.ndarray) -> dict:
     ci95_t = float("nan")
     if n >= 2:
         ci95_t = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
-    return {"mean": float(np.mean(values)), "std": std, "ci95": 1.96 * std / math.sqrt(n), "ci95_t": ci95_t,
-            "n_seeds": n}
+    return {
+        "mean": float(np.mean(values)),
+        "std": std,
+        "ci95": 1.96 * std / math.sqrt(n),
+        "ci95_t": ci95_t,
+        "n_seeds": n,
+    }
 
 
 def expected_seeds(frame: pd.DataFrame, seeds: tuple[int, ...] | None = None) -> dict[tuple, list[int]]:
     """Per table, the seeds a complete cell has: ``seeds`` when given (``--seeds``), else every seed
     any record of the table used."""
-    return {key: sorted(seeds) if seeds else sorted(group["seed"].unique().tolist())
-            for key, group in frame.groupby(TABLE_KEYS)}
+    return {
+        key: sorted(seeds) if seeds else sorted(group["seed"].unique().tolist())
+        for key, group in frame.groupby(TABLE_KEYS)
+    }
 
 
 def holes(frame: pd.DataFrame, seeds: tuple[int, ...] | None = None) -> tuple[list[str], list[str]]:
@@ -327,7 +385,9 @@ def table_keys(frame: pd.DataFrame) -> list[tuple]:
     few-shot before other protocols."""
     tune_order = {"none": 0, "val": 1, "oracle": 2}
     keys = [key for key, _ in frame.groupby(TABLE_KEYS, sort=True)]
-    return sorted(keys, key=lambda k: (k[0], k[1], tune_order.get(k[2], 3), k[2], k[3], k[4] != "fewshot", k[4]))
+    return sorted(
+        keys, key=lambda k: (k[0], k[1], tune_order.get(k[2], 3), k[2], k[3], k[4] != "fewshot", k[4])
+    )
 
 
 def in_table(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
@@ -347,8 +407,17 @@ def dataset_average(frame: pd.DataFrame, cells: pd.DataFrame, value: str = "top1
     those seeds;
     ``min_seeds`` is the fewest seeds any of the cells has.
     """
-    columns = [*TABLE_KEYS, "label", "shots", "mean", "per_seed", "seeds", "min_seeds", "n_datasets",
-               "complete_datasets"]
+    columns = [
+        *TABLE_KEYS,
+        "label",
+        "shots",
+        "mean",
+        "per_seed",
+        "seeds",
+        "min_seeds",
+        "n_datasets",
+        "complete_datasets",
+    ]
     ok = frame[(frame["status"] == "ok") & frame[value].notna()] if value in frame else frame.iloc[0:0]
     rows = []
     for key, group in frame.groupby(TABLE_KEYS, sort=True):
@@ -357,11 +426,21 @@ def dataset_average(frame: pd.DataFrame, cells: pd.DataFrame, value: str = "top1
         for (label, shots), row_cells in in_table(cells, key).groupby(["label", "shots"], sort=True):
             complete = set(row_cells["dataset"]) == datasets
             seeds = table_ok[(table_ok["label"] == label) & (table_ok["shots"] == shots)]
-            per_seed = seeds.pivot_table(index="seed", columns="dataset", values=value, aggfunc="mean").dropna()
+            per_seed = seeds.pivot_table(
+                index="seed", columns="dataset", values=value, aggfunc="mean"
+            ).dropna()
             averages = per_seed.mean(axis=1).tolist() if complete else []
-            rows.append({**dict(zip(TABLE_KEYS, key, strict=True)), "label": label, "shots": shots,
-                         "mean": float(row_cells["mean"].mean()) if complete else float("nan"),
-                         "per_seed": averages, "seeds": [int(x) for x in per_seed.index] if complete else [],
-                         "min_seeds": int(row_cells["n_seeds"].min()),
-                         "n_datasets": len(datasets), "complete_datasets": complete})
+            rows.append(
+                {
+                    **dict(zip(TABLE_KEYS, key, strict=True)),
+                    "label": label,
+                    "shots": shots,
+                    "mean": float(row_cells["mean"].mean()) if complete else float("nan"),
+                    "per_seed": averages,
+                    "seeds": [int(x) for x in per_seed.index] if complete else [],
+                    "min_seeds": int(row_cells["n_seeds"].min()),
+                    "n_datasets": len(datasets),
+                    "complete_datasets": complete,
+                }
+            )
     return pd.DataFrame(rows, columns=columns)

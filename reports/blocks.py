@@ -14,28 +14,75 @@ import pandas as pd
 
 # The order papers use (CoOp's tables), then anything else alphabetically.
 DATASET_TITLES = {
-    "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets", "stanford_cars": "StanfordCars",
-    "oxford_flowers": "Flowers102", "food101": "Food101", "fgvc_aircraft": "FGVCAircraft", "sun397": "SUN397",
-    "dtd": "DTD", "eurosat": "EuroSAT", "ucf101": "UCF101",
-    "imagenet_v2": "ImageNet-V2", "imagenet_sketch": "ImageNet-Sketch", "imagenet_a": "ImageNet-A",
+    "imagenet": "ImageNet",
+    "caltech101": "Caltech101",
+    "oxford_pets": "OxfordPets",
+    "stanford_cars": "StanfordCars",
+    "oxford_flowers": "Flowers102",
+    "food101": "Food101",
+    "fgvc_aircraft": "FGVCAircraft",
+    "sun397": "SUN397",
+    "dtd": "DTD",
+    "eurosat": "EuroSAT",
+    "ucf101": "UCF101",
+    "imagenet_v2": "ImageNet-V2",
+    "imagenet_sketch": "ImageNet-Sketch",
+    "imagenet_a": "ImageNet-A",
     "imagenet_r": "ImageNet-R",
 }
 STANDARD_DATASETS = tuple(list(DATASET_TITLES)[:11])
-METHOD_ORDER = ("zero_shot", "linear_probe", "linear_probe_zs", "coop", "cocoop", "kgcoop", "prograd", "maple",
-                "clip_adapter", "clip_adapter_hyper", "tip_adapter", "tip_adapter_f", "taskres", "gda", "lp_pp",
-                "cross_modal_lp", "clap", "clip_lora")
+METHOD_ORDER = (
+    "zero_shot",
+    "linear_probe",
+    "linear_probe_zs",
+    "coop",
+    "cocoop",
+    "kgcoop",
+    "prograd",
+    "maple",
+    "clip_adapter",
+    "clip_adapter_hyper",
+    "tip_adapter",
+    "tip_adapter_f",
+    "taskres",
+    "gda",
+    "lp_pp",
+    "cross_modal_lp",
+    "clap",
+    "clip_lora",
+)
 # The names the papers print (CoOp, CLIP-Adapter, Tip-Adapter, LP++, CLAP); ``bench report --names`` overrides them.
 METHOD_NAMES = {
-    "zero_shot": "Zero-shot CLIP", "linear_probe": "Linear probe", "linear_probe_zs": "ZS-LP", "coop": "CoOp",
-    "clip_adapter": "CLIP-Adapter", "clip_adapter_hyper": "CLIP-Adapter (hypernetwork)", "tip_adapter": "Tip-Adapter",
-    "tip_adapter_f": "Tip-Adapter-F", "lp_pp": "LP++", "clap": "CLAP", "cocoop": "CoCoOp", "kgcoop": "KgCoOp",
-    "prograd": "ProGrad", "taskres": "TaskRes", "gda": "GDA", "cross_modal_lp": "Cross-modal LP",
-    "clip_lora": "CLIP-LoRA", "maple": "MaPLe",
+    "zero_shot": "Zero-shot CLIP",
+    "linear_probe": "Linear probe",
+    "linear_probe_zs": "ZS-LP",
+    "coop": "CoOp",
+    "clip_adapter": "CLIP-Adapter",
+    "clip_adapter_hyper": "CLIP-Adapter (hypernetwork)",
+    "tip_adapter": "Tip-Adapter",
+    "tip_adapter_f": "Tip-Adapter-F",
+    "lp_pp": "LP++",
+    "clap": "CLAP",
+    "cocoop": "CoCoOp",
+    "kgcoop": "KgCoOp",
+    "prograd": "ProGrad",
+    "taskres": "TaskRes",
+    "gda": "GDA",
+    "cross_modal_lp": "Cross-modal LP",
+    "clip_lora": "CLIP-LoRA",
+    "maple": "MaPLe",
 }
-METRIC_TITLES = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "mean_per_class_recall": "Mean per-class recall",
-                 "val_top1": "Top-1 accuracy on the few-shot validation split"}
-TUNE_TITLES = {"none": "none (paper defaults)", "val": "on the few-shot validation split",
-               "oracle": "ORACLE — tuned on the test split, not an honest few-shot number"}
+METRIC_TITLES = {
+    "top1": "Top-1 accuracy",
+    "top5": "Top-5 accuracy",
+    "mean_per_class_recall": "Mean per-class recall",
+    "val_top1": "Top-1 accuracy on the few-shot validation split",
+}
+TUNE_TITLES = {
+    "none": "none (paper defaults)",
+    "val": "on the few-shot validation split",
+    "oracle": "ORACLE — tuned on the test split, not an honest few-shot number",
+}
 
 
 @dataclass(frozen=True)
@@ -105,7 +152,7 @@ def display_name(label: str, names: dict[str, str]) -> str:
     base = re.split(r"[\[ ]", label, maxsplit=1)[0]
     if base not in names:
         return label
-    rest = label[len(base):]
+    rest = label[len(base) :]
     return names[base] + (" " + rest if rest.startswith("[") else rest)
 
 
@@ -118,8 +165,11 @@ def emphasis(groups: list[list[tuple[int, float]]]) -> list[tuple[int, str]]:
         if len([v for _, v in group if v is not None and not pd.isna(v)]) < 2:
             continue
         ranks = {values[0]: "best", **({values[1]: "second"} if len(values) > 1 and len(group) > 2 else {})}
-        marks += [(i, ranks[round(v, 9)]) for i, v in group
-                  if v is not None and not pd.isna(v) and round(v, 9) in ranks]
+        marks += [
+            (i, ranks[round(v, 9)])
+            for i, v in group
+            if v is not None and not pd.isna(v) and round(v, 9) in ranks
+        ]
     return marks
 
 

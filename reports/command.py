@@ -27,10 +27,14 @@ def add_parser(subparsers) -> None:
     from bench.reports.tables import CI_CHOICES
     from bench.run_config import add_folder_argument
 
-    p = subparsers.add_parser("report", help="tables, curves, paper deltas and paired tests from result records",
-                              description="Aggregate result records (mean ± std over seeds) into tables, curves and "
-                                          "comparisons. Reads the JSON records only.",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "report",
+        help="tables, curves, paper deltas and paired tests from result records",
+        description="Aggregate result records (mean ± std over seeds) into tables, curves and "
+        "comparisons. Reads the JSON records only.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--format", default="markdown", choices=FORMATS)
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
     add_folder_argument(p, "results", "results folder")
@@ -43,35 +47,80 @@ def add_parser(subparsers) -> None:
     which.add_argument("--seeds", help="keep these seeds; a cell with fewer of them is marked incomplete")
     show = p.add_argument_group("what to show")
     show.add_argument("--metric", default="top1", choices=tuple(METRIC_TITLES))
-    show.add_argument("--ci", nargs="?", const="coop", default=None, choices=CI_CHOICES,
-                      help="show a 95%% CI instead of the std: coop = 1.96·σ/√n (CoOp's --ci95, the default), "
-                           "t = Student t with the sample std")
-    show.add_argument("--names", default=None, metavar="FILE|ids",
-                      help="method names as printed: a JSON object file mapping a method or row label to its name "
-                           "(merged over the built-in Zero-shot CLIP, Linear probe, CoOp, CLIP-Adapter, ...), or "
-                           "'ids' for the registry identifiers")
+    show.add_argument(
+        "--ci",
+        nargs="?",
+        const="coop",
+        default=None,
+        choices=CI_CHOICES,
+        help="show a 95%% CI instead of the std: coop = 1.96·σ/√n (CoOp's --ci95, the default), "
+        "t = Student t with the sample std",
+    )
+    show.add_argument(
+        "--names",
+        default=None,
+        metavar="FILE|ids",
+        help="method names as printed: a JSON object file mapping a method or row label to its name "
+        "(merged over the built-in Zero-shot CLIP, Linear probe, CoOp, CLIP-Adapter, ...), or "
+        "'ids' for the registry identifiers",
+    )
     show.add_argument("--decimals", type=int, default=2, help="digits after the point in tables (default: 2)")
-    show.add_argument("--std", action=argparse.BooleanOptionalAction, default=True,
-                      help="show ± the spread over seeds (default) or, with --no-std, the means only")
-    show.add_argument("--highlight", action=argparse.BooleanOptionalAction, default=True,
-                      help="bold the best and underline the second mean per column among rows of the same shots")
-    show.add_argument("--allow-mixed", default="", metavar="SETTINGS",
-                      help=f"average cells that differ in these settings ({', '.join(MIXABLE)}, or all); "
-                           "the header says so")
-    show.add_argument("--params", default=None, metavar="NAMES",
-                      help="instead of accuracy: the hyperparameters tuning chose (e.g. alpha or alpha,beta) per "
-                           "dataset × shots, median over seeds (markdown, csv or json)")
-    show.add_argument("--plot", type=Path, default=None, metavar="DIR",
-                      help="also write accuracy-vs-shots curves (PNG, SVG and PDF) per dataset, for the average, "
-                           "and all.*: every panel in one figure (CoOp's Figure 3 layout)")
+    show.add_argument(
+        "--std",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show ± the spread over seeds (default) or, with --no-std, the means only",
+    )
+    show.add_argument(
+        "--highlight",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bold the best and underline the second mean per column among rows of the same shots",
+    )
+    show.add_argument(
+        "--allow-mixed",
+        default="",
+        metavar="SETTINGS",
+        help=f"average cells that differ in these settings ({', '.join(MIXABLE)}, or all); "
+        "the header says so",
+    )
+    show.add_argument(
+        "--params",
+        default=None,
+        metavar="NAMES",
+        help="instead of accuracy: the hyperparameters tuning chose (e.g. alpha or alpha,beta) per "
+        "dataset × shots, median over seeds (markdown, csv or json)",
+    )
+    show.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write accuracy-vs-shots curves (PNG, SVG and PDF) per dataset, for the average, "
+        "and all.*: every panel in one figure (CoOp's Figure 3 layout)",
+    )
     cmp = p.add_argument_group("comparisons")
-    cmp.add_argument("--compare", choices=("paper",), default=None,
-                     help="paper: add the published number, Δ and a flag per cell (reports/data/paper_numbers.json)")
-    cmp.add_argument("--tolerance", type=float, default=1.0, help="flag |Δ| above this many points (default: 1.0)")
-    cmp.add_argument("--paper-source", default=None, help="only these sources of the paper-numbers file (comma list)")
-    cmp.add_argument("--paper-file", type=Path, default=None, help="your own paper-numbers file (same format)")
-    cmp.add_argument("--compare-methods", default=None, metavar="A,B",
-                     help="paired comparison of two rows over seeds and datasets (Wilcoxon signed-rank, paired t)")
+    cmp.add_argument(
+        "--compare",
+        choices=("paper",),
+        default=None,
+        help="paper: add the published number, Δ and a flag per cell (reports/data/paper_numbers.json)",
+    )
+    cmp.add_argument(
+        "--tolerance", type=float, default=1.0, help="flag |Δ| above this many points (default: 1.0)"
+    )
+    cmp.add_argument(
+        "--paper-source", default=None, help="only these sources of the paper-numbers file (comma list)"
+    )
+    cmp.add_argument(
+        "--paper-file", type=Path, default=None, help="your own paper-numbers file (same format)"
+    )
+    cmp.add_argument(
+        "--compare-methods",
+        default=None,
+        metavar="A,B",
+        help="paired comparison of two rows over seeds and datasets (Wilcoxon signed-rank, paired t)",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,23 +135,39 @@ def options_from_args(args):
     from bench.spec import ALL_SHOTS, parse_int_list
 
     filters = Filters(
-        methods=_names(args.methods), datasets=_names(args.datasets), backbones=_names(args.backbone),
-        tune=_names(args.tune), shots=parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS) if args.shots else None,
+        methods=_names(args.methods),
+        datasets=_names(args.datasets),
+        backbones=_names(args.backbone),
+        tune=_names(args.tune),
+        shots=parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS) if args.shots else None,
         seeds=parse_int_list(args.seeds, flag="--seeds") if args.seeds else None,
     )
     mixed = _names(args.allow_mixed) or ()
     mixed = MIXABLE if mixed == ("all",) else mixed
     pair = _names(args.compare_methods)
     if pair is not None and len(pair) != 2:
-        raise BenchError(f"{args.compare_methods!r} does not name two rows", where="--compare-methods",
-                         fix="write A,B, e.g. clip_adapter,linear_probe")
+        raise BenchError(
+            f"{args.compare_methods!r} does not name two rows",
+            where="--compare-methods",
+            fix="write A,B, e.g. clip_adapter,linear_probe",
+        )
     if args.tolerance < 0:
         raise BenchError("the tolerance must not be negative", where="--tolerance", fix="write e.g. 1.0")
-    return ReportOptions(metric=args.metric, ci=args.ci, filters=filters, allow_mixed=frozenset(mixed),
-                         compare_paper=args.compare == "paper", tolerance=args.tolerance, paper_file=args.paper_file,
-                         paper_sources=_names(args.paper_source), compare_methods=pair,
-                         names=method_names(args.names), decimals=args.decimals, spread=args.std,
-                         highlight=args.highlight)
+    return ReportOptions(
+        metric=args.metric,
+        ci=args.ci,
+        filters=filters,
+        allow_mixed=frozenset(mixed),
+        compare_paper=args.compare == "paper",
+        tolerance=args.tolerance,
+        paper_file=args.paper_file,
+        paper_sources=_names(args.paper_source),
+        compare_methods=pair,
+        names=method_names(args.names),
+        decimals=args.decimals,
+        spread=args.std,
+        highlight=args.highlight,
+    )
 
 
 def method_names(value: str | None) -> dict[str, str]:
@@ -119,11 +184,19 @@ def method_names(value: str | None) -> dict[str, str]:
     try:
         names = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BenchError(f"cannot read {path}: {exc}", where="--names",
-                         fix='pass a JSON object like {"clip_adapter": "CLIP-Adapter"}, or ids') from None
-    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
-        raise BenchError(f"{path} is not a JSON object of names", where="--names",
-                         fix='write {"method or row label": "printed name", ...}')
+        raise BenchError(
+            f"cannot read {path}: {exc}",
+            where="--names",
+            fix='pass a JSON object like {"clip_adapter": "CLIP-Adapter"}, or ids',
+        ) from None
+    if not isinstance(names, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in names.items()
+    ):
+        raise BenchError(
+            f"{path} is not a JSON object of names",
+            where="--names",
+            fix='write {"method or row label": "printed name", ...}',
+        )
     return {**METHOD_NAMES, **names}
 
 
@@ -160,8 +233,10 @@ def wall_time_line(results, results_root) -> str:
     from bench.results import grid_wall_seconds, load_extraction_passes
 
     wall = grid_wall_seconds(results, load_extraction_passes(results_root))
-    return (f"grid wall time: {wall['total']:.1f} s = {wall['cells']:.1f} s in {len(results)} cells + "
-            f"{wall['extraction']:.1f} s feature extraction (pre-pass)\n")
+    return (
+        f"grid wall time: {wall['total']:.1f} s = {wall['cells']:.1f} s in {len(results)} cells + "
+        f"{wall['extraction']:.1f} s feature extraction (pre-pass)\n"
+    )
 
 
 def _params_report(args) -> str:
@@ -169,6 +244,9 @@ def _params_report(args) -> str:
     from bench.results import load_results
 
     if args.format not in FORMATS:
-        raise BenchError(f"--params tables come as {', '.join(FORMATS)}, not {args.format}", where="--format",
-                         fix=f"use --format {FORMATS[0]}")
+        raise BenchError(
+            f"--params tables come as {', '.join(FORMATS)}, not {args.format}",
+            where="--format",
+            fix=f"use --format {FORMATS[0]}",
+        )
     return render_params(params_frame(load_results(args.results), _names(args.params)), args.format)

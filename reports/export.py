@@ -56,7 +56,11 @@ def _flat(value: Any, prefix: str) -> dict[str, Any]:
         return out
     if isinstance(value, (list, tuple)):
         return {prefix: json.dumps(value)}
-    return {prefix: value} if value is None or isinstance(value, (str, int, float, bool)) else {prefix: str(value)}
+    return (
+        {prefix: value}
+        if value is None or isinstance(value, (str, int, float, bool))
+        else {prefix: str(value)}
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -69,9 +73,13 @@ def cell_run(record: dict) -> TrackedRun:
     """The run of one record (its ``to_json()`` form)."""
     spec = record["spec"]
     backbone = record.get("backbone") or {}
-    config = {**_flat(spec, "spec"), **_flat(record.get("config") or {}, "config"),
-              **_flat({k: backbone.get(k) for k in ("id", "arch", "weights_sha256", "precision")}, "backbone"),
-              "prompts": (record.get("prompts") or {}).get("set"), "run_id": record.get("run_id")}
+    config = {
+        **_flat(spec, "spec"),
+        **_flat(record.get("config") or {}, "config"),
+        **_flat({k: backbone.get(k) for k in ("id", "arch", "weights_sha256", "precision")}, "backbone"),
+        "prompts": (record.get("prompts") or {}).get("set"),
+        "run_id": record.get("run_id"),
+    }
     numbers = {**_flat(record.get("metrics") or {}, ""), **_flat(record.get("timing_s") or {}, "timing_s")}
     metrics = {k: v for k, v in ((k, _number(v)) for k, v in numbers.items()) if v is not None}
     curves, diagnostics = {}, record.get("diagnostics") or {}
@@ -81,10 +89,14 @@ def cell_run(record: dict) -> TrackedRun:
         elif _number(value) is not None:
             metrics[f"diagnostics/{name}"] = float(value)
     overrides = spec.get("overrides") or {}
-    label = spec["method"] + (f"[{','.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]" if overrides else "")
+    label = spec["method"] + (
+        f"[{','.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]" if overrides else ""
+    )
     name = f"{label}/{spec['dataset']}/k{spec['shots']}/s{spec['seed']}"
-    group = (f"{backbone.get('id', spec.get('backbone'))} · tune {spec.get('tune', 'none')}"
-             f" · {spec.get('protocol') or 'fewshot'}")
+    group = (
+        f"{backbone.get('id', spec.get('backbone'))} · tune {spec.get('tune', 'none')}"
+        f" · {spec.get('protocol') or 'fewshot'}"
+    )
     return TrackedRun(name, group, {k: v for k, v in config.items() if v is not None}, metrics, curves)
 
 
@@ -109,20 +121,28 @@ def sweep_runs(records: list, title: str) -> list[TrackedRun]:
         metrics, curves = {}, {}
         for r in table.to_dict("records"):
             metrics[f"top1/{r['label']}/{r['dataset']}/k{r['shots']}"] = float(r["mean"])
-            curves.setdefault(f"top1_by_shots/{r['label']}/{r['dataset']}", []).append((int(r["shots"]), float(r["mean"])))
+            curves.setdefault(f"top1_by_shots/{r['label']}/{r['dataset']}", []).append(
+                (int(r["shots"]), float(r["mean"]))
+            )
         for r in in_table(averages, key).to_dict("records"):
             if r["complete_datasets"]:
-                curves.setdefault(f"top1_by_shots/{r['label']}/average", []).append((int(r["shots"]), float(r["mean"])))
-        config = {**{k: str(v) for k, v in settings.items()}, "records": int(len(in_table(frame, key))),
-                  "methods": ",".join(sorted(table["label"].unique())),
-                  "datasets": ",".join(sorted(table["dataset"].unique())),
-                  "shots": ",".join(map(str, sorted(table["shots"].unique())))}
+                curves.setdefault(f"top1_by_shots/{r['label']}/average", []).append(
+                    (int(r["shots"]), float(r["mean"]))
+                )
+        config = {
+            **{k: str(v) for k, v in settings.items()},
+            "records": int(len(in_table(frame, key))),
+            "methods": ",".join(sorted(table["label"].unique())),
+            "datasets": ",".join(sorted(table["dataset"].unique())),
+            "shots": ",".join(map(str, sorted(table["shots"].unique()))),
+        }
         name = f"{title} · {settings['backbone']} · tune {settings['tune']} · {settings['protocol']}"
         runs.append(TrackedRun(name, title, config, metrics, {k: sorted(v) for k, v in curves.items()}))
     return runs
 
 
 # -- writers -----------------------------------------------------------------------------------
+
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
@@ -136,8 +156,11 @@ def _import(target: str):
             return SummaryWriter
         return __import__(target)
     except ImportError:
-        raise BenchError(f"{target} is not installed", where="--to",
-                         fix=f"pip install 'clip-fewshot-bench[{TARGETS[target]}]'") from None
+        raise BenchError(
+            f"{target} is not installed",
+            where="--to",
+            fix=f"pip install 'clip-fewshot-bench[{TARGETS[target]}]'",
+        ) from None
 
 
 def write_tensorboard(runs: list[TrackedRun], out: Path, project: str) -> list[Path]:
@@ -146,7 +169,9 @@ def write_tensorboard(runs: list[TrackedRun], out: Path, project: str) -> list[P
     writer_class = _import("tensorboard")
     folders = []
     for run in runs:
-        folder = out / _safe(project) / _safe(run.group) / _safe(f"{run.name}-{run.config.get('run_id', '')[:8]}")
+        folder = (
+            out / _safe(project) / _safe(run.group) / _safe(f"{run.name}-{run.config.get('run_id', '')[:8]}")
+        )
         writer = writer_class(log_dir=str(folder))
         for name, value in sorted(run.metrics.items()):
             writer.add_scalar(name, value, 0)
@@ -154,8 +179,11 @@ def write_tensorboard(runs: list[TrackedRun], out: Path, project: str) -> list[P
             for step, value in points:
                 writer.add_scalar(name, value, step)
         hparams = {k: v for k, v in run.config.items() if isinstance(v, (str, int, float, bool))}
-        writer.add_hparams(hparams, {f"hparams/{k}": v for k, v in run.metrics.items() if k in ("top1", "val_top1")},
-                           run_name=".")
+        writer.add_hparams(
+            hparams,
+            {f"hparams/{k}": v for k, v in run.metrics.items() if k in ("top1", "val_top1")},
+            run_name=".",
+        )
         writer.close()
         folders.append(folder)
     return folders
@@ -169,8 +197,15 @@ def write_wandb(runs: list[TrackedRun], out: Path, project: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     folders = []
     for run in runs:
-        handle = wandb.init(project=project, name=run.name, group=run.group, config=run.config, dir=str(out),
-                            mode="offline", reinit="create_new")
+        handle = wandb.init(
+            project=project,
+            name=run.name,
+            group=run.group,
+            config=run.config,
+            dir=str(out),
+            mode="offline",
+            reinit="create_new",
+        )
         for name, points in sorted(run.curves.items()):
             handle.define_metric(name, step_metric=f"{name}/step")
             for step, value in points:
@@ -183,7 +218,9 @@ def write_wandb(runs: list[TrackedRun], out: Path, project: str) -> list[Path]:
 
 def write_mlflow(runs: list[TrackedRun], out: Path, project: str) -> list[Path]:
     """An MLflow file store at ``out``: experiment ``project``, params (the config), metrics, curves by step."""
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this opt-in
+    os.environ.setdefault(
+        "MLFLOW_ALLOW_FILE_STORE", "true"
+    )  # MLflow 3 keeps the file store behind this opt-in
     mlflow = _import("mlflow")
     out.mkdir(parents=True, exist_ok=True)
     client = mlflow.tracking.MlflowClient(tracking_uri=out.resolve().as_uri())
@@ -214,22 +251,29 @@ WRITERS = {"tensorboard": write_tensorboard, "wandb": write_wandb, "mlflow": wri
 
 # -- command -----------------------------------------------------------------------------------
 
+
 def add_parser(subparsers) -> None:
     from bench.run_config import add_folder_argument
 
     p = subparsers.add_parser(
-        "export", help="result records into W&B (offline), MLflow (file store) or TensorBoard event files",
+        "export",
+        help="result records into W&B (offline), MLflow (file store) or TensorBoard event files",
         description="Write result records into an experiment tracker's own files, without network: one run per "
-                    "cell (config, scores, recorded curves) or per sweep table (means and accuracy-vs-shots "
-                    "curves). Reads the JSON records only.",
+        "cell (config, scores, recorded curves) or per sweep table (means and accuracy-vs-shots "
+        "curves). Reads the JSON records only.",
         epilog="examples:\n  bench export --to tensorboard --out runs/ && tensorboard --logdir runs/\n"
-               "  bench export --to wandb --per sweep --project fewshot   # then: wandb sync runs/wandb/offline-run-*\n"
-               "  bench export --to mlflow --out mlruns/                  # then: mlflow ui --backend-store-uri mlruns/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  bench export --to wandb --per sweep --project fewshot   # then: wandb sync runs/wandb/offline-run-*\n"
+        "  bench export --to mlflow --out mlruns/                  # then: mlflow ui --backend-store-uri mlruns/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--to", required=True, choices=tuple(TARGETS), help="the tracker")
     p.add_argument("--per", default="cell", choices=PER, help="one run per cell (default) or per sweep table")
-    p.add_argument("--project", default="clip-fewshot-bench", help="W&B project, MLflow experiment, TensorBoard folder")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="where the tracker's files go (default: ./runs)")
+    p.add_argument(
+        "--project", default="clip-fewshot-bench", help="W&B project, MLflow experiment, TensorBoard folder"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs"), help="where the tracker's files go (default: ./runs)"
+    )
     add_folder_argument(p, "results", "results folder")
     p.set_defaults(func=run)
 
@@ -247,6 +291,9 @@ def run(args) -> int:
         runs = sweep_runs(ok, args.project)
     folders = WRITERS[args.to](runs, args.out, args.project)
     skipped = len(records) - len(ok)
-    sys.stderr.write(f"wrote {len(folders)} {args.to} run(s) under {args.out}"
-                     + (f"; {skipped} failed record(s) left out" if skipped else "") + "\n")
+    sys.stderr.write(
+        f"wrote {len(folders)} {args.to} run(s) under {args.out}"
+        + (f"; {skipped} failed record(s) left out" if skipped else "")
+        + "\n"
+    )
     return 0

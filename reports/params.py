@@ -18,11 +18,18 @@ from bench.errors import BenchError
 from bench.reports.aggregate import record_keys
 from bench.results import RunResult
 
-PARAM_TABLE_KEYS = ["backbone", "weights_sha256", "tune", "trials"]  # a tuned table also splits by trial budget
+PARAM_TABLE_KEYS = [
+    "backbone",
+    "weights_sha256",
+    "tune",
+    "trials",
+]  # a tuned table also splits by trial budget
 CELL_KEYS = [*PARAM_TABLE_KEYS, "method", "param", "dataset", "shots"]
 FORMATS = ("markdown", "csv", "json")
-MODE_LABELS = {"val": "tuned on the few-shot validation split",
-               "oracle": "ORACLE — tuned on the test split, not an honest few-shot choice"}
+MODE_LABELS = {
+    "val": "tuned on the few-shot validation split",
+    "oracle": "ORACLE — tuned on the test split, not an honest few-shot choice",
+}
 
 
 def params_frame(results: list[RunResult], names: Sequence[str]) -> pd.DataFrame:
@@ -30,7 +37,9 @@ def params_frame(results: list[RunResult], names: Sequence[str]) -> pd.DataFrame
     rows = []
     for r in results:
         best = r.tuning.best_params or {}
-        rows += [{**record_keys(r), "param": name, "value": best[name]} for name in names if r.ok and name in best]
+        rows += [
+            {**record_keys(r), "param": name, "value": best[name]} for name in names if r.ok and name in best
+        ]
     frame = pd.DataFrame(rows, columns=[*CELL_KEYS, "seed", "value", "finished_at"])
     frame = frame.sort_values("finished_at").drop_duplicates([*CELL_KEYS, "seed"], keep="last")
     return frame.sort_values([*CELL_KEYS, "seed"]).reset_index(drop=True)
@@ -40,8 +49,12 @@ def summarise(values: Sequence) -> dict:
     """Numbers: median, min, max. Other values (categorical choices): the most common one."""
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         series = pd.Series(values, dtype=float)
-        return {"median": float(series.median()), "min": float(series.min()), "max": float(series.max()),
-                "n_seeds": len(values)}
+        return {
+            "median": float(series.median()),
+            "min": float(series.min()),
+            "max": float(series.max()),
+            "n_seeds": len(values),
+        }
     value, count = Counter(json.dumps(v) for v in values).most_common(1)[0]
     return {"most_common": json.loads(value), "count": count, "n_seeds": len(values)}
 
@@ -49,13 +62,23 @@ def summarise(values: Sequence) -> dict:
 def render_params(frame: pd.DataFrame, fmt: str = "markdown") -> str:
     """The chosen-parameter tables of a :func:`params_frame` in ``fmt``."""
     if fmt not in FORMATS:
-        raise BenchError(f"unknown report format {fmt!r}", where="--format", fix=f"use one of: {', '.join(FORMATS)}")
+        raise BenchError(
+            f"unknown report format {fmt!r}", where="--format", fix=f"use one of: {', '.join(FORMATS)}"
+        )
     if frame.empty:
-        raise BenchError("no tuned result records chose these parameters", where="--params",
-                         fix="run `bench run --tune val --trials N` first, or check the names (e.g. alpha)")
-    cells = [{**dict(zip(CELL_KEYS, key, strict=True)), **summarise(group["value"].tolist()),
-              "seeds": sorted(group["seed"].tolist())}
-             for key, group in frame.groupby(CELL_KEYS, sort=True)]
+        raise BenchError(
+            "no tuned result records chose these parameters",
+            where="--params",
+            fix="run `bench run --tune val --trials N` first, or check the names (e.g. alpha)",
+        )
+    cells = [
+        {
+            **dict(zip(CELL_KEYS, key, strict=True)),
+            **summarise(group["value"].tolist()),
+            "seeds": sorted(group["seed"].tolist()),
+        }
+        for key, group in frame.groupby(CELL_KEYS, sort=True)
+    ]
     if fmt == "csv":
         return pd.DataFrame(cells).to_csv(index=False)
     if fmt == "json":
@@ -76,18 +99,30 @@ def _cell_text(row) -> str:
 
 
 def _markdown(cells: pd.DataFrame) -> str:
-    parts = ["# Tuned hyperparameters", "",
-             "The value each tuned cell chose, median over seeds [min–max]; categorical choices show the most "
-             "common value (seeds that chose it / seeds).", ""]
+    parts = [
+        "# Tuned hyperparameters",
+        "",
+        "The value each tuned cell chose, median over seeds [min–max]; categorical choices show the most "
+        "common value (seeds that chose it / seeds).",
+        "",
+    ]
     for (backbone, weights, tune, trials), table in cells.groupby(PARAM_TABLE_KEYS, sort=True):
         seeds = sorted({s for row in table["seeds"] for s in row})
-        parts += [f"## {backbone} · tuning: {tune} · {trials} trials", "",
-                  f"Backbone `{backbone}` (weights sha256 `{weights}`), {MODE_LABELS.get(tune, tune)}, "
-                  f"seeds: {', '.join(map(str, seeds))}.", ""]
+        parts += [
+            f"## {backbone} · tuning: {tune} · {trials} trials",
+            "",
+            f"Backbone `{backbone}` (weights sha256 `{weights}`), {MODE_LABELS.get(tune, tune)}, "
+            f"seeds: {', '.join(map(str, seeds))}.",
+            "",
+        ]
         datasets = sorted(table["dataset"].unique())
         rows = []
         for (method, param, shots), group in table.groupby(["method", "param", "shots"], sort=True):
-            row = {"Method": f"{method} (oracle)" if tune == "oracle" else method, "Param": param, "Shots": shots}
+            row = {
+                "Method": f"{method} (oracle)" if tune == "oracle" else method,
+                "Param": param,
+                "Shots": shots,
+            }
             by_dataset = {r["dataset"]: r for _, r in group.iterrows()}
             row.update({d: _cell_text(by_dataset[d]) if d in by_dataset else "—" for d in datasets})
             rows.append(row)

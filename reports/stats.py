@@ -52,8 +52,11 @@ def paired_differences(frame: pd.DataFrame, a: str, b: str, value: str = "top1")
     ok = frame[(frame["status"] == "ok") & frame[value].notna()] if value in frame else frame.iloc[0:0]
     for label in (a, b):
         if label not in set(ok["label"]):
-            raise BenchError(f"no results for {label!r}", where="--compare-methods",
-                             fix=f"rows in these results: {', '.join(sorted(set(ok['label'])))}")
+            raise BenchError(
+                f"no results for {label!r}",
+                where="--compare-methods",
+                fix=f"rows in these results: {', '.join(sorted(set(ok['label'])))}",
+            )
     rows = []
     for key, group in ok.groupby([*TABLE_KEYS, "dataset", "shots"], sort=True):
         wide = group[group["label"].isin([a, b])].pivot_table(index="seed", columns="label", values=value)
@@ -63,10 +66,22 @@ def paired_differences(frame: pd.DataFrame, a: str, b: str, value: str = "top1")
         if wide.empty:
             continue
         diffs = (wide[a] - wide[b]).to_numpy()
-        rows.append({"table": key[:len(TABLE_KEYS)], "dataset": key[-2], "shots": key[-1], "a": float(wide[a].mean()),
-                     "b": float(wide[b].mean()), "delta": float(diffs.mean()), "n_pairs": len(diffs),
-                     "a_wins": int((diffs > 0).sum()), "t_seeds": paired_t(diffs)})
-    return pd.DataFrame(rows, columns=["table", "dataset", "shots", "a", "b", "delta", "n_pairs", "a_wins", "t_seeds"])
+        rows.append(
+            {
+                "table": key[: len(TABLE_KEYS)],
+                "dataset": key[-2],
+                "shots": key[-1],
+                "a": float(wide[a].mean()),
+                "b": float(wide[b].mean()),
+                "delta": float(diffs.mean()),
+                "n_pairs": len(diffs),
+                "a_wins": int((diffs > 0).sum()),
+                "t_seeds": paired_t(diffs),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["table", "dataset", "shots", "a", "b", "delta", "n_pairs", "a_wins", "t_seeds"]
+    )
 
 
 def wilcoxon(diffs: np.ndarray) -> TestResult:
@@ -85,7 +100,7 @@ def wilcoxon(diffs: np.ndarray) -> TestResult:
     if dropped:
         notes.append(f"{dropped} zero difference(s) dropped")
     if method == "exact" and n < 6:
-        notes.append(f"with n = {n} the smallest attainable p is {2 / 2 ** n:.3g}")
+        notes.append(f"with n = {n} the smallest attainable p is {2 / 2**n:.3g}")
     return TestResult(name, float(result.statistic), float(result.pvalue), n, "; ".join(notes))
 
 
@@ -109,19 +124,32 @@ def summarize(pairs: pd.DataFrame, a: str, b: str) -> list[dict]:
         diffs = group["delta"].to_numpy()
         w, t = wilcoxon(diffs), paired_t(diffs)
         wins, ties = int((diffs > 1e-12).sum()), int((np.abs(diffs) <= 1e-12).sum())
-        out.append({"table": table, "shots": int(shots), "n_datasets": len(diffs), "a_wins": wins, "ties": ties,
-                    "mean_delta": float(diffs.mean()), "wilcoxon": w, "t_test": t,
-                    "sentence": sentence(a, b, int(shots), wins, ties, len(diffs), float(diffs.mean()), w, t)})
+        out.append(
+            {
+                "table": table,
+                "shots": int(shots),
+                "n_datasets": len(diffs),
+                "a_wins": wins,
+                "ties": ties,
+                "mean_delta": float(diffs.mean()),
+                "wilcoxon": w,
+                "t_test": t,
+                "sentence": sentence(a, b, int(shots), wins, ties, len(diffs), float(diffs.mean()), w, t),
+            }
+        )
     return out
 
 
-def sentence(a: str, b: str, shots: int, wins: int, ties: int, n: int, mean_delta: float, w: TestResult,
-             t: TestResult) -> str:
+def sentence(
+    a: str, b: str, shots: int, wins: int, ties: int, n: int, mean_delta: float, w: TestResult, t: TestResult
+) -> str:
     """``"A beats B on 9/11 datasets at 16 shots (mean Δ +2.31 pt); Wilcoxon … p = 0.0098; …"``."""
     tie_text = f", ties on {ties}" if ties else ""
-    return (f"{a} beats {b} on {wins}/{n} datasets at {shots} shot{'s' if shots != 1 else ''}{tie_text} "
-            f"(mean Δ {_signed(mean_delta)} pt); "
-            f"{_describe(w, 'W')}; {_describe(t, 't')}.")
+    return (
+        f"{a} beats {b} on {wins}/{n} datasets at {shots} shot{'s' if shots != 1 else ''}{tie_text} "
+        f"(mean Δ {_signed(mean_delta)} pt); "
+        f"{_describe(w, 'W')}; {_describe(t, 't')}."
+    )
 
 
 def _describe(test: TestResult, symbol: str) -> str:

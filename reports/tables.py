@@ -53,9 +53,9 @@ CI_CHOICES = ("coop", "t")
 SPREAD_TEXT = {
     None: "± the population standard deviation over seeds (np.std, as CoOp's parse_test_res.py)",
     "coop": "± the 95% confidence half-width 1.96·σ/√n over the n seeds, σ the population standard deviation "
-            "(CoOp's parse_test_res.py --ci95; a normal approximation, narrow for 3 seeds)",
+    "(CoOp's parse_test_res.py --ci95; a normal approximation, narrow for 3 seeds)",
     "t": "± the 95% confidence half-width t(0.975, n−1)·s/√n over the n seeds, s the sample standard deviation "
-         "(Student t; undefined for one seed)",
+    "(Student t; undefined for one seed)",
 }
 
 
@@ -128,14 +128,20 @@ class Table:
 def render(frame: pd.DataFrame, fmt: str = "markdown", options: ReportOptions | None = None) -> str:
     """The report of a :func:`~bench.reports.aggregate.results_frame` in ``fmt``."""
     if fmt not in FORMATS:
-        raise BenchError(f"unknown report format {fmt!r}", where="--format", fix=f"use one of: {', '.join(FORMATS)}")
+        raise BenchError(
+            f"unknown report format {fmt!r}", where="--format", fix=f"use one of: {', '.join(FORMATS)}"
+        )
     return render_report(build_report(frame, options or ReportOptions()), fmt)
 
 
 def build_report(frame: pd.DataFrame, options: ReportOptions) -> Report:
     """Sections for every table of ``frame`` (filtered, mixed as allowed), with the JSON/CSV payload."""
     frame = prepare(frame, options)
-    paper = load_paper_numbers(options.paper_file, sources=options.paper_sources) if options.compare_paper else None
+    paper = (
+        load_paper_numbers(options.paper_file, sources=options.paper_sources)
+        if options.compare_paper
+        else None
+    )
     if options.compare_methods:
         sections.check_labels(frame, options.compare_methods, options.metric)
     cells = aggregate(frame, options.metric)
@@ -150,12 +156,27 @@ def build_report(frame: pd.DataFrame, options: ReportOptions) -> Report:
     missing, failed = holes(frame, options.filters.seeds)
     blocks.append(_holes_block(missing, failed))
     long = pd.concat([p for p in long_parts if not p.empty] or [sections.empty_long()], ignore_index=True)
-    payload = {"report": "bench-report", "version": 1, "metric": options.metric, "units": "percent",
-               "spread": SPREAD_TEXT[options.ci], "n_records": len(frame), "tables": tables,
-               "cells": _records(long, "cell"), "transfer": _records(long, "transfer"),
-               "base2new": _records(long, "base2new"), "missing": missing, "failed": failed}
-    return Report(title=f"Few-shot results: {METRIC_TITLES[options.metric].lower()}", intro=_intro(options),
-                  blocks=tuple(blocks), payload=payload, long=_csv_table(long, tables, options))
+    payload = {
+        "report": "bench-report",
+        "version": 1,
+        "metric": options.metric,
+        "units": "percent",
+        "spread": SPREAD_TEXT[options.ci],
+        "n_records": len(frame),
+        "tables": tables,
+        "cells": _records(long, "cell"),
+        "transfer": _records(long, "transfer"),
+        "base2new": _records(long, "base2new"),
+        "missing": missing,
+        "failed": failed,
+    }
+    return Report(
+        title=f"Few-shot results: {METRIC_TITLES[options.metric].lower()}",
+        intro=_intro(options),
+        blocks=tuple(blocks),
+        payload=payload,
+        long=_csv_table(long, tables, options),
+    )
 
 
 def prepare(frame: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
@@ -168,13 +189,21 @@ def _check(frame: pd.DataFrame, options: ReportOptions) -> None:
     if frame.empty:
         raise BenchError("no result records found", where="--results", fix="run `bench run` first")
     if options.metric not in METRIC_TITLES:
-        raise BenchError(f"unknown metric {options.metric!r}", where="--metric", fix=f"use one of: {', '.join(METRIC_TITLES)}")
+        raise BenchError(
+            f"unknown metric {options.metric!r}",
+            where="--metric",
+            fix=f"use one of: {', '.join(METRIC_TITLES)}",
+        )
     if options.ci not in (None, *CI_CHOICES):
-        raise BenchError(f"unknown interval {options.ci!r}", where="--ci", fix=f"use one of: {', '.join(CI_CHOICES)}")
+        raise BenchError(
+            f"unknown interval {options.ci!r}", where="--ci", fix=f"use one of: {', '.join(CI_CHOICES)}"
+        )
     if not 0 <= options.decimals <= 6:
         raise BenchError(f"{options.decimals} decimals", where="--decimals", fix="use 0 to 6")
     if options.compare_paper and options.metric != "top1":
-        raise BenchError("published numbers are top-1 accuracies", where="--compare paper", fix="drop --metric or use top1")
+        raise BenchError(
+            "published numbers are top-1 accuracies", where="--compare paper", fix="drop --metric or use top1"
+        )
 
 
 def _titles(frame: pd.DataFrame) -> dict[tuple, str]:
@@ -185,31 +214,53 @@ def _titles(frame: pd.DataFrame) -> dict[tuple, str]:
         protocol = "" if s["protocol"] == "fewshot" else f" · protocol: {s['protocol']}"
         short[key] = f"{s['backbone']} · tuning: {s['tune']}{protocol}"
     counts = pd.Series(list(short.values())).value_counts()
-    return {key: title if counts[title] == 1 else
-            f"{title} · weights {table_settings(key)['weights_sha256']} · {table_settings(key)['preprocessing']}"
-            for key, title in short.items()}
+    return {
+        key: title
+        if counts[title] == 1
+        else f"{title} · weights {table_settings(key)['weights_sha256']} · {table_settings(key)['preprocessing']}"
+        for key, title in short.items()
+    }
 
 
 def _intro(options: ReportOptions) -> tuple[str, ...]:
     f = options.filters
-    chosen = [f"--{name} {','.join(map(str, value))}" for name, value in
-              (("methods", f.methods), ("datasets", f.datasets), ("shots", f.shots), ("backbone", f.backbones),
-               ("tune", f.tune), ("seeds", f.seeds)) if value]
-    lines = [f"{METRIC_TITLES[options.metric]} (%) on the test split: mean over seeds {SPREAD_TEXT[options.ci]}. "
-             "A cell with fewer seeds than its table is marked (n/m seeds); (oracle) marks cells tuned on the test "
-             "split. Averages over datasets are the means of the cell means and need every dataset of the table."]
+    chosen = [
+        f"--{name} {','.join(map(str, value))}"
+        for name, value in (
+            ("methods", f.methods),
+            ("datasets", f.datasets),
+            ("shots", f.shots),
+            ("backbone", f.backbones),
+            ("tune", f.tune),
+            ("seeds", f.seeds),
+        )
+        if value
+    ]
+    lines = [
+        f"{METRIC_TITLES[options.metric]} (%) on the test split: mean over seeds {SPREAD_TEXT[options.ci]}. "
+        "A cell with fewer seeds than its table is marked (n/m seeds); (oracle) marks cells tuned on the test "
+        "split. Averages over datasets are the means of the cell means and need every dataset of the table."
+    ]
     if chosen:
         lines.append("Records selected with " + " ".join(chosen) + ".")
     if options.allow_mixed:
-        lines.append(f"--allow-mixed {','.join(sorted(options.allow_mixed))}: cells that differ in these settings "
-                     "are averaged together; the settings below say which values were mixed.")
+        lines.append(
+            f"--allow-mixed {','.join(sorted(options.allow_mixed))}: cells that differ in these settings "
+            "are averaged together; the settings below say which values were mixed."
+        )
     return tuple(lines)
 
 
 def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
     settings = _settings(table)
-    payload = {**table.settings, "arch": sorted(table.frame["arch"].unique().tolist()), "seeds": list(table.seeds),
-               "datasets": table.datasets, "prompts": _prompt_sets(table), "n_records": len(table.frame)}
+    payload = {
+        **table.settings,
+        "arch": sorted(table.frame["arch"].unique().tolist()),
+        "seeds": list(table.seeds),
+        "datasets": table.datasets,
+        "prompts": _prompt_sets(table),
+        "n_records": len(table.frame),
+    }
     long = sections.long_cells(table)
     if table.settings["protocol"] == "base2new":
         main, b2n = sections.base2new_block(table, settings)
@@ -218,7 +269,10 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
     else:
         average = dataset_average(table.frame, table.cells, table.options.metric)
         shown, marks = accuracy_table(table, average)
-        blocks = [Block(table.title, 2, settings, _emphasis_note(marks), shown, marks), average_block(table, average)]
+        blocks = [
+            Block(table.title, 2, settings, _emphasis_note(marks), shown, marks),
+            average_block(table, average),
+        ]
         payload["averages"] = _average_payload(average)
         long = pd.concat([long, sections.long_averages(table, average)], ignore_index=True)
     shift = sections.transfer_block(table)
@@ -227,8 +281,17 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
         long = pd.concat([long, sections.long_transfer(table)], ignore_index=True)
     if table.settings["protocol"] != "fewshot":
         if paper is not None or table.options.compare_methods:
-            blocks.append(Block("Comparisons", 3, (), ("Published numbers and the paired comparison cover the few-shot "
-                                                       "protocol only; these cells are not compared.",)))
+            blocks.append(
+                Block(
+                    "Comparisons",
+                    3,
+                    (),
+                    (
+                        "Published numbers and the paired comparison cover the few-shot "
+                        "protocol only; these cells are not compared.",
+                    ),
+                )
+            )
         return blocks, payload, long
     if paper is not None:
         block, long = sections.paper_block(table, long, paper)
@@ -251,14 +314,20 @@ def _settings(table: Table) -> tuple[tuple[str, str], ...]:
     prompts = "; ".join(f"{label}: {p}" for label, p in _prompt_sets(table).items())
     generations = ", ".join(sorted(frame["generation"].unique()))
     failed = int((frame["status"] != "ok").sum())
-    protocol = {"fewshot": "few-shot, all classes", "base2new": "base-to-new (train on base classes, test base and new)"}
-    rows = [("Backbone", f"{s['backbone']} (architecture {', '.join(sorted(frame['arch'].unique()))})"),
-            ("Weights sha256", s["weights_sha256"]),
-            ("Preprocessing", f"{s['preprocessing']} ({_generation_note(generations)})"),
-            ("Prompt sets", prompts), ("Tuning", TUNE_TITLES.get(s["tune"], s["tune"])),
-            ("Protocol", protocol.get(s["protocol"], s["protocol"])),
-            ("Seeds", ", ".join(map(str, table.seeds))),
-            ("Records", f"{len(frame)} ({failed} failed)")]
+    protocol = {
+        "fewshot": "few-shot, all classes",
+        "base2new": "base-to-new (train on base classes, test base and new)",
+    }
+    rows = [
+        ("Backbone", f"{s['backbone']} (architecture {', '.join(sorted(frame['arch'].unique()))})"),
+        ("Weights sha256", s["weights_sha256"]),
+        ("Preprocessing", f"{s['preprocessing']} ({_generation_note(generations)})"),
+        ("Prompt sets", prompts),
+        ("Tuning", TUNE_TITLES.get(s["tune"], s["tune"])),
+        ("Protocol", protocol.get(s["protocol"], s["protocol"])),
+        ("Seeds", ", ".join(map(str, table.seeds))),
+        ("Records", f"{len(frame)} ({failed} failed)"),
+    ]
     mixed = [f"{k}" for k, v in s.items() if str(v).startswith("mixed: ")]
     if any(str(p).startswith("mixed: ") for p in frame["prompts"]):
         mixed.append("prompts")
@@ -269,8 +338,7 @@ def _settings(table: Table) -> tuple[tuple[str, str], ...]:
 
 def _prompt_sets(table: Table) -> dict[str, str]:
     pairs = table.frame[["label", "prompts"]].drop_duplicates()
-    return {label: ", ".join(sorted(pairs.loc[pairs["label"] == label, "prompts"]))
-            for label in table.labels}
+    return {label: ", ".join(sorted(pairs.loc[pairs["label"] == label, "prompts"])) for label in table.labels}
 
 
 def accuracy_table(table: Table, average: pd.DataFrame) -> tuple[pd.DataFrame, tuple]:
@@ -302,8 +370,11 @@ def accuracy_table(table: Table, average: pd.DataFrame) -> tuple[pd.DataFrame, t
 
 
 def _same_at_every_shot(table: Table, by_cell: dict, label: str, shots: list[int]) -> bool:
-    return all(len({round(by_cell[(label, d, k)]["mean"], 9) if (label, d, k) in by_cell else None
-                    for k in shots}) == 1 for d in table.datasets)
+    return all(
+        len({round(by_cell[(label, d, k)]["mean"], 9) if (label, d, k) in by_cell else None for k in shots})
+        == 1
+        for d in table.datasets
+    )
 
 
 def _emphasis(table: Table, values: list[tuple], columns: list[str]) -> tuple[tuple[int, str, str], ...]:
@@ -323,8 +394,10 @@ def _emphasis(table: Table, values: list[tuple], columns: list[str]) -> tuple[tu
 def _emphasis_note(marks: tuple) -> tuple[str, ...]:
     if not marks:
         return ()
-    return ("Bold: the best mean in its column among the methods trained with the same shots; underlined: the "
-            "second (methods that see no training images, such as zero-shot CLIP, are not ranked).",)
+    return (
+        "Bold: the best mean in its column among the methods trained with the same shots; underlined: the "
+        "second (methods that see no training images, such as zero-shot CLIP, are not ranked).",
+    )
 
 
 def average_block(table: Table, average: pd.DataFrame) -> Block:
@@ -337,17 +410,30 @@ def average_block(table: Table, average: pd.DataFrame) -> Block:
         for k, column in zip(shots, columns, strict=True):
             found = average[(average["label"] == label) & (average["shots"] == k)]
             row[column] = _average_cell(table, found.iloc[0], label) if len(found) else "—"
-            means[column] = found.iloc[0]["mean"] if len(found) and found.iloc[0]["complete_datasets"] else None
+            means[column] = (
+                found.iloc[0]["mean"] if len(found) and found.iloc[0]["complete_datasets"] else None
+            )
         rows.append(row)
         values.append((None if is_shot_free(label) else 0, means))
     n = len(table.datasets)
-    which = "the 11 datasets" if set(table.datasets) == set(STANDARD_DATASETS) else \
-        f"{n} dataset{'s' if n != 1 else ''} ({', '.join(map(dataset_title, table.datasets))})"
-    note = ("Mean of the cell means; ± is taken over the seeds every dataset has, of the per-seed average over "
-            "datasets. — where a dataset of the table has no result.")
+    which = (
+        "the 11 datasets"
+        if set(table.datasets) == set(STANDARD_DATASETS)
+        else f"{n} dataset{'s' if n != 1 else ''} ({', '.join(map(dataset_title, table.datasets))})"
+    )
+    note = (
+        "Mean of the cell means; ± is taken over the seeds every dataset has, of the per-seed average over "
+        "datasets. — where a dataset of the table has no result."
+    )
     marks = _emphasis(table, values, columns)
-    return Block(f"Average over {which}", 3, (), (note, *_emphasis_note(marks)),
-                 pd.DataFrame(rows, columns=["Method", *columns]), marks)
+    return Block(
+        f"Average over {which}",
+        3,
+        (),
+        (note, *_emphasis_note(marks)),
+        pd.DataFrame(rows, columns=["Method", *columns]),
+        marks,
+    )
 
 
 def _average_cell(table: Table, row, label: str) -> str:
@@ -365,9 +451,17 @@ def _average_payload(average: pd.DataFrame) -> list[dict]:
     out = []
     for r in average.to_dict("records"):
         values = spread(pd.Series(r["per_seed"]).to_numpy()) if r["per_seed"] else {}
-        out.append({"label": r["label"], "shots": int(r["shots"]), "mean": _round(r["mean"]),
-                    "std": _round(values.get("std")), "n_seeds_common": len(r["per_seed"]),
-                    "n_datasets": int(r["n_datasets"]), "complete": bool(r["complete_datasets"])})
+        out.append(
+            {
+                "label": r["label"],
+                "shots": int(r["shots"]),
+                "mean": _round(r["mean"]),
+                "std": _round(values.get("std")),
+                "n_seeds_common": len(r["per_seed"]),
+                "n_datasets": int(r["n_datasets"]),
+                "complete": bool(r["complete_datasets"]),
+            }
+        )
     return out
 
 

@@ -1,4 +1,5 @@
 """3-seed CLIP-Adapter cell of the demo's size: one-at-a-time fits against clip_adapter.fit_many, interleaved."""
+
 import time
 
 import torch
@@ -11,6 +12,7 @@ def timed(fn):
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
+
 
 dim = 64  # the tiny text tower's width
 names = tuple(f"c{i}" for i in range(10))
@@ -28,5 +30,7 @@ for _rep in range(3):
     res["batched"].append(dt)
 x = torch.randn(500, 64)
 for a, b in zip(seq, bat, strict=False):
-    maxdiff = max(maxdiff, max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=False)))
+    maxdiff = max(
+        maxdiff, max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=False))
+    )
     assert torch.equal(a(x).argmax(1), b(x).argmax(1))

@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
+"${BENCH_VENV:-.venv}/bin/ruff" format --check .
 "${BENCH_VENV:-.venv}/bin/ruff" check .
 
 if [[ ${BENCH_SLURM:-1} != 0 && $(id -u) == 0 && -f /etc/debian_version ]] && command -v apt-get >/dev/null; then

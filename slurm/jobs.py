@@ -32,7 +32,10 @@ class FeatureTask(submitit.helpers.Checkpointable):
 
     def __call__(self, specs: tuple[RunSpec, ...], options: RunOptions) -> dict[str, int]:
         session = Session(options)
-        return {"cells": len(specs), "images_encoded": prepare_features(plan_cells(list(specs), session), session)}
+        return {
+            "cells": len(specs),
+            "images_encoded": prepare_features(plan_cells(list(specs), session), session),
+        }
 
 
 class CellTask(submitit.helpers.Checkpointable):
@@ -48,9 +51,20 @@ class CellTask(submitit.helpers.Checkpointable):
 
     def __call__(self, specs: tuple[RunSpec, ...], options: RunOptions) -> dict[str, Any]:
         session = Session(options)
-        summary = run_planned(plan_cells(list(specs), session), session, options, done_before=set(self.finished),
-                              prepare=False, on_ran=lambda cell: self.finished.append(cell.run_id))
-        out = {"ran": summary.ran, "skipped": summary.skipped, "failed": [name for name, _ in summary.failed],
-               "deferred": summary.deferred, "busy": summary.busy}
+        summary = run_planned(
+            plan_cells(list(specs), session),
+            session,
+            options,
+            done_before=set(self.finished),
+            prepare=False,
+            on_ran=lambda cell: self.finished.append(cell.run_id),
+        )
+        out = {
+            "ran": summary.ran,
+            "skipped": summary.skipped,
+            "failed": [name for name, _ in summary.failed],
+            "deferred": summary.deferred,
+            "busy": summary.busy,
+        }
         log.info("cell task done: %s", {k: len(v) for k, v in out.items()})
         return out

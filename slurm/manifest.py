@@ -103,12 +103,20 @@ def read_manifest(path: Path) -> Manifest:
         data = json.loads(Path(path).read_text())
         if data.get("schema") != MANIFEST_SCHEMA:
             raise ValueError(f"schema {data.get('schema')!r}, expected {MANIFEST_SCHEMA}")
-        return Manifest(**{**data, "cells": tuple(CellEntry(**c) for c in data["cells"]),
-                           "features": tuple(FeatureEntry(**f) for f in data["features"]),
-                           "tasks": tuple(TaskEntry(**{**t, "cells": tuple(t["cells"])}) for t in data["tasks"])})
+        return Manifest(
+            **{
+                **data,
+                "cells": tuple(CellEntry(**c) for c in data["cells"]),
+                "features": tuple(FeatureEntry(**f) for f in data["features"]),
+                "tasks": tuple(TaskEntry(**{**t, "cells": tuple(t["cells"])}) for t in data["tasks"]),
+            }
+        )
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise BenchError(f"unreadable sweep manifest ({exc})", where=str(path),
-                         fix="delete that sweep folder; the records it produced are kept") from exc
+        raise BenchError(
+            f"unreadable sweep manifest ({exc})",
+            where=str(path),
+            fix="delete that sweep folder; the records it produced are kept",
+        ) from exc
 
 
 def find_manifest(results_root: Path, sweep_id: str | None = None) -> Manifest:
@@ -118,12 +126,19 @@ def find_manifest(results_root: Path, sweep_id: str | None = None) -> Manifest:
     if sweep_id:
         path = root / sweep_id / "manifest.json"
         if sweep_id not in list_sweeps(results_root):
-            raise BenchError(f"no sweep {sweep_id!r}", where=str(root), fix=f"sweeps there: {', '.join(list_sweeps(results_root)) or 'none'}")
+            raise BenchError(
+                f"no sweep {sweep_id!r}",
+                where=str(root),
+                fix=f"sweeps there: {', '.join(list_sweeps(results_root)) or 'none'}",
+            )
         return confined(read_manifest(path), results_root, path)
     sweeps = list_sweeps(results_root)
     if not sweeps:
-        raise BenchError("no sweep was submitted into this results folder", where=str(results_root),
-                         fix="run `bench run --executor slurm ...` first, or pass the --results it used")
+        raise BenchError(
+            "no sweep was submitted into this results folder",
+            where=str(results_root),
+            fix="run `bench run --executor slurm ...` first, or pass the --results it used",
+        )
     path = root / sweeps[-1] / "manifest.json"
     return confined(read_manifest(path), results_root, path)
 
@@ -141,10 +156,16 @@ def confined(manifest: Manifest, results_root: Path, path: Path) -> Manifest:
         raise BenchError(f"sweep id {manifest.sweep_id!r} is not its folder's name", where=str(path), fix=fix)
     for cell in manifest.cells:
         if not isinstance(cell.record, str) or not (root / cell.record).resolve().is_relative_to(root):
-            raise BenchError(f"cell {cell.name!r} has its record outside the results folder ({cell.record!r})",
-                             where=str(path), fix=fix)
-    return replace(manifest, results_root=str(root),
-                   log_folder=str(sweep_folder(root, manifest.sweep_id) / "logs" / "%j"))
+            raise BenchError(
+                f"cell {cell.name!r} has its record outside the results folder ({cell.record!r})",
+                where=str(path),
+                fix=fix,
+            )
+    return replace(
+        manifest,
+        results_root=str(root),
+        log_folder=str(sweep_folder(root, manifest.sweep_id) / "logs" / "%j"),
+    )
 
 
 def list_sweeps(results_root: Path) -> list[str]:

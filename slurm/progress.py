@@ -25,8 +25,20 @@ CELL_STATES = ("submitted", "running", "done", "failed", "unknown")
 TAIL_LINES = 12
 
 # Slurm job states (sacct's first word), by what they mean for the cells of the job.
-_SLURM_WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING",
-                            "SUSPENDED", "PREEMPTED", "UNKNOWN", "READY"})
+_SLURM_WAITING = frozenset(
+    {
+        "PENDING",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "CONFIGURING",
+        "RESIZING",
+        "SUSPENDED",
+        "PREEMPTED",
+        "UNKNOWN",
+        "READY",
+    }
+)
 _SLURM_RUNNING = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
 
 
@@ -112,13 +124,19 @@ class RecordReader:
         return summary
 
 
-def cell_statuses(manifest: Manifest, features: list[JobState], tasks: list[JobState],
-                  records: RecordReader) -> list[CellStatus]:
+def cell_statuses(
+    manifest: Manifest, features: list[JobState], tasks: list[JobState], records: RecordReader
+) -> list[CellStatus]:
     return [_cell_status(manifest, entry, features, tasks, records.get(entry)) for entry in manifest.cells]
 
 
-def _cell_status(manifest: Manifest, entry: CellEntry, features: list[JobState], tasks: list[JobState],
-                 record: tuple[bool, str, str] | None) -> CellStatus:
+def _cell_status(
+    manifest: Manifest,
+    entry: CellEntry,
+    features: list[JobState],
+    tasks: list[JobState],
+    record: tuple[bool, str, str] | None,
+) -> CellStatus:
     fresh = record is not None and record[1] >= manifest.created_at
     if record is not None and record[0] and (fresh or not manifest.force):
         return CellStatus(entry, "done")
@@ -174,7 +192,9 @@ def is_finished(counts: dict[str, int]) -> bool:
     return counts["submitted"] == 0 and counts["running"] == 0
 
 
-def follow(tracker: Tracker, records: RecordReader, poll_s: float, emit: Callable[[str], None]) -> list[CellStatus]:
+def follow(
+    tracker: Tracker, records: RecordReader, poll_s: float, emit: Callable[[str], None]
+) -> list[CellStatus]:
     """Step and poll ``tracker`` until no cell is submitted or running; emit a progress line whenever
     the counts change and each new failure once. Returns the final cell states."""
     last: dict[str, int] | None = None

@@ -28,12 +28,36 @@ _PROFILE_ONLY = ("description",)
 
 
 # Slurm's --mail-type values (sbatch(1)); a comma list of them is accepted.
-MAIL_TYPES = frozenset({"NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT",
-                        "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS"})
+MAIL_TYPES = frozenset(
+    {
+        "NONE",
+        "BEGIN",
+        "END",
+        "FAIL",
+        "REQUEUE",
+        "ALL",
+        "INVALID_DEPEND",
+        "STAGE_OUT",
+        "TIME_LIMIT",
+        "TIME_LIMIT_90",
+        "TIME_LIMIT_80",
+        "TIME_LIMIT_50",
+        "ARRAY_TASKS",
+    }
+)
 _SBATCH_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
 # the fields that become one #SBATCH line each: a newline in one would add a line to the script
-_LINE_FIELDS = ("partition", "account", "constraint", "qos", "gres", "reservation", "exclude", "mail_type",
-                "mail_user")
+_LINE_FIELDS = (
+    "partition",
+    "account",
+    "constraint",
+    "qos",
+    "gres",
+    "reservation",
+    "exclude",
+    "mail_type",
+    "mail_user",
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +87,11 @@ class Resources:
             _check_line(getattr(self, name), name)
         for key, value in self.slurm_additional_parameters.items():
             if not isinstance(key, str) or not _SBATCH_KEY.match(key):
-                raise BenchError(f"{key!r} is not an sbatch option name", where=f"slurm_additional_parameters.{key}",
-                                 fix="use the long option without dashes, e.g. {\"nice\": \"10\"}")
+                raise BenchError(
+                    f"{key!r} is not an sbatch option name",
+                    where=f"slurm_additional_parameters.{key}",
+                    fix='use the long option without dashes, e.g. {"nice": "10"}',
+                )
             _check_line(value, f"slurm_additional_parameters.{key}")
         object.__setattr__(self, "slurm_additional_parameters", dict(self.slurm_additional_parameters))
         object.__setattr__(self, "setup", tuple(self.setup))
@@ -73,15 +100,24 @@ class Resources:
         if self.mail_type is not None:
             unknown = sorted(set(self.mail_type.split(",")) - MAIL_TYPES)
             if unknown:
-                raise BenchError(f"unknown mail type(s) {', '.join(map(repr, unknown))}", where="mail_type",
-                                 fix=f"a comma list of {', '.join(sorted(MAIL_TYPES))}")
+                raise BenchError(
+                    f"unknown mail type(s) {', '.join(map(repr, unknown))}",
+                    where="mail_type",
+                    fix=f"a comma list of {', '.join(sorted(MAIL_TYPES))}",
+                )
         for name in ("cpus_per_task", "time_min", "cells_per_task", "array_parallelism"):
             if getattr(self, name) < 1:
-                raise BenchError(f"{name} must be at least 1, not {getattr(self, name)}", where=name,
-                                 fix="use a positive number")
+                raise BenchError(
+                    f"{name} must be at least 1, not {getattr(self, name)}",
+                    where=name,
+                    fix="use a positive number",
+                )
         if self.gpus_per_task < 0 or (self.mem_gb is not None and not 0 < self.mem_gb < float("inf")):
-            raise BenchError("gpus_per_task must be >= 0 and mem_gb > 0", where="gpus_per_task/mem_gb",
-                             fix="use e.g. gpus_per_task=1, mem_gb=32")
+            raise BenchError(
+                "gpus_per_task must be >= 0 and mem_gb > 0",
+                where="gpus_per_task/mem_gb",
+                fix="use e.g. gpus_per_task=1, mem_gb=32",
+            )
 
     @property
     def uses_gpus(self) -> bool:
@@ -91,10 +127,18 @@ class Resources:
 
 def _check_line(value: Any, name: str) -> None:
     """``value`` (None or a string) must be one printable, non-empty line: it goes into the sbatch script."""
-    if value is not None and (not isinstance(value, (str, int)) or isinstance(value, bool)
-                              or not str(value).isprintable() or not str(value).strip()):
-        raise BenchError(f"{name} {value!r} holds a control character (a newline would add a line to the "
-                         "sbatch script) or nothing at all", where=name, fix="give one plain line, e.g. gpu")
+    if value is not None and (
+        not isinstance(value, (str, int))
+        or isinstance(value, bool)
+        or not str(value).isprintable()
+        or not str(value).strip()
+    ):
+        raise BenchError(
+            f"{name} {value!r} holds a control character (a newline would add a line to the "
+            "sbatch script) or nothing at all",
+            where=name,
+            fix="give one plain line, e.g. gpu",
+        )
 
 
 def profile_names() -> list[str]:
@@ -107,14 +151,19 @@ def load_profile(name: str) -> Resources:
     if name.endswith(".json"):
         path = Path(name)
         if not path.is_file():
-            raise BenchError("profile file not found", where=f"--slurm-profile {name}", fix="pass an existing .json file")
+            raise BenchError(
+                "profile file not found", where=f"--slurm-profile {name}", fix="pass an existing .json file"
+            )
         text, where = path.read_text(), str(path)
     else:
         if name not in profile_names():
             close = difflib.get_close_matches(name, profile_names(), n=2)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise BenchError(f"unknown Slurm profile {name!r}.{hint}", where="--slurm-profile",
-                             fix=f"use one of {', '.join(profile_names())} or a path to a .json profile")
+            raise BenchError(
+                f"unknown Slurm profile {name!r}.{hint}",
+                where="--slurm-profile",
+                fix=f"use one of {', '.join(profile_names())} or a path to a .json profile",
+            )
         text = (package_files.files("bench.slurm") / "profiles" / f"{name}.json").read_text()
         where = f"slurm/profiles/{name}.json"
     return _parse_profile(text, where)
@@ -130,13 +179,19 @@ def _parse_profile(text: str, where: str) -> Resources:
     fields = {f.name: f for f in dataclasses.fields(Resources)}
     unknown = sorted(set(data) - set(fields) - set(_PROFILE_ONLY))
     if unknown:
-        raise BenchError(f"unknown profile field(s) {', '.join(unknown)}", where=where,
-                         fix=f"fields are: {', '.join(fields)}")
+        raise BenchError(
+            f"unknown profile field(s) {', '.join(unknown)}",
+            where=where,
+            fix=f"fields are: {', '.join(fields)}",
+        )
     values = {k: v for k, v in data.items() if k in fields}
     for name, value in values.items():
         if value is not None and not _type_ok(value, fields[name].type):
-            raise BenchError(f"field {name!r} has the wrong type ({value!r})", where=where,
-                             fix=f"{name} is {fields[name].type}")
+            raise BenchError(
+                f"field {name!r} has the wrong type ({value!r})",
+                where=where,
+                fix=f"{name} is {fields[name].type}",
+            )
     try:
         return Resources(**values)
     except BenchError as exc:
@@ -147,8 +202,9 @@ def _type_ok(value: Any, annotation: str) -> bool:
     if isinstance(value, bool):
         return False
     if annotation.startswith("Mapping"):
-        return isinstance(value, dict) and all(isinstance(v, (str, int)) and not isinstance(v, bool)
-                                               for v in value.values())
+        return isinstance(value, dict) and all(
+            isinstance(v, (str, int)) and not isinstance(v, bool) for v in value.values()
+        )
     if annotation.startswith("tuple"):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if "str" in annotation:
@@ -163,29 +219,45 @@ def with_overrides(base: Resources, **flags: Any) -> Resources:
     ``slurm_additional_parameters`` are merged into the profile's, ``setup`` lines run after the profile's."""
     given = {k: v for k, v in flags.items() if v is not None}
     if "slurm_additional_parameters" in given:
-        given["slurm_additional_parameters"] = {**base.slurm_additional_parameters,
-                                                **given["slurm_additional_parameters"]}
+        given["slurm_additional_parameters"] = {
+            **base.slurm_additional_parameters,
+            **given["slurm_additional_parameters"],
+        }
     if "setup" in given:
         given["setup"] = (*base.setup, *given["setup"])
     return dataclasses.replace(base, **given)
 
 
-def executor_parameters(res: Resources, kind: str, *, name: str, dependency: str | None = None) -> dict[str, Any]:
+def executor_parameters(
+    res: Resources, kind: str, *, name: str, dependency: str | None = None
+) -> dict[str, Any]:
     """submitit ``update_parameters`` keywords for one job or array of ``kind`` (slurm | processes | debug).
 
     ``dependency`` is a Slurm job id that must end successfully first (``afterok``); if it fails,
     Slurm cancels the dependent job instead of leaving it pending forever.
     """
     if not name.isprintable():
-        raise BenchError(f"job name {name!r} holds a control character", where="dataset name",
-                         fix="name datasets with printable characters only")
+        raise BenchError(
+            f"job name {name!r} holds a control character",
+            where="dataset name",
+            fix="name datasets with printable characters only",
+        )
     params: dict[str, Any] = {"timeout_min": res.time_min, "name": name}
     if kind != "slurm":
         return params
-    params.update(cpus_per_task=res.cpus_per_task, mem_gb=res.mem_gb, slurm_partition=res.partition,
-                  slurm_account=res.account, slurm_constraint=res.constraint, slurm_qos=res.qos,
-                  slurm_gres=res.gres, slurm_exclude=res.exclude, slurm_mail_type=res.mail_type,
-                  slurm_mail_user=res.mail_user, slurm_array_parallelism=res.array_parallelism)
+    params.update(
+        cpus_per_task=res.cpus_per_task,
+        mem_gb=res.mem_gb,
+        slurm_partition=res.partition,
+        slurm_account=res.account,
+        slurm_constraint=res.constraint,
+        slurm_qos=res.qos,
+        slurm_gres=res.gres,
+        slurm_exclude=res.exclude,
+        slurm_mail_type=res.mail_type,
+        slurm_mail_user=res.mail_user,
+        slurm_array_parallelism=res.array_parallelism,
+    )
     if res.gpus_per_task and not res.gres:
         params["slurm_gpus_per_task"] = res.gpus_per_task
     extra = {k.replace("_", "-"): str(v) for k, v in res.slurm_additional_parameters.items()}
@@ -201,8 +273,14 @@ def executor_parameters(res: Resources, kind: str, *, name: str, dependency: str
     return {k: v for k, v in params.items() if v is not None}
 
 
-def sbatch_script(res: Resources, *, name: str, folder: str | Path, array_size: int | None = None,
-                  dependency: str | None = None) -> str:
+def sbatch_script(
+    res: Resources,
+    *,
+    name: str,
+    folder: str | Path,
+    array_size: int | None = None,
+    dependency: str | None = None,
+) -> str:
     """The sbatch script submitit submits for one job (or an array of ``array_size`` tasks) with ``res``,
     rendered without a Slurm client (``bench run --executor slurm --dry-run`` prints it)."""
     from submitit.slurm.slurm import SlurmExecutor, _convert_mem, _make_sbatch_string
@@ -221,7 +299,9 @@ def describe(res: Resources) -> str:
     """One line: ``partition=gpu gpus_per_task=1 ... cells_per_task=8`` (setup lines counted, not shown)."""
     items = {k: v for k, v in dataclasses.asdict(res).items() if v is not None and v != {} and v != ()}
     if "slurm_additional_parameters" in items:
-        items["slurm_additional_parameters"] = ",".join(f"{k}={v}" for k, v in items["slurm_additional_parameters"].items())
+        items["slurm_additional_parameters"] = ",".join(
+            f"{k}={v}" for k, v in items["slurm_additional_parameters"].items()
+        )
     if "setup" in items:
         items["setup"] = f"{len(res.setup)} line(s)"
     return " ".join(f"{k}={v}" for k, v in items.items())

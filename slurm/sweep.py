@@ -69,9 +69,13 @@ class SweepOptions:
 def job_options(options: RunOptions) -> RunOptions:
     """``options`` as jobs get them: absolute folders (jobs may start elsewhere), no progress bars."""
     return dataclasses.replace(
-        options, data_root=Path(options.data_root).resolve(), cache_root=Path(options.cache_root).resolve(),
-        results_root=Path(options.results_root).resolve(), progress=False,
-        extract=dataclasses.replace(options.extract, progress=False))
+        options,
+        data_root=Path(options.data_root).resolve(),
+        cache_root=Path(options.cache_root).resolve(),
+        results_root=Path(options.results_root).resolve(),
+        progress=False,
+        extract=dataclasses.replace(options.extract, progress=False),
+    )
 
 
 def plan_sweep(cells: list[PlannedCell], options: RunOptions, sweep: SweepOptions) -> Manifest:
@@ -87,15 +91,28 @@ def plan_sweep(cells: list[PlannedCell], options: RunOptions, sweep: SweepOption
         features.append(FeatureEntry(backbone, dataset))
         size = sweep.resources.cells_per_task
         for start in range(0, len(members), size):
-            chunk = tuple(members[start:start + size])
+            chunk = tuple(members[start : start + size])
             task_of.update({i: len(tasks) for i in chunk})
             tasks.append(TaskEntry(cells=chunk, feature=len(features) - 1))
-    entries = tuple(CellEntry(c.spec.name, c.spec.backbone, str(c.path.resolve().relative_to(results_root)), task_of.get(i))
-                    for i, c in enumerate(cells))
-    return Manifest(sweep_id=sweep_id, created_at=utc_now(), executor=sweep.executor, force=options.force,
-                    results_root=str(results_root), log_folder=str(sweep_folder(results_root, sweep_id) / "logs" / "%j"),
-                    resources=dataclasses.asdict(sweep.resources), cells=entries, features=tuple(features),
-                    tasks=tuple(tasks), config=sweep.config)
+    entries = tuple(
+        CellEntry(
+            c.spec.name, c.spec.backbone, str(c.path.resolve().relative_to(results_root)), task_of.get(i)
+        )
+        for i, c in enumerate(cells)
+    )
+    return Manifest(
+        sweep_id=sweep_id,
+        created_at=utc_now(),
+        executor=sweep.executor,
+        force=options.force,
+        results_root=str(results_root),
+        log_folder=str(sweep_folder(results_root, sweep_id) / "logs" / "%j"),
+        resources=dataclasses.asdict(sweep.resources),
+        cells=entries,
+        features=tuple(features),
+        tasks=tuple(tasks),
+        config=sweep.config,
+    )
 
 
 def in_flight(results_root: Path) -> dict[str, str]:
@@ -118,23 +135,41 @@ def in_flight(results_root: Path) -> dict[str, str]:
     if not manifests:
         return {}
     queued = queued_job_ids()
-    return {manifest.cells[i].record: manifest.sweep_id for manifest in manifests for task in manifest.tasks
-            if task.job_id in queued for i in task.cells}
+    return {
+        manifest.cells[i].record: manifest.sweep_id
+        for manifest in manifests
+        for task in manifest.tasks
+        if task.job_id in queued
+        for i in task.cells
+    }
 
 
 def queued_job_ids() -> set[str]:
     """Ids of this user's jobs in the Slurm queue, array tasks as ``<array>_<task>`` (submitit's ids)."""
     check_slurm_available()
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
-        raise BenchError(f"squeue failed: {out.stderr.strip()}", where="--executor slurm",
-                         fix="check that the Slurm controller answers (`sinfo`)")
+        raise BenchError(
+            f"squeue failed: {out.stderr.strip()}",
+            where="--executor slurm",
+            fix="check that the Slurm controller answers (`sinfo`)",
+        )
     return set(out.stdout.split())
 
 
-def _executor(manifest: Manifest, kind: str, resources: Resources, name: str,
-              dependency: str | None = None, timeouts: int | None = None) -> submitit.AutoExecutor:
+def _executor(
+    manifest: Manifest,
+    kind: str,
+    resources: Resources,
+    name: str,
+    dependency: str | None = None,
+    timeouts: int | None = None,
+) -> submitit.AutoExecutor:
     """``timeouts``: how often a Slurm job may hit its time limit and requeue (submitit's default, 3, when
     None); a task of many cells that finishes some of them per allocation needs about one per cell."""
     limits = {"slurm_max_num_timeout": timeouts} if kind == "slurm" and timeouts is not None else {}
@@ -155,13 +190,17 @@ def _feature_specs(manifest: Manifest, cells: list[PlannedCell], feature: int) -
 def check_slurm_available() -> None:
     for tool in ("sbatch", "sacct", "squeue"):
         if not shutil.which(tool):
-            raise BenchError(f"{tool} not found: no Slurm client on this machine", where="--executor slurm",
-                             fix="run on the cluster's login node, start a local one with `bash slurm/cluster.sh up`, "
-                                 "or use --executor processes")
+            raise BenchError(
+                f"{tool} not found: no Slurm client on this machine",
+                where="--executor slurm",
+                fix="run on the cluster's login node, start a local one with `bash slurm/cluster.sh up`, "
+                "or use --executor processes",
+            )
 
 
-def submit_slurm(manifest: Manifest, cells: list[PlannedCell], options: RunOptions,
-                 resources: Resources) -> Manifest:
+def submit_slurm(
+    manifest: Manifest, cells: list[PlannedCell], options: RunOptions, resources: Resources
+) -> Manifest:
     """Submit every feature job and array now; returns the manifest with job ids (also written)."""
     check_slurm_available()
     options = job_options(options)
@@ -173,14 +212,24 @@ def submit_slurm(manifest: Manifest, cells: list[PlannedCell], options: RunOptio
         with contextlib.redirect_stderr(io.StringIO()):
             for f, entry in enumerate(manifest.features):
                 job = _executor(manifest, "slurm", resources, f"bench-features-{entry.dataset}").submit(
-                    FeatureTask(), _feature_specs(manifest, cells, f), options)
+                    FeatureTask(), _feature_specs(manifest, cells, f), options
+                )
                 submitted.append(job)
                 feature_ids[f] = job.job_id
                 members = [t for t, task in enumerate(manifest.tasks) if task.feature == f]
-                array = _executor(manifest, "slurm", resources, f"bench-cells-{entry.dataset}",
-                                  dependency=job.job_id, timeouts=resources.cells_per_task + 2)
-                jobs = array.map_array(CellTask(), [_specs(cells, manifest.tasks[t].cells) for t in members],
-                                       [options] * len(members))
+                array = _executor(
+                    manifest,
+                    "slurm",
+                    resources,
+                    f"bench-cells-{entry.dataset}",
+                    dependency=job.job_id,
+                    timeouts=resources.cells_per_task + 2,
+                )
+                jobs = array.map_array(
+                    CellTask(),
+                    [_specs(cells, manifest.tasks[t].cells) for t in members],
+                    [options] * len(members),
+                )
                 submitted.extend(jobs)
                 task_ids.update({t: j.job_id for t, j in zip(members, jobs, strict=True)})
     except Exception as exc:  # sbatch said no: take back what went in, report it as a user error
@@ -188,23 +237,40 @@ def submit_slurm(manifest: Manifest, cells: list[PlannedCell], options: RunOptio
             job.cancel(check=False)
         shutil.rmtree(manifest.folder, ignore_errors=True)  # no manifest yet: only submitit's scripts
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        said = next((line for line in reversed(lines) if "error" in line.lower()),
-                    lines[-1] if lines else type(exc).__name__)
-        raise BenchError(f"sbatch refused the sweep's jobs, nothing was submitted: {said}",
-                         where=_rejected_option(said, resources),
-                         fix="check the names with `sinfo`, `sacctmgr show qos` and `sacctmgr show assoc user=$USER`; "
-                             "`bench run ... --dry-run` prints the sbatch scripts") from exc
-    manifest = manifest.updated({f: {"job_id": i} for f, i in feature_ids.items()},
-                                {t: {"job_id": i} for t, i in task_ids.items()})
+        said = next(
+            (line for line in reversed(lines) if "error" in line.lower()),
+            lines[-1] if lines else type(exc).__name__,
+        )
+        raise BenchError(
+            f"sbatch refused the sweep's jobs, nothing was submitted: {said}",
+            where=_rejected_option(said, resources),
+            fix="check the names with `sinfo`, `sacctmgr show qos` and `sacctmgr show assoc user=$USER`; "
+            "`bench run ... --dry-run` prints the sbatch scripts",
+        ) from exc
+    manifest = manifest.updated(
+        {f: {"job_id": i} for f, i in feature_ids.items()}, {t: {"job_id": i} for t, i in task_ids.items()}
+    )
     write_manifest(manifest)
     return manifest
 
 
 # words of sbatch's refusals -> the option that caused them
-_REFUSALS = (("qos", "qos"), ("partition", "partition"), ("account", "account"), ("gres", "gres"),
-             ("generic resource", "gres"), ("gpu", "gres"), ("reservation", "reservation"), ("feature", "constraint"),
-             ("constraint", "constraint"), ("exclude", "exclude"), ("node", "exclude"), ("mail", "mail_type"),
-             ("memory", "mem_gb"), ("time limit", "time_min"))
+_REFUSALS = (
+    ("qos", "qos"),
+    ("partition", "partition"),
+    ("account", "account"),
+    ("gres", "gres"),
+    ("generic resource", "gres"),
+    ("gpu", "gres"),
+    ("reservation", "reservation"),
+    ("feature", "constraint"),
+    ("constraint", "constraint"),
+    ("exclude", "exclude"),
+    ("node", "exclude"),
+    ("mail", "mail_type"),
+    ("memory", "mem_gb"),
+    ("time limit", "time_min"),
+)
 
 
 def _rejected_option(said: str, resources: Resources) -> str:
@@ -217,8 +283,11 @@ def _rejected_option(said: str, resources: Resources) -> str:
             flag = "--time" if name == "time_min" else "--" + name.replace("_", "-")
             return f"{flag} {value}"
     extra = [f"--slurm-param {k}={v}" for k, v in resources.slurm_additional_parameters.items()]
-    given = [f"--{name.replace('_', '-')} {getattr(resources, name)}" for name in
-             ("partition", "account", "constraint", "qos", "gres", "reservation", "exclude") if getattr(resources, name)]
+    given = [
+        f"--{name.replace('_', '-')} {getattr(resources, name)}"
+        for name in ("partition", "account", "constraint", "qos", "gres", "reservation", "exclude")
+        if getattr(resources, name)
+    ]
     return ", ".join(given + extra) or "--slurm-profile"
 
 
@@ -238,8 +307,10 @@ class SlurmTracker:
         self._watcher.update()
 
     def states(self) -> tuple[list[JobState], list[JobState]]:
-        return ([self._state(f.job_id) for f in self.manifest.features],
-                [self._state(t.job_id) for t in self.manifest.tasks])
+        return (
+            [self._state(f.job_id) for f in self.manifest.features],
+            [self._state(t.job_id) for t in self.manifest.tasks],
+        )
 
     def _state(self, job_id: str) -> JobState:
         if not job_id:
@@ -257,7 +328,9 @@ class LocalScheduler:
     """Runs a sweep's jobs through submitit's local (subprocess) or debug (in-process) executor,
     launching them in dependency order from :meth:`step`."""
 
-    def __init__(self, manifest: Manifest, cells: list[PlannedCell], options: RunOptions, resources: Resources):
+    def __init__(
+        self, manifest: Manifest, cells: list[PlannedCell], options: RunOptions, resources: Resources
+    ):
         self.manifest = manifest
         self._cells, self._options, self._resources = cells, job_options(options), resources
         self._features: dict[int, submitit.Job] = {}
@@ -267,8 +340,9 @@ class LocalScheduler:
 
     def step(self) -> None:
         features, tasks = self.states()
-        slots = self._resources.array_parallelism - sum(s.phase in ("queued", "running") for s in features + tasks
-                                                       if s is not _NOT_LAUNCHED)
+        slots = self._resources.array_parallelism - sum(
+            s.phase in ("queued", "running") for s in features + tasks if s is not _NOT_LAUNCHED
+        )
         for f in range(len(self.manifest.features)):
             if slots > 0 and f not in self._features:
                 self._features[f] = self._launch_features(f)
@@ -281,8 +355,10 @@ class LocalScheduler:
 
     def _record(self, features: list[JobState], tasks: list[JobState]) -> None:
         """Keep job ids and outcomes in the manifest, so ``bench status`` can tell later what happened."""
-        manifest = self.manifest.updated({f: _entry_fields(job, features[f]) for f, job in self._features.items()},
-                                         {t: _entry_fields(job, tasks[t]) for t, job in self._tasks.items()})
+        manifest = self.manifest.updated(
+            {f: _entry_fields(job, features[f]) for f, job in self._features.items()},
+            {t: _entry_fields(job, tasks[t]) for t, job in self._tasks.items()},
+        )
         if manifest != self.manifest:
             self.manifest = manifest
             write_manifest(manifest)
@@ -323,7 +399,11 @@ _NOT_LAUNCHED = JobState("queued", "not launched yet")
 
 def _entry_fields(job: submitit.Job, state: JobState) -> dict[str, str]:
     ended = state.phase in ("ended", "failed")
-    return {"job_id": job.job_id, "outcome": state.phase if ended else "", "detail": state.detail if ended else ""}
+    return {
+        "job_id": job.job_id,
+        "outcome": state.phase if ended else "",
+        "detail": state.detail if ended else "",
+    }
 
 
 def _ended_state(job: submitit.Job, log_folder: str) -> JobState:
@@ -361,7 +441,10 @@ class FileTracker:
         pass
 
     def states(self) -> tuple[list[JobState], list[JobState]]:
-        return ([self._state(f) for f in self.manifest.features], [self._state(t) for t in self.manifest.tasks])
+        return (
+            [self._state(f) for f in self.manifest.features],
+            [self._state(t) for t in self.manifest.tasks],
+        )
 
     def _state(self, entry: FeatureEntry | TaskEntry) -> JobState:
         if entry.outcome in ("ended", "failed"):

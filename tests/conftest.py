@@ -49,6 +49,11 @@ def tiny_backbone():
 
 @pytest.fixture
 def run_options(tmp_path, data_root) -> RunOptions:
-    return RunOptions(data_root=data_root, cache_root=tmp_path / "cache", results_root=tmp_path / "results",
-                      device="cpu", extract=ExtractOptions(batch_size=64, num_workers=0, progress=False),
-                      progress=False)
+    return RunOptions(
+        data_root=data_root,
+        cache_root=tmp_path / "cache",
+        results_root=tmp_path / "results",
+        device="cpu",
+        extract=ExtractOptions(batch_size=64, num_workers=0, progress=False),
+        progress=False,
+    )

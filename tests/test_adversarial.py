@@ -48,9 +48,18 @@ def _sweep(results: Path, executor: str, log_folder: Path):
     from bench.slurm.manifest import CellEntry, FeatureEntry, Manifest, TaskEntry, write_manifest
 
     cells = (CellEntry("zero_shot/synthetic/k1/s1", TINY, "r/k1.json", 0),)
-    manifest = Manifest("20260101T000000Z-abcdef", "2026-01-01T00:00:00+00:00", executor, False, "/elsewhere",
-                        str(log_folder / "%j"), {}, cells, (FeatureEntry(TINY, "synthetic", "7"),),
-                        (TaskEntry((0,), 0, "8"),))
+    manifest = Manifest(
+        "20260101T000000Z-abcdef",
+        "2026-01-01T00:00:00+00:00",
+        executor,
+        False,
+        "/elsewhere",
+        str(log_folder / "%j"),
+        {},
+        cells,
+        (FeatureEntry(TINY, "synthetic", "7"),),
+        (TaskEntry((0,), 0, "8"),),
+    )
     # written as if under /elsewhere, then moved here: bench status must use where it finds it
     write_manifest(dataclasses.replace(manifest, results_root=str(results)))
     return manifest
@@ -118,8 +127,9 @@ def test_archive_links_and_special_files_are_refused_without_the_data_filter(tmp
     outside.mkdir()
     crafted = {
         "symlink": _tar((_member("link", tarfile.SYMTYPE, str(outside)), b""), (_member("link/pwned"), b"x")),
-        "relative symlink": _tar((_member("link", tarfile.SYMTYPE, "../outside"), b""),
-                                 (_member("link/pwned"), b"x")),
+        "relative symlink": _tar(
+            (_member("link", tarfile.SYMTYPE, "../outside"), b""), (_member("link/pwned"), b"x")
+        ),
         "hardlink": _tar((_member("hard", tarfile.LNKTYPE, str(outside / "victim")), b"")),
         "fifo": _tar((_member("pipe", tarfile.FIFOTYPE), b"")),
         "device": _tar((_member("disk", tarfile.BLKTYPE), b"")),
@@ -139,7 +149,7 @@ def test_archive_links_and_special_files_are_refused_without_the_data_filter(tmp
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         link = zipfile.ZipInfo("link")
-        link.external_attr = (0o120777 << 16)  # a symbolic link entry
+        link.external_attr = 0o120777 << 16  # a symbolic link entry
         zf.writestr(link, "/etc/passwd")
     (tmp_path / "a.zip").write_bytes(buffer.getvalue())
     with pytest.raises(BenchError, match="'link' is a link or special file"):
@@ -173,10 +183,14 @@ def test_paths_from_split_files_state_files_and_manifests_are_confined(data_root
     secret = tmp_path / "secret.png"
     shutil.copy(data_root / "synthetic" / "images" / "red_dots" / "test_003.png", secret)
     for bad in ("../../../secret.png", str(secret)):  # both name tmp_path/secret.png, which exists
-        root = _edited_synthetic(data_root, tmp_path, lambda c, bad=bad: {**c, "test": [[bad, *c["test"][0][1:]],
-                                                                                         *c["test"][1:]]})
-        with pytest.raises(BenchError, match=r"split_zhou_Synthetic\.json: test\[0\]: image path .* leaves the image "
-                                             r"folder"):
+        root = _edited_synthetic(
+            data_root, tmp_path, lambda c, bad=bad: {**c, "test": [[bad, *c["test"][0][1:]], *c["test"][1:]]}
+        )
+        with pytest.raises(
+            BenchError,
+            match=r"split_zhou_Synthetic\.json: test\[0\]: image path .* leaves the image "
+            r"folder",
+        ):
             read_dataset(SYNTHETIC, root)
         shutil.rmtree(root)
 
@@ -185,10 +199,18 @@ def test_paths_from_split_files_state_files_and_manifests_are_confined(data_root
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
     (dataset / ".downloads" / "toy.bin").write_bytes(b"data")  # a manual download, already in place
-    (dataset / ".downloads" / "state.json").write_text(json.dumps(
-        {"toy.bin": {"status": "placing", "dests": ["../../OUTSIDE"]}}))
-    spec = DatasetSpec(name="toy", version="1", folder="toy", image_dir="images", split_file="split.json",
-                       prompts={"coop": ("a photo of a {}.",)}, downloads=(Download("toy.bin", None, place="toy.bin"),))
+    (dataset / ".downloads" / "state.json").write_text(
+        json.dumps({"toy.bin": {"status": "placing", "dests": ["../../OUTSIDE"]}})
+    )
+    spec = DatasetSpec(
+        name="toy",
+        version="1",
+        folder="toy",
+        image_dir="images",
+        split_file="split.json",
+        prompts={"coop": ("a photo of a {}.",)},
+        downloads=(Download("toy.bin", None, place="toy.bin"),),
+    )
     prepare(spec, tmp_path / "ds", progress=False)
     assert (outside / "keep.txt").read_text() == "keep" and (dataset / "toy.bin").read_bytes() == b"data"
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
@@ -215,12 +237,33 @@ def test_slurm_fields_with_control_characters_are_refused(tmp_path, data_root, c
         profile.write_text(json.dumps({field: "gpu\n#SBATCH --wrap=touch /tmp/pwned"}))
         with pytest.raises(BenchError, match=rf"evil.json: {field}: {field} .* holds a control character"):
             load_profile(str(profile))
-    args = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "c"), "--results", str(tmp_path / "r"),
-            "--device", "cpu", "--methods", "zero_shot", "--shots", "1", "--seeds", "1", "--executor", "slurm",
-            "--dry-run", "--account", "lab\rx"]
+    args = [
+        "run",
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--results",
+        str(tmp_path / "r"),
+        "--device",
+        "cpu",
+        "--methods",
+        "zero_shot",
+        "--shots",
+        "1",
+        "--seeds",
+        "1",
+        "--executor",
+        "slurm",
+        "--dry-run",
+        "--account",
+        "lab\rx",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "account: account 'lab\\rx' holds a control character" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "account: account 'lab\\rx' holds a control character" in err and len(err.strip().splitlines()) == 1
+    )
 
 
 # item 11 --------------------------------------------------------------------------------------------
@@ -233,10 +276,14 @@ def test_split_and_flag_checks(data_root, tmp_path, capsys):
     from bench.datasets.catalog import SYNTHETIC
 
     edits = {
-        r"'red_stripes/test_000.png' is in both train and test": lambda c: {**c, "train": [*c["train"], c["test"][0]]},
+        r"'red_stripes/test_000.png' is in both train and test": lambda c: {
+            **c,
+            "train": [*c["train"], c["test"][0]],
+        },
         r"is listed more than once in val": lambda c: {**c, "val": [*c["val"], c["val"][0]]},
-        r"labels are not 0..7: label 9 out of range, label 7 missing":
-            lambda c: {k: [[p, 9 if y == 7 else y, n] for p, y, n in v] for k, v in c.items()},
+        r"labels are not 0..7: label 9 out of range, label 7 missing": lambda c: {
+            k: [[p, 9 if y == 7 else y, n] for p, y, n in v] for k, v in c.items()
+        },
     }
     for message, edit in edits.items():
         root = _edited_synthetic(data_root, tmp_path, edit)
@@ -249,8 +296,20 @@ def test_split_and_flag_checks(data_root, tmp_path, capsys):
     readonly.chmod(0o555)
     if os.access(readonly, os.W_OK):  # root writes anywhere: take a folder nobody can create files in
         readonly = Path("/proc/self/fdinfo")
-    run = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-           "--methods", "zero_shot", "--shots", "1", "--no-progress"]
+    run = [
+        "run",
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--methods",
+        "zero_shot",
+        "--shots",
+        "1",
+        "--no-progress",
+    ]
     assert main([*run, "--results", str(readonly), "--seeds", "1", "--dry-run"]) == 0
     assert "1 cells, 0 done, 1 to run" in capsys.readouterr().out
     assert main([*run, "--results", str(tmp_path / "r"), "--seeds", "", "--dry-run"]) == 2
@@ -299,9 +358,23 @@ def test_bad_input_is_one_line_naming_the_file(data_root, tmp_path, monkeypatch,
     assert f"{first.path}: damaged few-shot index file" in caplog.text
     exported = tmp_path / "export" / "synthetic" / "dassl" / "shot_2-seed_1.json"
     exported.parent.mkdir(parents=True)
-    exported.write_text(json.dumps({**json.loads(first.path.read_text()), "train": [["red_dots/train_000.png"]]}))
-    _one_line_error(capsys, ["data", "import-splits", str(tmp_path / "export"), "--data-root", str(data_root),
-                             "--cache-dir", str(tmp_path / "cache2")], str(exported), "damaged few-shot index file")
+    exported.write_text(
+        json.dumps({**json.loads(first.path.read_text()), "train": [["red_dots/train_000.png"]]})
+    )
+    _one_line_error(
+        capsys,
+        [
+            "data",
+            "import-splits",
+            str(tmp_path / "export"),
+            "--data-root",
+            str(data_root),
+            "--cache-dir",
+            str(tmp_path / "cache2"),
+        ],
+        str(exported),
+        "damaged few-shot index file",
+    )
 
     # a decompression bomb names the image
     bomb = tmp_path / "bomb.png"
@@ -317,7 +390,9 @@ def test_bad_input_is_one_line_naming_the_file(data_root, tmp_path, monkeypatch,
         with pytest.raises(BenchError, match=rf"{name}: .*not a state dict") as caught:
             load_backbone(BackboneRef.parse(f"{TINY.split('/')[0]}/{tmp_path / name}"), torch.device("cpu"))
         assert len(str(caught.value).splitlines()) == 1
-    (tmp_path / "empty.pt").write_bytes(b"")  # torch's message for it: empty or several lines, never shown raw
+    (tmp_path / "empty.pt").write_bytes(
+        b""
+    )  # torch's message for it: empty or several lines, never shown raw
     torch.save({"visual.nothing": torch.zeros(1)}, tmp_path / "foreign.pt")  # load_state_dict: many lines
     for name in ("empty.pt", "foreign.pt"):
         with pytest.raises(BenchError) as caught:
@@ -347,28 +422,68 @@ def test_bad_input_is_one_line_naming_the_file(data_root, tmp_path, monkeypatch,
     # a corrupt miniature marker
     root = _edited_synthetic(data_root, tmp_path, lambda c: c)
     (root / "synthetic" / MINIATURE_MARKER).write_text('{"n_classes": "eight"')
-    with pytest.raises(BenchError, match=rf"{MINIATURE_MARKER}: damaged miniature marker.*bench data miniature"):
+    with pytest.raises(
+        BenchError, match=rf"{MINIATURE_MARKER}: damaged miniature marker.*bench data miniature"
+    ):
         read_dataset(SYNTHETIC, root)
 
     # unwritable --out, --plot and export-splits --out (a file where a folder should be); a full disk
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    _one_line_error(capsys, ["report", "--results", str(results), "--out", str(blocker / "t.md")], str(blocker))
+    _one_line_error(
+        capsys, ["report", "--results", str(results), "--out", str(blocker / "t.md")], str(blocker)
+    )
     _one_line_error(capsys, ["report", "--results", str(results), "--plot", str(blocker)], str(blocker))
-    _one_line_error(capsys, ["data", "export-splits", "synthetic", "--shots", "1", "--seeds", "1", "--data-root",
-                             str(data_root), "--cache-dir", str(tmp_path / "cache"), "--out", str(blocker / "x")],
-                    str(blocker))
+    _one_line_error(
+        capsys,
+        [
+            "data",
+            "export-splits",
+            "synthetic",
+            "--shots",
+            "1",
+            "--seeds",
+            "1",
+            "--data-root",
+            str(data_root),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(blocker / "x"),
+        ],
+        str(blocker),
+    )
 
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(fileio, "atomic_write_bytes", full_disk)
-    _one_line_error(capsys, ["report", "--results", str(results), "--out", str(tmp_path / "t.md")],
-                    f"{tmp_path / 't.md'}: No space left on device", "free space")
+    _one_line_error(
+        capsys,
+        ["report", "--results", str(results), "--out", str(tmp_path / "t.md")],
+        f"{tmp_path / 't.md'}: No space left on device",
+        "free space",
+    )
     monkeypatch.undo()
 
     # a device this machine does not have
     if not torch.backends.mps.is_available():
-        _one_line_error(capsys, ["run", "--data-root", str(data_root), "--results", str(tmp_path / "r"), "--device",
-                                 "mps", "--methods", "zero_shot", "--shots", "1", "--seeds", "1"],
-                        "--device: device 'mps' is not available")
+        _one_line_error(
+            capsys,
+            [
+                "run",
+                "--data-root",
+                str(data_root),
+                "--results",
+                str(tmp_path / "r"),
+                "--device",
+                "mps",
+                "--methods",
+                "zero_shot",
+                "--shots",
+                "1",
+                "--seeds",
+                "1",
+            ],
+            "--device: device 'mps' is not available",
+        )

@@ -40,8 +40,14 @@ FAST = {"coop": (("epochs", 2),), "clip_adapter": (("epochs", 2),)}
 
 
 def _grid(methods=("zero_shot",), shots=(1,), seeds=(1,), overrides=None):
-    return expand_grid(list(methods), ["synthetic"], list(shots), list(seeds), [TINY],
-                       overrides={m: o for m, o in (overrides or {}).items() if m in methods})
+    return expand_grid(
+        list(methods),
+        ["synthetic"],
+        list(shots),
+        list(seeds),
+        [TINY],
+        overrides={m: o for m, o in (overrides or {}).items() if m in methods},
+    )
 
 
 def _records(results_root):
@@ -49,6 +55,7 @@ def _records(results_root):
 
 
 # -- item 1: non-finite values never become an ok record ----------------------------------------
+
 
 def test_non_finite_features_fail_the_cell_naming_the_image(run_options, monkeypatch):
     session = Session(run_options)
@@ -75,7 +82,9 @@ def test_nan_in_a_cached_shard_fails_when_loaded_naming_the_file(run_options):
     shard = torch.load(shard_file, weights_only=True)
     shard["features"][0, 5, 0] = float("inf")
     torch.save(shard, shard_file)
-    summary = run_cells(_grid(seeds=(2,)), run_options, Session(run_options))  # a fresh process reads the shard
+    summary = run_cells(
+        _grid(seeds=(2,)), run_options, Session(run_options)
+    )  # a fresh process reads the shard
     ((_, message),) = summary.failed
     assert str(shard_file) in message and shard["paths"][5] in message
 
@@ -121,6 +130,7 @@ def test_set_refuses_non_finite_values(run_options):
 
 # -- item 2: --force keeps the ok record when the redo fails ------------------------------------
 
+
 def test_force_keeps_the_ok_record_when_the_redo_fails(run_options, monkeypatch):
     run_cells(_grid(), run_options)
     ((name, before),) = ((p, p.read_bytes()) for p in run_options.results_root.rglob("k*.json"))
@@ -137,6 +147,7 @@ def test_force_keeps_the_ok_record_when_the_redo_fails(run_options, monkeypatch)
 
 # -- item 3: an unserialisable record fails its cell, and the grid goes on ----------------------
 
+
 class InfiniteDiagnostic(ZeroShot):
     """Zero-shot whose record holds a value JSON cannot write."""
 
@@ -146,8 +157,14 @@ class InfiniteDiagnostic(ZeroShot):
 
 
 def test_an_unserialisable_record_fails_its_cell_and_the_grid_goes_on(run_options):
-    methods = Registry("method", {"zero_shot": "bench.methods.zero_shot:ZeroShot",
-                                  "infinite": "tests.test_adversarial_runs:InfiniteDiagnostic"}, plugins=[])
+    methods = Registry(
+        "method",
+        {
+            "zero_shot": "bench.methods.zero_shot:ZeroShot",
+            "infinite": "tests.test_adversarial_runs:InfiniteDiagnostic",
+        },
+        plugins=[],
+    )
     summary = run_cells(_grid(("infinite", "zero_shot")), run_options, Session(run_options, methods=methods))
     assert summary.ran == ["zero_shot/synthetic/k1/s1"]
     ((name, message),) = summary.failed
@@ -157,6 +174,7 @@ def test_an_unserialisable_record_fails_its_cell_and_the_grid_goes_on(run_option
 
 
 # -- item 4: a record is done only for its own cell ---------------------------------------------
+
 
 def test_a_record_counts_as_done_only_for_its_own_cell(run_options):
     run_cells(_grid(), run_options)
@@ -175,14 +193,24 @@ def test_a_record_counts_as_done_only_for_its_own_cell(run_options):
 
 # -- item 9: extraction resumes; leftovers are cleaned; folders are fsynced ---------------------
 
-def test_a_killed_extraction_resumes_from_its_shards_with_identical_features(tmp_path, data_root, tiny_backbone,
-                                                                            monkeypatch):
+
+def test_a_killed_extraction_resumes_from_its_shards_with_identical_features(
+    tmp_path, data_root, tiny_backbone, monkeypatch
+):
     splits = read_split_file(SYNTHETIC, data_root)
     paths = splits.test.paths
-    key = ImageFeatureKey.of(tiny_backbone, dataset="synthetic", dataset_version="1",
-                             split_sha256=splits.source_sha256, split="test", view=CENTER)
+    key = ImageFeatureKey.of(
+        tiny_backbone,
+        dataset="synthetic",
+        dataset_version="1",
+        split_sha256=splits.source_sha256,
+        split="test",
+        view=CENTER,
+    )
     options = ExtractOptions(batch_size=8, progress=False, shard_batches=3)
-    whole = FeatureCache(tmp_path / "whole").image_features(key, tiny_backbone, splits.image_root, paths, options)
+    whole = FeatureCache(tmp_path / "whole").image_features(
+        key, tiny_backbone, splits.image_root, paths, options
+    )
 
     encode, calls = tiny_backbone.encode_images, []
 
@@ -194,7 +222,9 @@ def test_a_killed_extraction_resumes_from_its_shards_with_identical_features(tmp
 
     monkeypatch.setattr(tiny_backbone, "encode_images", killed_in_batch_six)
     with pytest.raises(KeyboardInterrupt):
-        FeatureCache(tmp_path / "killed").ensure_image_features(key, tiny_backbone, splits.image_root, paths, options)
+        FeatureCache(tmp_path / "killed").ensure_image_features(
+            key, tiny_backbone, splits.image_root, paths, options
+        )
     monkeypatch.setattr(tiny_backbone, "encode_images", encode)
     rerun = FeatureCache(tmp_path / "killed")
     resumed = rerun.image_features(key, tiny_backbone, splits.image_root, paths, options)
@@ -232,6 +262,7 @@ def test_temp_files_of_killed_writers_are_removed_and_folders_fsynced(tmp_path, 
 
 # -- item 12: concurrent runners share the cells ------------------------------------------------
 
+
 class SlowZeroShot(ZeroShot):
     """Zero-shot that takes long enough for two runners to meet on every cell."""
 
@@ -245,8 +276,14 @@ SLOW_GRID = {"methods": ("slow",), "shots": (1, 2), "seeds": (1, 2, 3)}
 
 
 def _options(tmp, data_root) -> RunOptions:
-    return RunOptions(data_root=data_root, cache_root=tmp / "cache", results_root=tmp / "results", device="cpu",
-                      extract=ExtractOptions(batch_size=64, progress=False), progress=False)
+    return RunOptions(
+        data_root=data_root,
+        cache_root=tmp / "cache",
+        results_root=tmp / "results",
+        device="cpu",
+        extract=ExtractOptions(batch_size=64, progress=False),
+        progress=False,
+    )
 
 
 def _runner(tmp, data_root, barrier, out) -> None:
@@ -261,7 +298,9 @@ def _runner(tmp, data_root, barrier, out) -> None:
 @pytest.mark.timeout(300)
 def test_two_runners_on_one_results_folder_run_each_cell_once(tmp_path, data_root):
     session = Session(_options(tmp_path, data_root), methods=Registry("method", SLOW, plugins=[]))
-    prepare_features(plan_cells(_grid(**SLOW_GRID), session), session)  # both runners then only read the cache
+    prepare_features(
+        plan_cells(_grid(**SLOW_GRID), session), session
+    )  # both runners then only read the cache
     spawn = multiprocessing.get_context("spawn")
     barrier, out = spawn.Barrier(2), spawn.Queue()
     runners = [spawn.Process(target=_runner, args=(tmp_path, data_root, barrier, out)) for _ in range(2)]

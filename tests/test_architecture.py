@@ -11,8 +11,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = {"bench": "bench", "methods": "bench.methods", "datasets": "bench.datasets", "reports": "bench.reports",
-           "slurm": "bench.slurm"}
+SOURCES = {
+    "bench": "bench",
+    "methods": "bench.methods",
+    "datasets": "bench.datasets",
+    "reports": "bench.reports",
+    "slurm": "bench.slurm",
+}
 SUBPACKAGES = ("bench.tools", "bench.methods", "bench.datasets", "bench.reports", "bench.slurm")
 
 
@@ -65,6 +70,11 @@ def test_no_package_reaches_into_another_packages_private_names():
 
 
 def test_the_core_and_the_libraries_do_not_depend_on_the_tools():
-    offenders = [f"{m} imports {t}" for m, p in _modules().items() if package_of(m) != "bench.tools"
-                 for t, _ in _imports(m, p) if package_of(t) == "bench.tools" and m != "bench.cli"]
+    offenders = [
+        f"{m} imports {t}"
+        for m, p in _modules().items()
+        if package_of(m) != "bench.tools"
+        for t, _ in _imports(m, p)
+        if package_of(t) == "bench.tools" and m != "bench.cli"
+    ]
     assert not offenders, "\n".join(offenders)

@@ -72,8 +72,11 @@ def _safetensors_bytes(state: dict) -> bytes:
 
 def _expected_quick_gelu(arch: str, tag: str) -> bool:
     # what OpenCLIP says each tag was trained with; OpenAI's weights all were with QuickGELU
-    return bool(get_pretrained_cfg(arch, tag).get("quick_gelu") or open_clip.get_model_config(arch).get("quick_gelu")
-                or tag == "openai")
+    return bool(
+        get_pretrained_cfg(arch, tag).get("quick_gelu")
+        or open_clip.get_model_config(arch).get("quick_gelu")
+        or tag == "openai"
+    )
 
 
 def test_every_pretrained_tag_plans_its_trained_activation_and_preprocessing():
@@ -115,11 +118,17 @@ def test_openai_weights_from_the_hf_cache_or_openai_file_build_as_quickgelu(hf_h
     for p in reference.parameters():  # OpenAI ships fp16 weights: keep values both formats hold exactly
         p.data = p.data.half().float()
     state = reference.state_dict()
-    _prefill_hub("timm/resnet50_clip.openai",
-                 {"open_clip_model.safetensors": _safetensors_bytes({k: v.half() for k, v in state.items()})})
+    _prefill_hub(
+        "timm/resnet50_clip.openai",
+        {"open_clip_model.safetensors": _safetensors_bytes({k: v.half() for k, v in state.items()})},
+    )
     openai_file = tmp_path / "RN50.pt"
-    torch.jit.save(torch.jit.script(open_clip.create_model("RN50", force_quick_gelu=True).half().eval()
-                                    .requires_grad_(False)), str(openai_file))
+    torch.jit.save(
+        torch.jit.script(
+            open_clip.create_model("RN50", force_quick_gelu=True).half().eval().requires_grad_(False)
+        ),
+        str(openai_file),
+    )
     scripted = torch.jit.load(str(openai_file))
     scripted.load_state_dict({k: v.half() for k, v in state.items()}, strict=False)
     torch.jit.save(scripted, str(openai_file))
@@ -175,14 +184,26 @@ def test_checkpoint_file_activation_from_the_arch_name_or_a_warning(tmp_path, ca
 
 def test_activation_is_part_of_run_ids_cache_keys_and_records(tmp_path, run_options):
     spec = RunSpec("zero_shot", "synthetic", 1, 1)
-    ids = {spec.run_id(method_version="1", dataset_version="1", backbone_identity=plan_build(BackboneRef.parse(b)).identity,
-                       split_protocol="dassl") for b in ("RN50/openai", "RN50-quickgelu/openai", "RN50/random")}
+    ids = {
+        spec.run_id(
+            method_version="1",
+            dataset_version="1",
+            backbone_identity=plan_build(BackboneRef.parse(b)).identity,
+            split_protocol="dassl",
+        )
+        for b in ("RN50/openai", "RN50-quickgelu/openai", "RN50/random")
+    }
     assert len(ids) == 3
     # a record written before the activation was tracked (identity without it) is not this cell's
-    old = spec.run_id(method_version="1", dataset_version="1", backbone_identity="bench-tiny/random",
-                      split_protocol="dassl")
-    new = spec.run_id(method_version="1", dataset_version="1",
-                      backbone_identity=BackboneRef.parse("bench-tiny/random").identity(), split_protocol="dassl")
+    old = spec.run_id(
+        method_version="1", dataset_version="1", backbone_identity="bench-tiny/random", split_protocol="dassl"
+    )
+    new = spec.run_id(
+        method_version="1",
+        dataset_version="1",
+        backbone_identity=BackboneRef.parse("bench-tiny/random").identity(),
+        split_protocol="dassl",
+    )
     assert old != new
 
     from bench.features import FeatureCache
@@ -257,20 +278,28 @@ class _Hub(BaseHTTPRequestHandler):
         pass
 
 
-def test_weights_fetch_fills_the_cache_then_offline_runs_find_it(hf_home, monkeypatch, tmp_path, data_root, capsys):
+def test_weights_fetch_fills_the_cache_then_offline_runs_find_it(
+    hf_home, monkeypatch, tmp_path, data_root, capsys
+):
     repo = "me/tiny-clip"
-    config = {"model_cfg": {**bundled_config("bench-tiny"), "quick_gelu": True},
-              "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}}
+    config = {
+        "model_cfg": {**bundled_config("bench-tiny"), "quick_gelu": True},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"},
+    }
     from open_clip.model import CLIP
 
     state = CLIP(**config["model_cfg"]).state_dict()
-    _Hub.files = {"open_clip_config.json": json.dumps(config).encode(),
-                  "open_clip_model.safetensors": _safetensors_bytes(state)}
+    _Hub.files = {
+        "open_clip_config.json": json.dumps(config).encode(),
+        "open_clip_model.safetensors": _safetensors_bytes(state),
+    }
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # read at import, set by conftest
+        monkeypatch.setattr(
+            "huggingface_hub.constants.HF_HUB_OFFLINE", False
+        )  # read at import, set by conftest
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
         assert main(["weights", "fetch", f"hf-hub:{repo}"]) == 0
     finally:
@@ -281,19 +310,60 @@ def test_weights_fetch_fills_the_cache_then_offline_runs_find_it(hf_home, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     backbone = load_backbone(BackboneRef.parse(f"hf-hub:{repo}"), torch.device("cpu"))
     assert backbone.activation == "quick_gelu"
-    assert backbone.preprocessing.mean == (0.5, 0.5, 0.5) and backbone.preprocessing.interpolation == "bilinear"
+    assert (
+        backbone.preprocessing.mean == (0.5, 0.5, 0.5) and backbone.preprocessing.interpolation == "bilinear"
+    )
     assert all(torch.equal(backbone.model.state_dict()[k], v) for k, v in state.items())
-    assert main(["run", "--backbone", f"hf-hub:{repo}", "--dry-run", "--methods", "zero_shot", "--shots", "1",
-                 "--seeds", "1", "--data-root", str(data_root), "--results", str(tmp_path / "r"),
-                 "--cache-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--backbone",
+                f"hf-hub:{repo}",
+                "--dry-run",
+                "--methods",
+                "zero_shot",
+                "--shots",
+                "1",
+                "--seeds",
+                "1",
+                "--data-root",
+                str(data_root),
+                "--results",
+                str(tmp_path / "r"),
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     assert f"backbone hf-hub:{repo}: quick_gelu" in capsys.readouterr().out
 
 
-def test_dry_run_refuses_weights_an_offline_node_will_not_find(hf_home, monkeypatch, tmp_path, data_root, capsys):
+def test_dry_run_refuses_weights_an_offline_node_will_not_find(
+    hf_home, monkeypatch, tmp_path, data_root, capsys
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main(["run", "--backbone", "RN50/openai", "--dry-run", "--methods", "zero_shot", "--shots", "1",
-                 "--seeds", "1", "--data-root", str(data_root), "--results", str(tmp_path / "r"),
-                 "--cache-dir", str(tmp_path / "c")])
+    code = main(
+        [
+            "run",
+            "--backbone",
+            "RN50/openai",
+            "--dry-run",
+            "--methods",
+            "zero_shot",
+            "--shots",
+            "1",
+            "--seeds",
+            "1",
+            "--data-root",
+            str(data_root),
+            "--results",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert code == 2
     assert "not cached" in capsys.readouterr().err
 
@@ -304,7 +374,9 @@ def test_random_backbone_on_a_real_dataset_warns(tmp_path, miniature_root, caplo
     from bench.runner import RunOptions, Session, plan_cells
     from bench.spec import RunSpec
 
-    options = RunOptions(data_root=miniature_root, cache_root=tmp_path / "c", results_root=tmp_path / "r", device="cpu")
+    options = RunOptions(
+        data_root=miniature_root, cache_root=tmp_path / "c", results_root=tmp_path / "r", device="cpu"
+    )
     session = Session(options)
     plan_cells([RunSpec("zero_shot", "dtd", 1, 1)], session)
     assert "meaningless" not in caplog.text  # a miniature: the tiny model is what it is for
@@ -324,12 +396,21 @@ def test_hf_hub_ids_parse_and_report_architectures():
     from bench.reports.aggregate import paper_arch
     from bench.results import BackboneInfo
 
-    quick = BackboneInfo(id="RN50-quickgelu/openai", arch="RN50-quickgelu", paper_arch="RN50", activation="quick_gelu",
-                         weights_origin="openai")
-    gelu = BackboneInfo(id="RN50/openai", arch="RN50", paper_arch=None, activation="gelu", weights_origin="openai")
+    quick = BackboneInfo(
+        id="RN50-quickgelu/openai",
+        arch="RN50-quickgelu",
+        paper_arch="RN50",
+        activation="quick_gelu",
+        weights_origin="openai",
+    )
+    gelu = BackboneInfo(
+        id="RN50/openai", arch="RN50", paper_arch=None, activation="gelu", weights_origin="openai"
+    )
     assert paper_arch(quick) == "RN50"
     assert paper_arch(gelu) == "RN50 (gelu)"
-    assert paper_arch(BackboneInfo(id="RN50/openai", arch="RN50")) == "RN50"  # a record from before activations
+    assert (
+        paper_arch(BackboneInfo(id="RN50/openai", arch="RN50")) == "RN50"
+    )  # a record from before activations
 
 
 def test_url_only_weights_download_into_open_clips_cache_and_are_found_offline(hf_home, monkeypatch):
@@ -353,7 +434,9 @@ def test_the_oldest_open_clip_tested_is_the_lower_bound_of_the_package_range():
 
     root = Path(__file__).resolve().parents[1]
     bound = re.search(r'"open_clip_torch>=([\d.]+)"', (root / "pyproject.toml").read_text()).group(1)
-    tested = re.search(r"^OLDEST_OPEN_CLIP=([\d.]+)$", (root / "scripts" / "test.sh").read_text(), re.M).group(1)
+    tested = re.search(
+        r"^OLDEST_OPEN_CLIP=([\d.]+)$", (root / "scripts" / "test.sh").read_text(), re.M
+    ).group(1)
     assert tested.split(".")[:2] == bound.split(".")[:2]
 
 
@@ -366,7 +449,11 @@ def test_paper_comparison_matches_every_quickgelu_build_of_openai_rn50_and_no_ge
 
     builds = {
         "RN50/openai": {"paper_arch": "RN50", "activation": "quick_gelu", "weights_origin": "openai"},
-        "RN50-quickgelu/openai": {"paper_arch": "RN50", "activation": "quick_gelu", "weights_origin": "openai"},
+        "RN50-quickgelu/openai": {
+            "paper_arch": "RN50",
+            "activation": "quick_gelu",
+            "weights_origin": "openai",
+        },
         "RN50//w/RN50.pt": {"paper_arch": "RN50", "activation": "quick_gelu", "weights_origin": "openai"},
         "RN50/openai-gelu-on-purpose": {"paper_arch": None, "activation": "gelu", "weights_origin": "openai"},
     }
@@ -377,5 +464,7 @@ def test_paper_comparison_matches_every_quickgelu_build_of_openai_rn50_and_no_ge
     frame = results_frame(results)
     cells = frame.assign(eval_set=frame["dataset"], mean=frame["top1"])
     out = compare(cells, load_paper_numbers(), tolerance=1.0).set_index("backbone")
-    assert out.loc[["RN50/openai", "RN50-quickgelu/openai", "RN50//w/RN50.pt"], "paper"].tolist() == [65.96] * 3
+    assert (
+        out.loc[["RN50/openai", "RN50-quickgelu/openai", "RN50//w/RN50.pt"], "paper"].tolist() == [65.96] * 3
+    )
     assert pd.isna(out.loc["RN50/openai-gelu-on-purpose", "paper"])

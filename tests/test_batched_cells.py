@@ -30,8 +30,10 @@ def test_stacked_seeds_equal_sequential_cells(backbone, branch):
         ctx = dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__)
         sequential.append(ClipAdapter().fit(d, cfg, ctx))
     batched_records = [{} for _ in seeds]
-    ctxs = [dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__)
-            for s, r in zip(seeds, batched_records, strict=True)]
+    ctxs = [
+        dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__)
+        for s, r in zip(seeds, batched_records, strict=True)
+    ]
     batched = fit_many(data, cfg, ctxs)
     test = torch.randn(300, data[0].train.features.shape[-1], generator=torch.Generator().manual_seed(0)) * 2
     for ours, ref, r, rb in zip(batched, sequential, records, batched_records, strict=True):
@@ -41,7 +43,9 @@ def test_stacked_seeds_equal_sequential_cells(backbone, branch):
         torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
         assert torch.equal(logits.argmax(1), ref_logits.argmax(1))
         assert rb["train_loss_first_last"] == pytest.approx(r["train_loss_first_last"], abs=1e-6)
-    assert not torch.equal(batched[0].visual.fc[0].weight, batched[1].visual.fc[0].weight)  # cells stay separate
+    assert not torch.equal(
+        batched[0].visual.fc[0].weight, batched[1].visual.fc[0].weight
+    )  # cells stay separate
 
 
 def test_cells_that_cannot_share_steps_fall_back_to_one_fit_each(backbone):
@@ -60,16 +64,28 @@ def test_stacked_coop_seeds_equal_sequential_cells(backbone, position):
 
     seeds = (1, 2, 3)
     data = [clustered_data(NAMES, 8, 4, noise=0.8, seed=s) for s in seeds]
-    cfg = dataclasses.replace(Coop().default_config("toy", 8), epochs=3, n_ctx=4, class_token_position=position)
+    cfg = dataclasses.replace(
+        Coop().default_config("toy", 8), epochs=3, n_ctx=4, class_token_position=position
+    )
     records, batched_records = [{} for _ in seeds], [{} for _ in seeds]
-    sequential = [Coop().fit(d, cfg, dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__))
-                  for d, s, r in zip(data, seeds, records, strict=True)]
-    batched = coop_fit_many(data, cfg, [dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__)
-                                        for s, r in zip(seeds, batched_records, strict=True)])
+    sequential = [
+        Coop().fit(d, cfg, dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__))
+        for d, s, r in zip(data, seeds, records, strict=True)
+    ]
+    batched = coop_fit_many(
+        data,
+        cfg,
+        [
+            dataclasses.replace(toy_context(backbone, seed=s), record=r.__setitem__)
+            for s, r in zip(seeds, batched_records, strict=True)
+        ],
+    )
     test = torch.randn(300, data[0].train.features.shape[-1], generator=torch.Generator().manual_seed(0)) * 2
     for ours, ref, r, rb in zip(batched, sequential, records, batched_records, strict=True):
         torch.testing.assert_close(ours.ctx, ref.ctx, rtol=0, atol=1e-6)
         torch.testing.assert_close(ours.weights, ref.weights, rtol=0, atol=1e-6)
         assert torch.equal(ours(test).argmax(1), ref(test).argmax(1))
-        assert rb["train_loss_first_last"] == pytest.approx(r["train_loss_first_last"], rel=1e-5)  # float32 epoch means
+        assert rb["train_loss_first_last"] == pytest.approx(
+            r["train_loss_first_last"], rel=1e-5
+        )  # float32 epoch means
         assert rb["prompt"] == r["prompt"] and rb["n_ctx"] == r["n_ctx"]

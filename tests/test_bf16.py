@@ -18,14 +18,22 @@ def test_bf16_encoders_stay_close_to_fp32(data_root):
     assert b.dtype == torch.float32 and not torch.equal(a, b)  # really computed in bf16
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
     tokens = fp32.tokenize(["a photo of a cat.", "a photo of a dog."])
-    assert torch.nn.functional.cosine_similarity(fp32.encode_text(tokens), bf16.encode_text(tokens)).min() > 0.99
+    assert (
+        torch.nn.functional.cosine_similarity(fp32.encode_text(tokens), bf16.encode_text(tokens)).min() > 0.99
+    )
 
 
 @pytest.mark.parametrize("method", ["coop", "clip_adapter", "linear_probe", "tip_adapter_f"])
 def test_methods_train_and_score_under_bf16(method, run_options, tmp_path):
     options = RunOptions(**{**run_options.__dict__, "precision": "bf16", "results_root": tmp_path / "bf16"})
-    specs = expand_grid([method], ["synthetic"], [2], [1], ["bench-tiny/random"],
-                        overrides={method: (("epochs", 3),)} if method != "linear_probe" else None)
+    specs = expand_grid(
+        [method],
+        ["synthetic"],
+        [2],
+        [1],
+        ["bench-tiny/random"],
+        overrides={method: (("epochs", 3),)} if method != "linear_probe" else None,
+    )
     summary = run_cells(specs, options)
     assert summary.ran and not summary.failed
     (record,) = load_results(options.results_root)

@@ -41,12 +41,15 @@ def test_residual_ratio_defaults_follow_the_paper_by_dataset():
     assert method.default_config("dtd", 16).branch == "visual"
 
 
-@pytest.mark.parametrize("branch, zeros", [("visual", {"alpha": 0.0}), ("text", {"beta": 0.0}),
-                                           ("both", {"alpha": 0.0, "beta": 0.0})])
+@pytest.mark.parametrize(
+    "branch, zeros",
+    [("visual", {"alpha": 0.0}), ("text", {"beta": 0.0}), ("both", {"alpha": 0.0, "beta": 0.0})],
+)
 @pytest.mark.parametrize("prompts", ["coop", "ensemble"])
 def test_zero_ratios_give_zero_shot_logits_exactly(branch, zeros, prompts, data, ctx):
-    cfg = dataclasses.replace(ClipAdapter().default_config("toy", 16), branch=branch, epochs=2, prompts=prompts,
-                              **zeros)
+    cfg = dataclasses.replace(
+        ClipAdapter().default_config("toy", 16), branch=branch, epochs=2, prompts=prompts, **zeros
+    )
     adapter = ClipAdapter().fit(data, cfg, ctx)
     zero_shot = ZeroShot().fit(data, ZeroShot.Config(prompts=prompts), ctx)
     features = torch.randn(50, 64, generator=torch.Generator().manual_seed(5))
@@ -56,8 +59,9 @@ def test_zero_ratios_give_zero_shot_logits_exactly(branch, zeros, prompts, data,
 
 @pytest.mark.parametrize("branch", ["text", "both"])
 def test_text_and_both_branches_train_their_adapters(branch, data, ctx):
-    cfg = dataclasses.replace(ClipAdapter().default_config("toy", 16), branch=branch, alpha=0.5, beta=0.5, epochs=30,
-                              lr=0.02)
+    cfg = dataclasses.replace(
+        ClipAdapter().default_config("toy", 16), branch=branch, alpha=0.5, beta=0.5, epochs=30, lr=0.02
+    )
     records = {}
     model = ClipAdapter().fit(data, cfg, dataclasses.replace(ctx, record=records.__setitem__))
     assert (model.visual is None) == (branch == "text") and model.text is not None
@@ -65,7 +69,7 @@ def test_text_and_both_branches_train_their_adapters(branch, data, ctx):
     assert last < 0.8 * first
     with torch.no_grad():
         accuracy = (model(data.val.center).argmax(1) == data.val.labels).float().mean()
-        zero_shot = (ZeroShot().fit(data, ZeroShot.Config(), ctx)(data.val.center).argmax(1) == data.val.labels)
+        zero_shot = ZeroShot().fit(data, ZeroShot.Config(), ctx)(data.val.center).argmax(1) == data.val.labels
     assert accuracy > zero_shot.float().mean()
 
 
@@ -78,7 +82,9 @@ def test_unknown_branch_is_a_user_error(data, ctx):
 def test_hypernetwork_starts_at_fixed_ratio_clip_adapter(data, ctx):
     """Untrained, Q outputs α₀ for every image and β₀ for every class: the logits are CLIP-Adapter's."""
     hyper_cfg = dataclasses.replace(ClipAdapterHyper().default_config("dtd", 16), epochs=0)
-    fixed_cfg = dataclasses.replace(ClipAdapter().default_config("dtd", 16), branch="both", beta=0.2, epochs=0)
+    fixed_cfg = dataclasses.replace(
+        ClipAdapter().default_config("dtd", 16), branch="both", beta=0.2, epochs=0
+    )
     hyper = ClipAdapterHyper().fit(data, hyper_cfg, ctx)
     fixed = ClipAdapter().fit(data, fixed_cfg, ctx)
     features = torch.randn(30, 64, generator=torch.Generator().manual_seed(2))

@@ -50,8 +50,7 @@ def _data(n_per_class, names=NAMES, views=2, dim=64):
 def test_phrase_initialised_prompts_are_the_frozen_encoders_prompts(backbone, position):
     """Context from "a photo of a", no training: CoOp's prompt is exactly the hand-written one (with its period)."""
     learner = _learner(backbone, position)
-    expected = backbone.encode_text(backbone.tokenize([PHRASE_LAYOUTS[position].format(n)
-                                                       for n in NAMES]))
+    expected = backbone.encode_text(backbone.tokenize([PHRASE_LAYOUTS[position].format(n) for n in NAMES]))
     with torch.no_grad():
         untruncated = learner.text_features(text_tower(backbone.model), truncate=False)
     assert torch.equal(untruncated, expected)
@@ -64,7 +63,10 @@ def test_truncating_at_the_last_eot_changes_nothing_but_rounding(backbone, posit
     learner = _learner(backbone, position, ctx_init="", n_ctx=8)
     tower = text_tower(backbone.model)
     with torch.no_grad():
-        truncated, full = learner.text_features(tower, truncate=True), learner.text_features(tower, truncate=False)
+        truncated, full = (
+            learner.text_features(tower, truncate=True),
+            learner.text_features(tower, truncate=False),
+        )
     assert int(learner.eot.max()) + 1 < 77 / 2  # the saving is real
     torch.testing.assert_close(truncated, full, rtol=1e-5, atol=1e-5)
     features = torch.randn(200, truncated.shape[1], generator=torch.Generator().manual_seed(1))
@@ -78,11 +80,14 @@ def test_zero_epochs_from_the_phrase_is_zero_shot_clip(backbone):
     data = _data(2)
     cfg = dataclasses.replace(Coop().default_config("toy", 2), ctx_init="a photo of a", epochs=0)
     classifier = Coop().fit(data, cfg, _context(backbone))
-    expected = torch.nn.functional.normalize(backbone.encode_text(backbone.tokenize(
-        [f"a photo of a {n}." for n in NAMES])), dim=-1)
+    expected = torch.nn.functional.normalize(
+        backbone.encode_text(backbone.tokenize([f"a photo of a {n}." for n in NAMES])), dim=-1
+    )
     assert torch.equal(classifier.weights, expected)
     features = torch.randn(30, 64, generator=torch.Generator().manual_seed(0))
-    zero_shot = ZeroShot().fit(data, ZeroShot.Config(), _context(backbone))  # data.prompts: "a photo of a {}."
+    zero_shot = ZeroShot().fit(
+        data, ZeroShot.Config(), _context(backbone)
+    )  # data.prompts: "a photo of a {}."
     with torch.no_grad():  # zero_shot normalises twice (ensemble mean of normalised features): rounding apart
         torch.testing.assert_close(classifier(features), zero_shot(features))
         assert torch.equal(classifier(features).argmax(1), zero_shot(features).argmax(1))
@@ -120,10 +125,14 @@ def test_only_the_context_trains_even_on_a_support_set_smaller_than_a_batch(back
 
 def test_class_specific_context_does_not_transfer(backbone):
     data = _data(2)
-    unified = Coop().fit(data, dataclasses.replace(Coop().default_config("toy", 2), n_ctx=4, epochs=1),
-                         _context(backbone))
-    specific = Coop().fit(data, dataclasses.replace(Coop().default_config("toy", 2), n_ctx=4, epochs=1, csc=True),
-                          _context(backbone))
+    unified = Coop().fit(
+        data, dataclasses.replace(Coop().default_config("toy", 2), n_ctx=4, epochs=1), _context(backbone)
+    )
+    specific = Coop().fit(
+        data,
+        dataclasses.replace(Coop().default_config("toy", 2), n_ctx=4, epochs=1, csc=True),
+        _context(backbone),
+    )
     assert hasattr(unified, "for_classes") and not hasattr(specific, "for_classes")
     new = unified.for_classes(("zebra", "yak"), _context(backbone))
     assert new.weights.shape == (2, 64) and torch.equal(new.ctx, unified.ctx)

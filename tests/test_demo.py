@@ -42,8 +42,18 @@ def test_auto_source_falls_back_to_digits_with_a_notice(tmp_path, monkeypatch):
 def test_bad_demo_arguments_fail_before_pretraining(tmp_path, capsys):
     from bench.cli import main
 
-    base = ["demo", "--source", "digits", "--no-progress", "--data-root", str(tmp_path / "data"),
-            "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "results")]
+    base = [
+        "demo",
+        "--source",
+        "digits",
+        "--no-progress",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     assert main([*base, "--methods", "zero_shot,clip_adaptor"]) == 2
     assert "unknown method 'clip_adaptor'. Did you mean: clip_adapter" in capsys.readouterr().err
     assert main([*base, "--steps", "0"]) == 2
@@ -90,15 +100,20 @@ def test_demo_clip_is_cached_by_recipe_and_loads_as_a_backbone(tmp_path):
     assert log["n_images"] == (901 - 5 * 90) + 5 * 3  # digits 0-4: all train images; 5-9: three each
     assert 0 <= log["zero_shot_top1_common_classes"] <= 1
     assert ensure_demo_clip(recipe, tmp_path / "cache", torch.device("cpu"), progress=False) == (path, None)
-    other, _ = ensure_demo_clip(dataclasses.replace(recipe, steps=3), tmp_path / "cache", torch.device("cpu"),
-                                progress=False)
+    other, _ = ensure_demo_clip(
+        dataclasses.replace(recipe, steps=3), tmp_path / "cache", torch.device("cpu"), progress=False
+    )
     assert other != path
     backbone = load_backbone(BackboneRef.parse(f"{DEMO_ARCH}/{path}"), torch.device("cpu"))
     assert backbone.checkpoint_meta["recipe"]["steps"] == 2
     assert backbone.checkpoint_meta["source"]["target_classes"] == [5, 6, 7, 8, 9]
     assert backbone.checkpoint_meta["source"]["rare_images"] == 3
-    assert backbone.context_length >= 1 + 16 + 5 + 2  # room for CoOp's 16 context tokens and a long class name
-    assert backbone.logit_scale == pytest.approx(100.0) and log["logit_scale"] == 100.0  # CLIP's trained value
+    assert (
+        backbone.context_length >= 1 + 16 + 5 + 2
+    )  # room for CoOp's 16 context tokens and a long class name
+    assert (
+        backbone.logit_scale == pytest.approx(100.0) and log["logit_scale"] == 100.0
+    )  # CLIP's trained value
     assert log["logit_scale_learned"] < 20  # what 2 steps learned, kept in the log
     random_init = load_backbone(BackboneRef.parse(f"{DEMO_ARCH}/random"), torch.device("cpu"))
     assert backbone.weights_sha256 != random_init.weights_sha256
@@ -114,12 +129,32 @@ def test_reduced_demo_runs_end_to_end_then_resumes(tmp_path, capsys):
     from bench.cli import main
     from bench.results import load_results
 
-    args = ["demo", "--source", "digits", "--steps", "150", "--shots", "1,16", "--seeds", "1", "--device", "cpu",
-            "--no-progress", "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
-            "--results", str(tmp_path / "results")]
+    args = [
+        "demo",
+        "--source",
+        "digits",
+        "--steps",
+        "150",
+        "--shots",
+        "1,16",
+        "--seeds",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "demo CLIP: pretrained on digits captions, five, six, seven, eight, nine rare (3 images each), 150 steps" in out
+    assert (
+        "demo CLIP: pretrained on digits captions, five, six, seven, eight, nine rare (3 images each), 150 steps"
+        in out
+    )
     assert "on images pretraining never saw: five, six, seven, eight, nine" in out
     assert "## digits_fewshot: top-1 (%) on its 450 test images" in out
     records = load_results(tmp_path / "results")
@@ -137,7 +172,6 @@ def test_reduced_demo_runs_end_to_end_then_resumes(tmp_path, capsys):
     assert "; cached: " in out and f"0 cells run, {len(records)} already done" in out
 
 
-
 def _table(text: str) -> dict[str, list[float]]:
     """method -> the five means of a demo table (``| method | 50.9 ± 0.0 | ...``)."""
     rows = {}
@@ -149,7 +183,9 @@ def _table(text: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist"
+)
 def test_the_readme_demo_table_is_what_bench_demo_prints(tmp_path, capsys):
     """The README's main command, in full: its printed table is the README's to the digit when the demo CLIP
     came out bit-identical (the README's weights sha256: same CPU arithmetic), and within 2 points per cell
@@ -162,8 +198,23 @@ def test_the_readme_demo_table_is_what_bench_demo_prints(tmp_path, capsys):
     block = readme.split("## The demo")[1].split("```text")[1].split("```")[0]
     expected = _table(block)
     assert set(expected) == {"zero_shot", "linear_probe", "coop", "clip_adapter"}
-    assert main(["demo", "--device", "cpu", "--no-progress", "--data-root", str(tmp_path / "data"),
-                 "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "results")]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--results",
+                str(tmp_path / "results"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     printed = _table(out)
     assert printed.keys() == expected.keys()

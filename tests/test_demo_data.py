@@ -76,8 +76,10 @@ def test_target_dataset_holds_the_rare_classes_in_coop_layout(tmp_path, fake_fas
     assert splits.classnames == ("T-shirt/top", "Trouser", "Sandal", "Bag", "Pullover")
     assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 10, 20)
     source = load_source("fashion_mnist")
-    for split, pixels, labels in (("train", source.train_images, source.train_labels),
-                                  ("test", source.test_images, source.test_labels)):
+    for split, pixels, labels in (
+        ("train", source.train_images, source.train_labels),
+        ("test", source.test_images, source.test_labels),
+    ):
         images = splits.split(split)
         for relpath, label in zip(images.paths, images.labels, strict=True):
             png = np.asarray(Image.open(splits.image_root / relpath))

@@ -48,8 +48,11 @@ def splits(data_root):
 
 def _set(splits, backbone, split: str, per_class: int | None = None) -> FeatureSet:
     images = splits.split(split)
-    keep = [i for i, label in enumerate(images.labels)
-            if per_class is None or sum(1 for l2 in images.labels[:i] if l2 == label) < per_class]
+    keep = [
+        i
+        for i, label in enumerate(images.labels)
+        if per_class is None or sum(1 for l2 in images.labels[:i] if l2 == label) < per_class
+    ]
     paths, labels = tuple(images.paths[i] for i in keep), torch.tensor([images.labels[i] for i in keep])
     source = ImageSource(splits.image_root, paths, backbone.preprocessing)
     features = backbone.encode_images(torch.stack([_centre(splits, backbone, p) for p in paths]))
@@ -63,8 +66,14 @@ def _centre(splits, backbone, path):
 
 
 def _data(splits, backbone, shots: int = 2) -> FewShotData:
-    return FewShotData("synthetic", shots, splits.classnames, SYNTHETIC.prompts, _set(splits, backbone, "train", shots),
-                       _set(splits, backbone, "val", 2))
+    return FewShotData(
+        "synthetic",
+        shots,
+        splits.classnames,
+        SYNTHETIC.prompts,
+        _set(splits, backbone, "train", shots),
+        _set(splits, backbone, "val", 2),
+    )
 
 
 def _ctx(backbone, seed: int = 1) -> FitContext:
@@ -73,16 +82,21 @@ def _ctx(backbone, seed: int = 1) -> FitContext:
 
 def test_clip_lora_at_initialisation_is_zero_shot(splits, backbone):
     data = _data(splits, backbone)
-    lora = ClipLora().fit(data, dataclasses.replace(ClipLora().default_config("synthetic", 2), n_iters=0),
-                          _ctx(backbone))
+    lora = ClipLora().fit(
+        data, dataclasses.replace(ClipLora().default_config("synthetic", 2), n_iters=0), _ctx(backbone)
+    )
     zero_shot = ZeroShot().fit(data, ZeroShot().default_config("synthetic", 2), _ctx(backbone))
     test = _set(splits, backbone, "test")
     with torch.no_grad():
         adapted = lora(encoder_training.encoded_set(lora.encode_images, test, CPU).center)
         frozen = zero_shot(test.center)
     assert torch.equal(adapted, frozen)
-    assert all(torch.count_nonzero(m.B[s] if hasattr(m.B, "keys") else m.B) == 0
-               for m in lora.adapters.adapters for s in getattr(m, "slots", [""]) if s)
+    assert all(
+        torch.count_nonzero(m.B[s] if hasattr(m.B, "keys") else m.B) == 0
+        for m in lora.adapters.adapters
+        for s in getattr(m, "slots", [""])
+        if s
+    )
 
 
 def test_clip_lora_with_trained_b_is_not_zero_shot(splits, backbone):
@@ -91,7 +105,9 @@ def test_clip_lora_with_trained_b_is_not_zero_shot(splits, backbone):
     cfg = dataclasses.replace(ClipLora().default_config("synthetic", 2), n_iters=2, lr=1e-2)
     lora = ClipLora().fit(data, cfg, _ctx(backbone))
     test = _set(splits, backbone, "test")
-    assert not torch.equal(encoder_training.encoded_set(lora.encode_images, test, CPU).features, test.features)
+    assert not torch.equal(
+        encoder_training.encoded_set(lora.encode_images, test, CPU).features, test.features
+    )
 
 
 def test_maple_with_zero_length_prompts_is_the_frozen_encoder(splits, backbone):
@@ -138,12 +154,21 @@ def _pixels(splits, backbone, data: FeatureSet) -> torch.Tensor:
 def test_live_views_without_augmentation_are_the_cached_features(splits, backbone, tmp_path):
     train = splits.split("train")
     cache = FeatureCache(tmp_path)
-    key = ImageFeatureKey.of(backbone, dataset="synthetic", dataset_version="1", split_sha256=splits.source_sha256,
-                             split="train", view=CENTER)
-    cached = cache.image_features(key, backbone, splits.image_root, train.paths,
-                                  ExtractOptions(batch_size=128, progress=False))
+    key = ImageFeatureKey.of(
+        backbone,
+        dataset="synthetic",
+        dataset_version="1",
+        split_sha256=splits.source_sha256,
+        split="train",
+        view=CENTER,
+    )
+    cached = cache.image_features(
+        key, backbone, splits.image_root, train.paths, ExtractOptions(batch_size=128, progress=False)
+    )
     source = ImageSource(splits.image_root, tuple(train.paths), backbone.preprocessing)
-    live = encoder_training.live_features(backbone, source, encoder_training.live_view(seed=0, epoch=0, augment=False))
+    live = encoder_training.live_features(
+        backbone, source, encoder_training.live_view(seed=0, epoch=0, augment=False)
+    )
     assert torch.equal(live.half().float(), cached[0])  # the cache stores float16
     augmented = encoder_training.live_features(backbone, source, encoder_training.live_view(seed=0, epoch=0))
     again = encoder_training.live_features(backbone, source, encoder_training.live_view(seed=0, epoch=0))
@@ -162,8 +187,10 @@ def test_live_augmentation_with_zero_epochs_is_the_cached_path(method, splits, b
     assert impl.needs(live).images and not impl.needs(cached).images
     test = _set(splits, backbone, "test")
     with torch.no_grad():
-        assert torch.equal(impl.fit(data, live, _ctx(backbone))(test.center),
-                           impl.fit(data, cached, _ctx(backbone))(test.center))
+        assert torch.equal(
+            impl.fit(data, live, _ctx(backbone))(test.center),
+            impl.fit(data, cached, _ctx(backbone))(test.center),
+        )
 
 
 @pytest.mark.parametrize("method", ["coop", "clip_adapter"])
@@ -171,8 +198,13 @@ def test_live_augmentation_trains_and_differs_from_cached_views(method, splits, 
     from bench.methods import method_registry
 
     impl = method_registry().get(method)()
-    data = dataclasses.replace(_data(splits, backbone), train=dataclasses.replace(
-        _set(splits, backbone, "train", 2), features=_set(splits, backbone, "train", 2).features.expand(2, -1, -1)))
+    data = dataclasses.replace(
+        _data(splits, backbone),
+        train=dataclasses.replace(
+            _set(splits, backbone, "train", 2),
+            features=_set(splits, backbone, "train", 2).features.expand(2, -1, -1),
+        ),
+    )
     cached = dataclasses.replace(impl.default_config("synthetic", 2), epochs=2, train_views=2)
     live = dataclasses.replace(cached, augment="live")
     test = _set(splits, backbone, "test")
@@ -237,8 +269,19 @@ def test_no_activation_survives_a_step(batch_size, n_classes, splits, backbone):
     saved = _SavedTensors()
     lora.train()
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-        encoder_training.train_steps(params, optimizer, loss_fn, source, labels, epochs=3, batch_size=batch_size,
-                             generator=torch_generator(0), seed=0, device=CPU, after_step=saved.after_step)
+        encoder_training.train_steps(
+            params,
+            optimizer,
+            loss_fn,
+            source,
+            labels,
+            epochs=3,
+            batch_size=batch_size,
+            generator=torch_generator(0),
+            seed=0,
+            device=CPU,
+            after_step=saved.after_step,
+        )
     assert len(saved.bytes_after_step) >= 3
     assert set(saved.bytes_after_step) == {0}, saved.bytes_after_step
     assert saved.peak_saved[0] > 0 and max(saved.peak_saved) <= saved.peak_saved[0] * 1.01
@@ -251,8 +294,9 @@ def test_adapted_classifier_is_scored_on_its_own_features(splits, backbone):
     lora = ClipLora().fit(data, cfg, _ctx(backbone))
     test = _set(splits, backbone, "test")
     poisoned = FeatureSet(torch.full_like(test.features, float("nan")), test.labels, test.images)
-    assert score(lora, poisoned, CPU) == score(ZeroShot().fit(data, ZeroShot().default_config("synthetic", 2),
-                                                                _ctx(backbone)), test, CPU)
+    assert score(lora, poisoned, CPU) == score(
+        ZeroShot().fit(data, ZeroShot().default_config("synthetic", 2), _ctx(backbone)), test, CPU
+    )
     with pytest.raises(BenchError, match="no images"):
         score(lora, FeatureSet(test.features, test.labels), CPU)
 
@@ -282,9 +326,11 @@ def test_through_the_runner_base_to_new_and_tuning(name, run_options):
 
     short = {"clip_lora": (("n_iters", 1),), "maple": (("epochs", 1),)}[name]
     session = Session(run_options)
-    specs = (expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides={name: short})
-             + expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides={name: short}, protocol="base2new")
-             + expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides={name: short}, tune="val", trials=2))
+    specs = (
+        expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides={name: short})
+        + expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides={name: short}, protocol="base2new")
+        + expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides={name: short}, tune="val", trials=2)
+    )
     summary = run_cells(specs, run_options, session)
     assert not summary.failed and len(summary.ran) == 3, summary
     records = [json.loads(p.read_text()) for p in sorted(run_options.results_root.rglob(f"{name}/*.json"))]

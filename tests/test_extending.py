@@ -45,7 +45,9 @@ def test_the_tutorial_commands_run_and_report_both_methods(tmp_path, monkeypatch
             name, _, value = words[1].partition("=")
             monkeypatch.setenv(name, value)
         elif words[0] == "bench":
-            assert main([*words[1:], *(["--device", "cpu", "--no-progress"] if words[1] == "run" else [])]) == 0, line
+            assert (
+                main([*words[1:], *(["--device", "cpu", "--no-progress"] if words[1] == "run" else [])]) == 0
+            ), line
             outputs[words[1]] = capsys.readouterr().out
         else:
             pytest.fail(f"the tutorial has a command this test cannot run: {line}")

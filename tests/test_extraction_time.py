@@ -22,8 +22,14 @@ from .conftest import TINY
 
 
 def test_the_pre_pass_is_recorded_once_and_counted_in_the_grid_total(run_options, capsys):
-    specs = expand_grid(["zero_shot", "clip_adapter"], ["synthetic"], [1], [1, 2], [TINY],
-                        overrides={"clip_adapter": (("epochs", 1),)})
+    specs = expand_grid(
+        ["zero_shot", "clip_adapter"],
+        ["synthetic"],
+        [1],
+        [1, 2],
+        [TINY],
+        overrides={"clip_adapter": (("epochs", 1),)},
+    )
     run_cells(specs, run_options, Session(run_options))
     results = load_results(run_options.results_root)
     passes = load_extraction_passes(run_options.results_root)
@@ -41,6 +47,7 @@ def test_the_pre_pass_is_recorded_once_and_counted_in_the_grid_total(run_options
     assert len(load_extraction_passes(run_options.results_root)) == 1
 
     from bench.cli import main
+
     assert main(["report", "--results", str(run_options.results_root)]) == 0
     assert f"+ {entry.seconds:.1f} s feature extraction (pre-pass)" in capsys.readouterr().err
 
@@ -56,9 +63,24 @@ def test_passes_of_other_cells_are_not_counted(tmp_path):
 def test_extraction_files_are_read_strictly(tmp_path):
     path = tmp_path / "A_b" / "d" / "extraction.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"schema_version": 1, "passes": [{"backbone": "A/b", "dataset": "d", "seconds": 1.0,
-                                                                 "images_encoded": 1, "images_per_s": 1.0,
-                                                                 "finished_at": "x", "speed": 3}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "passes": [
+                    {
+                        "backbone": "A/b",
+                        "dataset": "d",
+                        "seconds": 1.0,
+                        "images_encoded": 1,
+                        "images_per_s": 1.0,
+                        "finished_at": "x",
+                        "speed": 3,
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(BenchError, match="unknown field extraction pass.speed"):
         load_extraction_passes(tmp_path)
     path.write_text(json.dumps({"passes": []}))

@@ -10,21 +10,33 @@ OPTIONS = ExtractOptions(batch_size=32, num_workers=0, progress=False)
 
 
 def _key(backbone, splits, split="test", view=CENTER):
-    return ImageFeatureKey.of(backbone, dataset="synthetic", dataset_version="1", split_sha256=splits.source_sha256,
-                              split=split, view=view)
+    return ImageFeatureKey.of(
+        backbone,
+        dataset="synthetic",
+        dataset_version="1",
+        split_sha256=splits.source_sha256,
+        split=split,
+        view=view,
+    )
 
 
 def test_miss_then_hit_in_memory_and_on_disk(tmp_path, data_root, tiny_backbone):
     splits = read_split_file(SYNTHETIC, data_root)
     paths = splits.test.paths
     cache = FeatureCache(tmp_path)
-    first = cache.image_features(_key(tiny_backbone, splits), tiny_backbone, splits.image_root, paths, OPTIONS)
+    first = cache.image_features(
+        _key(tiny_backbone, splits), tiny_backbone, splits.image_root, paths, OPTIONS
+    )
     assert first.shape == (1, len(paths), tiny_backbone.embed_dim)
     assert cache.images_encoded == len(paths)
-    again = cache.image_features(_key(tiny_backbone, splits), tiny_backbone, splits.image_root, paths, OPTIONS)
+    again = cache.image_features(
+        _key(tiny_backbone, splits), tiny_backbone, splits.image_root, paths, OPTIONS
+    )
     assert cache.images_encoded == len(paths)  # hit: nothing encoded
     fresh = FeatureCache(tmp_path)  # a new process: reads the shard from disk
-    from_disk = fresh.image_features(_key(tiny_backbone, splits), tiny_backbone, splits.image_root, paths, OPTIONS)
+    from_disk = fresh.image_features(
+        _key(tiny_backbone, splits), tiny_backbone, splits.image_root, paths, OPTIONS
+    )
     assert fresh.images_encoded == 0
     torch.testing.assert_close(again, first)
     torch.testing.assert_close(from_disk, first)
@@ -45,7 +57,9 @@ def test_only_missing_images_are_encoded_and_order_is_kept(tmp_path, data_root, 
     key = _key(tiny_backbone, splits, "train")
     part = cache.image_features(key, tiny_backbone, splits.image_root, splits.train.paths[:10], OPTIONS)
     assert cache.images_encoded == 10
-    whole = cache.image_features(key, tiny_backbone, splits.image_root, list(reversed(splits.train.paths[:30])), OPTIONS)
+    whole = cache.image_features(
+        key, tiny_backbone, splits.image_root, list(reversed(splits.train.paths[:30])), OPTIONS
+    )
     assert cache.images_encoded == 30
     torch.testing.assert_close(whole[:, -10:].flip(1), part)
     assert len(list(cache.image_folder(key, tiny_backbone.ref.slug).glob("shard-*.pt"))) == 2
@@ -64,7 +78,10 @@ def test_key_changes_when_weights_change(tmp_path, tiny_backbone, data_root):
     assert same.weights_sha256 == tiny_backbone.weights_sha256  # hash of the weights, not of the name
     assert changed.weights_sha256 != same.weights_sha256
     assert _key(changed, splits).digest() != _key(same, splits).digest()
-    assert BackboneRef.parse(f"bench-tiny/{changed_file}").identity() != BackboneRef.parse(f"bench-tiny/{same_file}").identity()
+    assert (
+        BackboneRef.parse(f"bench-tiny/{changed_file}").identity()
+        != BackboneRef.parse(f"bench-tiny/{same_file}").identity()
+    )
 
 
 def test_key_covers_view_split_and_preprocessing(tiny_backbone, data_root):
@@ -72,18 +89,24 @@ def test_key_covers_view_split_and_preprocessing(tiny_backbone, data_root):
 
     splits = read_split_file(SYNTHETIC, data_root)
     base = _key(tiny_backbone, splits)
-    variants = [dataclasses.replace(base, split="val"), dataclasses.replace(base, view=ViewSpec.augment(4)),
-                dataclasses.replace(base, preprocessing=dataclasses.replace(base.preprocessing, resize="squash")),
-                dataclasses.replace(base, precision="bf16")]
+    variants = [
+        dataclasses.replace(base, split="val"),
+        dataclasses.replace(base, view=ViewSpec.augment(4)),
+        dataclasses.replace(base, preprocessing=dataclasses.replace(base.preprocessing, resize="squash")),
+        dataclasses.replace(base, precision="bf16"),
+    ]
     assert len({base.digest(), *(v.digest() for v in variants)}) == 5
 
 
 def test_augmented_views_are_seeded_per_image(tmp_path, data_root, tiny_backbone):
     splits = read_split_file(SYNTHETIC, data_root)
     key = _key(tiny_backbone, splits, "train", ViewSpec.augment(3))
-    a = FeatureCache(tmp_path / "a").image_features(key, tiny_backbone, splits.image_root, splits.train.paths[:6], OPTIONS)
-    b = FeatureCache(tmp_path / "b").image_features(key, tiny_backbone, splits.image_root,
-                                                    list(reversed(splits.train.paths[:6])), OPTIONS)
+    a = FeatureCache(tmp_path / "a").image_features(
+        key, tiny_backbone, splits.image_root, splits.train.paths[:6], OPTIONS
+    )
+    b = FeatureCache(tmp_path / "b").image_features(
+        key, tiny_backbone, splits.image_root, list(reversed(splits.train.paths[:6])), OPTIONS
+    )
     assert a.shape[0] == 3
     torch.testing.assert_close(a, b.flip(1))  # same views whatever the order or batch
     assert not torch.allclose(a[0], a[1])  # the views differ from each other
@@ -117,11 +140,16 @@ def test_damaged_cache_files_are_recomputed_not_fatal(tmp_path, data_root, tiny_
     (text_file,) = (tmp_path / "text").rglob("*.pt")
     text_file.write_bytes(b"junk")
     cache = FeatureCache(tmp_path)
-    torch.testing.assert_close(cache.image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS), first)
+    torch.testing.assert_close(
+        cache.image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS), first
+    )
     torch.testing.assert_close(cache.text_features(tiny_backbone, ["cat", "dog"], ["a {}."]), text)
     assert cache.images_encoded == len(paths)  # re-encoded once, and stored again
     assert "removing damaged cache file" in caplog.text
-    assert FeatureCache(tmp_path).image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS).shape[1] == 8
+    assert (
+        FeatureCache(tmp_path).image_features(key, tiny_backbone, splits.image_root, paths, OPTIONS).shape[1]
+        == 8
+    )
     # an unreadable key file cannot vouch for its shards: a one-line error naming it
     key_file = shard.parent / "key.json"
     key_file.write_text("{not json")

@@ -35,24 +35,64 @@ def test_imagenet_ensemble_numbers_are_filed_under_coops_seven_templates():
     kw = {"method": "zero_shot", "arch": "RN50", "dataset": "imagenet", "shots": 16, "generation": "coop_v2"}
     match = best_match(paper, **kw, prompts="coop_ensemble")
     assert match.value == 60.32 and match.prompts == "coop_ensemble"
-    filed = {v.value for v in paper.values if v.method == "zero_shot" and v.dataset == "imagenet"
-             and v.arch == "RN50" and v.prompts == "coop_ensemble"}
+    filed = {
+        v.value
+        for v in paper.values
+        if v.method == "zero_shot"
+        and v.dataset == "imagenet"
+        and v.arch == "RN50"
+        and v.prompts == "coop_ensemble"
+    }
     assert filed == {60.32, 60.33}
     assert not any(v.prompts == "ensemble" for v in paper.values)  # nothing published with CLIP's 80 is filed
     assert best_match(paper, **kw, prompts="coop").value == 58.18
 
 
 def test_compare_pairs_prompt_sets_as_published():
-    cells = pd.DataFrame([
-        {"method_name": "zero_shot", "arch": "RN50", "dataset": "imagenet", "eval_set": "imagenet", "shots": 16,
-         "generation": "coop_v2", "prompts": "coop_ensemble", "mean": 60.0},
-        {"method_name": "tip_adapter", "arch": "RN50", "dataset": "imagenet", "eval_set": "imagenet", "shots": 16,
-         "generation": "coop_v2", "prompts": "coop_ensemble", "mean": 62.0},
-        {"method_name": "tip_adapter_f", "arch": "RN50", "dataset": "imagenet", "eval_set": "imagenet_v2",
-         "shots": 16, "generation": "coop_v2", "prompts": "coop_ensemble", "mean": 57.0},
-        {"method_name": "zero_shot", "arch": "RN50", "dataset": "imagenet", "eval_set": "imagenet", "shots": 16,
-         "generation": "coop_v2", "prompts": "ensemble", "mean": 61.0},
-    ])
+    cells = pd.DataFrame(
+        [
+            {
+                "method_name": "zero_shot",
+                "arch": "RN50",
+                "dataset": "imagenet",
+                "eval_set": "imagenet",
+                "shots": 16,
+                "generation": "coop_v2",
+                "prompts": "coop_ensemble",
+                "mean": 60.0,
+            },
+            {
+                "method_name": "tip_adapter",
+                "arch": "RN50",
+                "dataset": "imagenet",
+                "eval_set": "imagenet",
+                "shots": 16,
+                "generation": "coop_v2",
+                "prompts": "coop_ensemble",
+                "mean": 62.0,
+            },
+            {
+                "method_name": "tip_adapter_f",
+                "arch": "RN50",
+                "dataset": "imagenet",
+                "eval_set": "imagenet_v2",
+                "shots": 16,
+                "generation": "coop_v2",
+                "prompts": "coop_ensemble",
+                "mean": 57.0,
+            },
+            {
+                "method_name": "zero_shot",
+                "arch": "RN50",
+                "dataset": "imagenet",
+                "eval_set": "imagenet",
+                "shots": 16,
+                "generation": "coop_v2",
+                "prompts": "ensemble",
+                "mean": 61.0,
+            },
+        ]
+    )
     out = compare(cells, load_paper_numbers(), tolerance=1.0)
     assert out["paper"].tolist()[:3] == [60.32, 62.01, 57.11]
     assert out["note"].tolist()[:3] == ["", "", ""]  # Tip-Adapter's prompts are ours: no mismatch noted
@@ -99,14 +139,18 @@ def test_the_ledger_names_its_switches_and_every_as_published_override():
     registry = method_registry()
     for name in registry.names():
         for field_name, value in getattr(registry.get(name), "as_published", {}).items():
-            assert (name, field_name, value) in switches, f"{name}.{field_name}={value} is not in docs/fidelity.md"
+            assert (name, field_name, value) in switches, (
+                f"{name}.{field_name}={value} is not in docs/fidelity.md"
+            )
     for method, field_name, value in switches:  # a real field, and a value its config accepts
         config = registry.get(method)().default_config("synthetic", 1)
         assert getattr(apply_overrides(config, [(field_name, value)], method=method), field_name) == value
 
 
 def test_every_flag_the_ledger_names_is_a_bench_run_option():
-    run_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "run")[1]
+    run_parser = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "run"
+    )[1]
     options = {s: action for action in run_parser._actions for s in action.option_strings}
     flags = [flag for text in _switch_paragraphs() for flag in FLAG_SWITCH.findall(text)]
     assert ("--sampling", "dassl_repeat") in flags
@@ -121,8 +165,14 @@ def test_each_field_switch_runs_on_the_tiny_model(run_options, switch):
     method, field_name, value = switch
     config = method_registry().get(method)().default_config("synthetic", 1)
     fast = tuple((k, v) for k, v in FAST.items() if hasattr(config, k) and k != field_name)
-    spec = expand_grid([method], ["synthetic"], [1], [1], [TINY],
-                       overrides={method: tuple(sorted(((field_name, value), *fast)))})
+    spec = expand_grid(
+        [method],
+        ["synthetic"],
+        [1],
+        [1],
+        [TINY],
+        overrides={method: tuple(sorted(((field_name, value), *fast)))},
+    )
     summary = run_cells(spec, run_options, Session(run_options))
     assert summary.ran and not summary.failed, summary.failed
     (record,) = load_results(run_options.results_root)
@@ -132,14 +182,40 @@ def test_each_field_switch_runs_on_the_tiny_model(run_options, switch):
 def test_as_published_and_sampling_through_the_cli(tmp_path, data_root, capsys):
     """--as-published sets each selected method's official behaviour; an explicit --set wins; --sampling is
     the split protocol of every record."""
-    args = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--results",
-            str(tmp_path / "results"), "--device", "cpu", "--no-progress", "--methods", "tip_adapter_f,clap,zero_shot",
-            "--shots", "1", "--seeds", "1", "--as-published", "--sampling", "dassl_repeat",
-            "--set", "clap.classnames=clean", "--set", "clap.epochs=2", "--set", "tip_adapter_f.epochs=2"]
+    args = [
+        "run",
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--methods",
+        "tip_adapter_f,clap,zero_shot",
+        "--shots",
+        "1",
+        "--seeds",
+        "1",
+        "--as-published",
+        "--sampling",
+        "dassl_repeat",
+        "--set",
+        "clap.classnames=clean",
+        "--set",
+        "clap.epochs=2",
+        "--set",
+        "tip_adapter_f.epochs=2",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     records = {r.spec["method"]: r for r in load_results(tmp_path / "results")}
     assert records["tip_adapter_f"].spec["overrides"] == {"epochs": 2, "precision": "fp16"}
-    assert records["clap"].spec["overrides"] == {"classnames": "clean", "epochs": 2}  # the explicit --set wins
+    assert records["clap"].spec["overrides"] == {
+        "classnames": "clean",
+        "epochs": 2,
+    }  # the explicit --set wins
     assert records["zero_shot"].spec["overrides"] == {}  # nothing differs from its official code
     assert {r.data["split_protocol"] for r in records.values()} == {"dassl_repeat"}
     assert "--as-published sets: precision='fp16'" in _methods_output(capsys, "tip_adapter_f")
@@ -153,6 +229,7 @@ def _methods_output(capsys, name: str) -> str:
 
 # --- what the switches do ----------------------------------------------------------------------------
 
+
 def test_clap_raw_classnames_prompt_with_the_split_files_names():
     backbone = clip_scaled_backbone()
     seen = []
@@ -162,10 +239,14 @@ def test_clap_raw_classnames_prompt_with_the_split_files_names():
         seen.append(classnames)
         return text(templates, classnames)
 
-    data = dataclasses.replace(clustered_data(("red stripes", "blue dots"), 4, 2),
-                               raw_classnames=("red_stripes", "blue_dots"))
+    data = dataclasses.replace(
+        clustered_data(("red stripes", "blue dots"), 4, 2), raw_classnames=("red_stripes", "blue_dots")
+    )
     ctx = FitContext(backbone=backbone, device=torch.device("cpu"), seed=1, text_features=recording)
-    for method, cfg in ((Clap(), ClapConfig(epochs=1)), (ZeroShotLinearProbe(), ZsLinearProbeConfig(epochs=1))):
+    for method, cfg in (
+        (Clap(), ClapConfig(epochs=1)),
+        (ZeroShotLinearProbe(), ZsLinearProbeConfig(epochs=1)),
+    ):
         seen.clear()
         method.fit(data, dataclasses.replace(cfg, classnames="raw"), ctx)
         assert seen == [("red_stripes", "blue_dots")]
@@ -182,7 +263,9 @@ def test_tip_f_fp16_trains_half_keys_as_the_official_code():
     """fp16 keys and AdamW state; the returned keys are float32 and differ from the fp32 run's."""
     data = clustered_data(tuple(f"class {i}" for i in range(4)), 8, 3, dim=64)
     ctx = toy_context(clip_scaled_backbone())
-    weights = torch.nn.functional.normalize(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    weights = torch.nn.functional.normalize(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
     keys, values = cache_model(data, ctx.device)
     cfg = TipAdapterFConfig(epochs=3)
     fp32 = finetune_keys(data, cfg, weights, keys, values, ctx)
@@ -203,16 +286,43 @@ def test_tip_selection_on_test_is_the_labelled_oracle_mode(tmp_path, data_root, 
     """The ledger's route to Tip-Adapter's official selection on test: ``--tune oracle`` (no config switch).
     (α, β) are chosen by trials scored on test, Tip's own val grid is off, and the record and the report say
     oracle; the epoch is still Tip-F's few-shot-val choice."""
-    assert ("--tune", "oracle") in [flag for text in _switch_paragraphs() for flag in FLAG_SWITCH.findall(text)]
+    assert ("--tune", "oracle") in [
+        flag for text in _switch_paragraphs() for flag in FLAG_SWITCH.findall(text)
+    ]
     results = tmp_path / "results"
-    args = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--results", str(results),
-            "--device", "cpu", "--no-progress", "--methods", "tip_adapter_f", "--shots", "1", "--seeds", "1",
-            "--tune", "oracle", "--trials", "2", "--set", "tip_adapter_f.epochs=2"]
+    args = [
+        "run",
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(results),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--methods",
+        "tip_adapter_f",
+        "--shots",
+        "1",
+        "--seeds",
+        "1",
+        "--tune",
+        "oracle",
+        "--trials",
+        "2",
+        "--set",
+        "tip_adapter_f.epochs=2",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     (record,) = load_results(results)
-    assert record.spec.tune == "oracle" and record.tuning.mode == "oracle" and record.tuning.scored_on == "test"
+    assert (
+        record.spec.tune == "oracle" and record.tuning.mode == "oracle" and record.tuning.scored_on == "test"
+    )
     assert record.tuning.best_test_top1 is not None and set(record.tuning.best_params) == {"alpha", "beta"}
-    assert record.config["search_hp"] is False  # the few-shot val grid does not overrule the test-scored choice
+    assert (
+        record.config["search_hp"] is False
+    )  # the few-shot val grid does not overrule the test-scored choice
     assert "best_epoch" in record.diagnostics
     capsys.readouterr()
     assert main(["report", "--results", str(results)]) == 0

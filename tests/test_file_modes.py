@@ -26,8 +26,11 @@ def umask(request):
 
 
 def _modes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*")
-            if p.is_file() and not p.name.endswith(".lock")}
+    return {
+        str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode)
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def test_current_umask_reads_without_changing_it(umask):
@@ -40,16 +43,51 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask):
     plain = tmp_path / "plain.bin"
     with plain.open("wb") as fh:
         fh.write(b"x")
-    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    assert (
+        stat.S_IMODE((tmp_path / "a.bin").stat().st_mode)
+        == stat.S_IMODE(plain.stat().st_mode)
+        == 0o666 & ~umask
+    )
 
 
 def test_records_shards_indices_reports_and_plots_are_group_readable(tmp_path, data_root, umask):
-    args = ["run", "--methods", "zero_shot,linear_probe", "--datasets", "synthetic", "--shots", "1,2", "--seeds", "1",
-            "--backbone", TINY, "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"),
-            "--results", str(tmp_path / "results"), "--device", "cpu", "--no-progress"]
+    args = [
+        "run",
+        "--methods",
+        "zero_shot,linear_probe",
+        "--datasets",
+        "synthetic",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "1",
+        "--backbone",
+        TINY,
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(args) == 0
-    assert main(["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "out" / "table.md"),
-                 "--plot", str(tmp_path / "plots")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(tmp_path / "results"),
+                "--out",
+                str(tmp_path / "out" / "table.md"),
+                "--plot",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 0
+    )
     expected = 0o666 & ~umask
     files = {}
     for folder in ("results", "cache", "out", "plots"):

@@ -8,16 +8,43 @@ import torch
 from bench.cli import main
 from bench.results import load_results
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ],
+    ),
+]
 METHODS = ("zero_shot", "linear_probe", "coop", "clip_adapter")
 
 
 def _run(tmp_path, device: str, name: str, *extra: str) -> dict:
-    args = ["run", "--methods", ",".join(METHODS), "--shots", "4", "--seeds", "1,2", "--set", "coop.epochs=10",
-            "--set", "clip_adapter.epochs=10", "--device", device, "--no-progress", *extra,
-            "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / f"cache-{name}"),
-            "--results", str(tmp_path / name)]
+    args = [
+        "run",
+        "--methods",
+        ",".join(METHODS),
+        "--shots",
+        "4",
+        "--seeds",
+        "1,2",
+        "--set",
+        "coop.epochs=10",
+        "--set",
+        "clip_adapter.epochs=10",
+        "--device",
+        device,
+        "--no-progress",
+        *extra,
+        "--data-root",
+        str(tmp_path / "data"),
+        "--cache-dir",
+        str(tmp_path / f"cache-{name}"),
+        "--results",
+        str(tmp_path / name),
+    ]
     assert main(args) == 0
     return {(r.spec.method, r.spec.seed): r for r in load_results(tmp_path / name)}
 
@@ -37,7 +64,9 @@ def test_cells_on_the_device_match_fp32_cpu_cells_within_noise(tmp_path, device)
         ours = sum(cells[method, s].metrics.top1 for s in (1, 2)) / 2
         ref = sum(reference[method, s].metrics.top1 for s in (1, 2)) / 2
         assert abs(ours - ref) <= 0.1, (method, ours, ref)
-    assert cells["zero_shot", 1].metrics.top1 == pytest.approx(reference["zero_shot", 1].metrics.top1, abs=0.05)
+    assert cells["zero_shot", 1].metrics.top1 == pytest.approx(
+        reference["zero_shot", 1].metrics.top1, abs=0.05
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -55,8 +84,12 @@ def test_coop_from_the_phrase_is_the_frozen_encoder_on_the_device(device):
     labels = torch.arange(3)
     features = FeatureSet(torch.randn(1, 3, backbone.embed_dim), labels)
     data = FewShotData("toy", 1, names, {"coop": ("a photo of a {}.",)}, features, features)
-    ctx = FitContext(backbone=backbone, device=torch.device(device), seed=1,
-                     text_features=lambda templates, classnames: encode_prompts(backbone, classnames, templates))
+    ctx = FitContext(
+        backbone=backbone,
+        device=torch.device(device),
+        seed=1,
+        text_features=lambda templates, classnames: encode_prompts(backbone, classnames, templates),
+    )
     cfg = dataclasses.replace(Coop().default_config("toy", 1), ctx_init="a photo of a", epochs=0)
     classifier = Coop().fit(data, cfg, ctx)
     frozen = torch.nn.functional.normalize(encode_prompts(backbone, names, ("a photo of a {}.",))[0], dim=-1)

@@ -16,10 +16,16 @@ from bench.tools.grid_cost import (
 def test_coop_steps_per_seed_match_the_reference_count():
     """anchors-and-protocols.md §4 derives ≈249k CoOp iterations per seed from CoOp's configs
     (SUN397 67k, ImageNet 48k, StanfordCars 33k); the harness's own defaults give the same."""
-    per_dataset = {d.name: sum(cell_steps("coop", d.name, d.n_classes, k) for k in GRID_SHOTS) for d in paper_datasets()}
+    per_dataset = {
+        d.name: sum(cell_steps("coop", d.name, d.n_classes, k) for k in GRID_SHOTS) for d in paper_datasets()
+    }
     assert len(per_dataset) == 11
     assert sum(per_dataset.values()) == 249_200
-    assert (per_dataset["sun397"], per_dataset["imagenet"], per_dataset["stanford_cars"]) == (67_300, 48_400, 33_300)
+    assert (per_dataset["sun397"], per_dataset["imagenet"], per_dataset["stanford_cars"]) == (
+        67_300,
+        48_400,
+        33_300,
+    )
 
 
 def test_steps_follow_the_loader_guard():
@@ -35,14 +41,29 @@ def test_affine_costs_interpolate_between_the_measured_sizes():
 
 
 def test_grid_total_adds_every_cell_of_every_part():
-    unit = StepCosts(coop_per_step={1: 1.0}, adapter_per_step=0.0, linear_probe_cell={1: 0.0}, zero_shot_cell=0.0,
-                     ref_classes=1, centre_rate=float("inf"), augmented_rate=float("inf"))
+    unit = StepCosts(
+        coop_per_step={1: 1.0},
+        adapter_per_step=0.0,
+        linear_probe_cell={1: 0.0},
+        zero_shot_cell=0.0,
+        ref_classes=1,
+        centre_rate=float("inf"),
+        augmented_rate=float("inf"),
+    )
     parts = grid_seconds(unit)  # CoOp: one second per step and class
-    expected = 3 * sum(cell_steps("coop", d.name, d.n_classes, k) * d.n_classes
-                       for d in paper_datasets() for k in GRID_SHOTS)
+    expected = 3 * sum(
+        cell_steps("coop", d.name, d.n_classes, k) * d.n_classes for d in paper_datasets() for k in GRID_SHOTS
+    )
     assert parts["coop"] == pytest.approx(expected) and parts["total"] == pytest.approx(expected)
-    images = StepCosts(coop_per_step={1: 0.0}, adapter_per_step=0.0, linear_probe_cell={1: 0.0}, zero_shot_cell=0.0,
-                       ref_classes=1, centre_rate=1.0, augmented_rate=1.0)
+    images = StepCosts(
+        coop_per_step={1: 0.0},
+        adapter_per_step=0.0,
+        linear_probe_cell={1: 0.0},
+        zero_shot_cell=0.0,
+        ref_classes=1,
+        centre_rate=1.0,
+        augmented_rate=1.0,
+    )
     n_test = sum(d.n_test for d in paper_datasets())
     n_support = 3 * sum(d.n_classes * k for d in paper_datasets() for k in GRID_SHOTS)
     n_val = 3 * sum(d.n_classes * min(k, 4) for d in paper_datasets() for k in GRID_SHOTS)

@@ -52,6 +52,7 @@ def lpclip_search(val_accuracy, sweep=lp.C_SWEEP, steps=8):
 def test_c_search_follows_lpclip(monkeypatch):
     """With a known val-accuracy curve (peaked at C = 10^0.37, plateaus that force ties), the method
     tries the same C values and keeps the same one as lpclip's loop."""
+
     def curve(c):
         return round(1.0 - abs(np.log10(c) - 0.37) / 20, 2)
 
@@ -63,8 +64,9 @@ def test_c_search_follows_lpclip(monkeypatch):
     monkeypatch.setattr(lp, "_val_accuracy", lambda model, x, y: curve(model.c))
     data = clustered_data(("a", "b", "c"), 4, 1)
     recorded = {}
-    ctx = FitContext(backbone=None, device=torch.device("cpu"), seed=1, text_features=None,
-                     record=recorded.__setitem__)
+    ctx = FitContext(
+        backbone=None, device=torch.device("cpu"), seed=1, text_features=None, record=recorded.__setitem__
+    )
     model = LinearProbe().fit(data, LinearProbe().default_config("toy", 4), ctx)
     expected = lpclip_search(curve)
     assert model.c == pytest.approx(expected) and recorded["chosen_c"] == pytest.approx(expected)

@@ -53,7 +53,9 @@ def problems():
 def _test_features(data: FewShotData, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1000 + seed)
     x = data.train.center
-    return x[torch.randint(len(x), (200,), generator=generator)] + torch.randn(200, x.shape[1], generator=generator)
+    return x[torch.randint(len(x), (200,), generator=generator)] + torch.randn(
+        200, x.shape[1], generator=generator
+    )
 
 
 def test_search_chooses_the_same_c_and_predictions(monkeypatch):
@@ -61,8 +63,9 @@ def test_search_chooses_the_same_c_and_predictions(monkeypatch):
     for i, (name, data) in enumerate(problems()):
         c_ref, ref, n_ref = reference_fit(data, lp.LinearProbeConfig())
         recorded = {}
-        ctx = FitContext(backbone=None, device=torch.device("cpu"), seed=1, text_features=None,
-                         record=recorded.__setitem__)
+        ctx = FitContext(
+            backbone=None, device=torch.device("cpu"), seed=1, text_features=None, record=recorded.__setitem__
+        )
         ours = LinearProbe().fit(data, lp.LinearProbeConfig(), ctx)
         test = _test_features(data, i)
         assert n_ref == 23 and recorded["chosen_c"] == c_ref, name

@@ -54,16 +54,24 @@ def test_lp_pp_steps_alpha_every_tenth_epoch_and_prefers_later_ties(ctx):
     text = embed_classes(ctx, NAMES, ("a photo of a {}.",))
     flat_val = (torch.zeros(20, 64), data.val.labels)  # every epoch scores the same: ties everywhere
     cfg = LpPlusPlus().default_config("toy", 8)
-    nine, info = train_lp_pp(normed, data.train.labels, text, dataclasses.replace(cfg, epochs=9), flat_val, ctx)
-    assert torch.all(nine.alpha == info["alpha_init"]) and info["best_epoch"] == 9  # no α step yet; last tie wins
-    ten, info = train_lp_pp(normed, data.train.labels, text, dataclasses.replace(cfg, epochs=10), flat_val, ctx)
+    nine, info = train_lp_pp(
+        normed, data.train.labels, text, dataclasses.replace(cfg, epochs=9), flat_val, ctx
+    )
+    assert (
+        torch.all(nine.alpha == info["alpha_init"]) and info["best_epoch"] == 9
+    )  # no α step yet; last tie wins
+    ten, info = train_lp_pp(
+        normed, data.train.labels, text, dataclasses.replace(cfg, epochs=10), flat_val, ctx
+    )
     assert not torch.all(ten.alpha == info["alpha_init"]) and info["best_epoch"] == 10
 
 
 def test_lp_pp_keeps_the_best_val_epoch(ctx):
     data = _data(1)
     records = {}
-    model = LpPlusPlus().fit(data, LpPlusPlus().default_config("toy", 8), dataclasses.replace(ctx, record=records.__setitem__))
+    model = LpPlusPlus().fit(
+        data, LpPlusPlus().default_config("toy", 8), dataclasses.replace(ctx, record=records.__setitem__)
+    )
     with torch.no_grad():
         val_accuracy = float((model(data.val.center).argmax(1) == data.val.labels).double().mean())
     assert val_accuracy == records["best_val_top1"] and 1 <= records["best_epoch"] <= 300
@@ -81,8 +89,12 @@ def test_clap_multipliers_are_zero_shot_class_performance(ctx):
         probs = zero_shot(features).softmax(-1)
         labels = data.train.labels.repeat(3)
         expected = torch.stack([probs[labels == k, k].mean() for k in range(5)])
-        torch.testing.assert_close(class_multipliers(model, data.train.features, data.train.labels, 5), expected,
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            class_multipliers(model, data.train.features, data.train.labels, 5),
+            expected,
+            rtol=1e-4,
+            atol=1e-6,
+        )
     assert records["lambda"]["min"] == pytest.approx(float(expected.min()), rel=1e-4)
 
 
@@ -91,8 +103,9 @@ def test_clap_constraint_keeps_prototypes_near_zero_shot(ctx):
     data = _data(20, per_class=16)
     text = embed_classes(ctx, NAMES, ("a photo of a {}.",))
     clap = Clap().fit(data, dataclasses.replace(Clap().default_config("toy", 16), epochs=30), ctx)
-    zs_lp = ZeroShotLinearProbe().fit(data, dataclasses.replace(ZeroShotLinearProbe().default_config("toy", 16),
-                                                                 epochs=30), ctx)
+    zs_lp = ZeroShotLinearProbe().fit(
+        data, dataclasses.replace(ZeroShotLinearProbe().default_config("toy", 16), epochs=30), ctx
+    )
 
     def drift(model):
         return float((F.normalize(model.prototypes, dim=-1) - text).norm(dim=-1).mean())

@@ -35,12 +35,20 @@ def _image_data(backbone, data_root) -> FewShotData:
 
     def subset(split, per_class):
         images = splits.split(split)
-        keep = [i for i, label in enumerate(images.labels)
-                if label < N_CLASSES and images.labels[:i].count(label) < per_class]
+        keep = [
+            i
+            for i, label in enumerate(images.labels)
+            if label < N_CLASSES and images.labels[:i].count(label) < per_class
+        ]
         paths = tuple(images.paths[i] for i in keep)
-        pixels = torch.stack([center_view(load_rgb(splits.image_root / p), backbone.preprocessing) for p in paths])
-        return FeatureSet(backbone.encode_images(pixels)[None], torch.tensor([images.labels[i] for i in keep]),
-                          ImageSource(splits.image_root, paths, backbone.preprocessing))
+        pixels = torch.stack(
+            [center_view(load_rgb(splits.image_root / p), backbone.preprocessing) for p in paths]
+        )
+        return FeatureSet(
+            backbone.encode_images(pixels)[None],
+            torch.tensor([images.labels[i] for i in keep]),
+            ImageSource(splits.image_root, paths, backbone.preprocessing),
+        )
 
     return FewShotData("toy", 2, CLASSNAMES, PROMPTS, subset("train", 2), subset("val", 2))
 
@@ -56,7 +64,9 @@ def task(backbone, tmp_path_factory, data_root):
 
     def draw(per_class, views):
         labels = torch.arange(N_CLASSES).repeat_interleave(per_class)
-        return FeatureSet(means[labels][None] + 0.8 * torch.randn(views, len(labels), dim, generator=generator), labels)
+        return FeatureSet(
+            means[labels][None] + 0.8 * torch.randn(views, len(labels), dim, generator=generator), labels
+        )
 
     def data(views, images=False):
         if images:  # encoder-in-the-loop methods (CLIP-LoRA, MaPLe, live augmentation) train on pixels
@@ -69,7 +79,10 @@ def task(backbone, tmp_path_factory, data_root):
     return data, draw(TEST_PER_CLASS, 1), text
 
 
-DETERMINISTIC_BY_DESIGN = {"linear_probe", "lp_pp"}  # full-batch solvers from a data-driven start: nothing to seed
+DETERMINISTIC_BY_DESIGN = {
+    "linear_probe",
+    "lp_pp",
+}  # full-batch solvers from a data-driven start: nothing to seed
 SHORT_EPOCHS = 3  # for tests that check shapes, determinism and transfer, not what training reaches
 SHORT_ITERS = 1  # the same for methods counting iterations per shot (CLIP-LoRA)
 
@@ -120,23 +133,33 @@ def test_method_is_deterministic_under_a_seed(name, backbone, task):
 # Their identities with CoOp / zero-shot are tested in tests/test_new_methods_a.py.
 SLOW_BY_DESIGN = {
     "kgcoop": "λ = 8 holds the prompts near the hand-crafted ones, which are near chance here; batch 128 gives "
-              "200 steps",
+    "200 steps",
     "taskres": "batch 256 covers the 320 support images: one Adam step per epoch, 200 steps, at α = 0.5",
 }
 
 
-ENCODER_IN_LOOP = {n for n in method_registry().names()
-                   if method_registry().get(n)().needs(method_registry().get(n)().default_config("toy", 16)).images}
+ENCODER_IN_LOOP = {
+    n
+    for n in method_registry().names()
+    if method_registry().get(n)().needs(method_registry().get(n)().default_config("toy", 16)).images
+}
 
 
-@pytest.mark.parametrize("name", [n for n in method_registry().names()
-                                  if (method_registry().get(n).trainable or n == "tip_adapter")
-                                  and n not in ENCODER_IN_LOOP])  # learning on images: tests/test_encoder_in_loop.py
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in method_registry().names()
+        if (method_registry().get(n).trainable or n == "tip_adapter") and n not in ENCODER_IN_LOOP
+    ],
+)  # learning on images: tests/test_encoder_in_loop.py
 def test_trainable_method_learns_the_task(name, backbone, task):
     """At the paper defaults (training-free Tip-Adapter too: its cache is the support set)."""
     test = task[1]
     with torch.no_grad():
-        zero_shot = (_fit("zero_shot", backbone, task)[2](test.center).argmax(1) == test.labels).float().mean()
+        zero_shot = (
+            (_fit("zero_shot", backbone, task)[2](test.center).argmax(1) == test.labels).float().mean()
+        )
         accuracy = (_fit(name, backbone, task)[2](test.center).argmax(1) == test.labels).float().mean()
     assert zero_shot < 0.4  # the task really needs the support set (chance is 0.2)
     if name in SLOW_BY_DESIGN:
@@ -165,7 +188,9 @@ class _LowTrial:
         return choices[0]
 
 
-@pytest.mark.parametrize("name", [n for n in method_registry().names() if hasattr(method_registry().get(n), "search_space")])
+@pytest.mark.parametrize(
+    "name", [n for n in method_registry().names() if hasattr(method_registry().get(n), "search_space")]
+)
 def test_search_space_overrides_are_config_fields(name):
     from bench.spec import apply_overrides
 
@@ -205,9 +230,16 @@ def test_fit_never_reads_the_test_split(name, run_options, monkeypatch):
     monkeypatch.setattr(cls, "fit", spy_fit)
     session.cache.image_features = spy_features
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    overrides = ({name: (("epochs", SHORT_EPOCHS),)} if "epochs" in fields
-                 else {name: (("n_iters", SHORT_ITERS),)} if "n_iters" in fields else {})
-    summary = run_cells(expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides=overrides), run_options, session)
+    overrides = (
+        {name: (("epochs", SHORT_EPOCHS),)}
+        if "epochs" in fields
+        else {name: (("n_iters", SHORT_ITERS),)}
+        if "n_iters" in fields
+        else {}
+    )
+    summary = run_cells(
+        expand_grid([name], ["synthetic"], [2], [1], [TINY], overrides=overrides), run_options, session
+    )
     assert not summary.failed, summary.failed
     assert ("test", True) not in requested and ("test", False) in requested
 

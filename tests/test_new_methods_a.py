@@ -43,7 +43,9 @@ def _coop(data, backbone, **fields):
 
 def test_kgcoop_with_zero_weight_is_coop(backbone, data):
     """λ = 0: the same context, batches and steps as CoOp from "a photo of a" with KgCoOp's batch size."""
-    cfg = dataclasses.replace(KgCoop().default_config("toy", 8), lam=0.0, train_views=3, epochs=EPOCHS, batch_size=16)
+    cfg = dataclasses.replace(
+        KgCoop().default_config("toy", 8), lam=0.0, train_views=3, epochs=EPOCHS, batch_size=16
+    )
     kg = KgCoop().fit(data, cfg, toy_context(backbone, seed=3))
     coop = _coop(data, backbone, ctx_init="a photo of a", batch_size=16)
     assert torch.equal(kg.ctx, coop.ctx) and torch.equal(kg.weights, coop.weights)
@@ -60,10 +62,15 @@ def test_kgcoop_weight_keeps_the_learned_embeddings_near_the_hand_crafted_ones(b
     for lam in (0.0, 8.0, 64.0):
         records = {}
         ctx = dataclasses.replace(toy_context(backbone, seed=3), record=records.__setitem__)
-        cfg = dataclasses.replace(KgCoop().default_config("toy", 8), lam=lam, train_views=3, epochs=30, lr=0.02)
+        cfg = dataclasses.replace(
+            KgCoop().default_config("toy", 8), lam=lam, train_views=3, epochs=30, lr=0.02
+        )
         KgCoop().fit(data, cfg, ctx)
         distances[lam] = records["knowledge_distance"]
-        assert records["hand_crafted"] == {"set": "coop", "templates": ["a photo of a {}."]}  # toy: not a KgCoOp dataset
+        assert records["hand_crafted"] == {
+            "set": "coop",
+            "templates": ["a photo of a {}."],
+        }  # toy: not a KgCoOp dataset
     assert distances[64.0] < distances[8.0] < distances[0.0]
 
 
@@ -100,8 +107,12 @@ def test_prograd_projection_as_in_the_official_trainer():
 def test_prograd_kl_term_matches_the_official_loss():
     student, teacher = torch.randn(5, 3), torch.randn(5, 3)
     temperature = 2.0
-    expected = torch.nn.functional.kl_div(torch.log_softmax(student / 2, -1), torch.softmax(teacher / 2, -1),
-                                          reduction="batchmean") * 4
+    expected = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(student / 2, -1), torch.softmax(teacher / 2, -1), reduction="batchmean"
+        )
+        * 4
+    )
     entropy = -(torch.softmax(teacher / 2, -1) * torch.log_softmax(teacher / 2, -1)).sum(1).mean() * 4
     torch.testing.assert_close(teacher_loss(student, teacher, temperature), expected + entropy)  # CE = KL + H
 
@@ -124,7 +135,9 @@ def test_prograd_objective_hands_the_optimiser_the_projected_gradient():
         ce = torch.nn.functional.cross_entropy(prompt_logits(x, param, 100.0), y)
         domain = torch.autograd.grad(ce, param)[0]
         teacher_logits = 100.0 * torch.nn.functional.normalize(x, dim=-1) @ teacher.t()
-        general = torch.autograd.grad(teacher_loss(prompt_logits(x, param, 100.0), teacher_logits, 1.0), param)[0]
+        general = torch.autograd.grad(
+            teacher_loss(prompt_logits(x, param, 100.0), teacher_logits, 1.0), param
+        )[0]
         torch.testing.assert_close(loss, ce)
         torch.testing.assert_close(param.grad, project(domain, general, 1.0)[0])
     assert steps == {"all": 2, "projected": 1}
@@ -174,7 +187,13 @@ def test_taskres_defaults_follow_the_official_scripts():
     cfg = TaskRes().default_config("imagenet", 16)
     assert (cfg.alpha, cfg.lr, cfg.epochs, cfg.prompts) == (0.5, 2e-4, 200, "coop_ensemble")
     cfg = TaskRes().default_config("dtd", 4)
-    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.weight_decay) == (2e-3, 100, 256, "adam", 5e-4)
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.weight_decay) == (
+        2e-3,
+        100,
+        256,
+        "adam",
+        5e-4,
+    )
 
 
 def test_taskres_rejects_an_unknown_optimizer(backbone, data):
@@ -204,17 +223,33 @@ def test_new_methods_run_base_to_new_tune_on_val_and_report(run_options, capsys)
     # the records' JSON as written (what reports read)
     records = [json.loads(path.read_text()) for path in run_options.results_root.rglob("*.json")]
     assert sorted((r["spec"]["method"], r["spec"]["protocol"], r["spec"]["tune"]) for r in records) == sorted(
-        [(m, "base2new", "none") for m in NEW] + [(m, "fewshot", "val") for m in NEW])
+        [(m, "base2new", "none") for m in NEW] + [(m, "fewshot", "val") for m in NEW]
+    )
     for record in records:
         assert record["status"] == "ok" and math.isfinite(record["metrics"]["top1"])
         if record["spec"]["protocol"] == "base2new":
             transferred = record["metrics"]["new_top1"] is not None
             assert transferred == (record["spec"]["method"] != "taskres"), record["metrics"]
         else:
-            assert record["tuning"]["trials"] == 2 and set(record["tuning"]["best_params"]) <= {"lam", "alpha"}
+            assert record["tuning"]["trials"] == 2 and set(record["tuning"]["best_params"]) <= {
+                "lam",
+                "alpha",
+            }
     capsys.readouterr()
-    assert main(["report", "--results", str(run_options.results_root), "--format", "markdown",
-                 "--compare", "paper"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(run_options.results_root),
+                "--format",
+                "markdown",
+                "--compare",
+                "paper",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert all(name in out for name in NEW)
 

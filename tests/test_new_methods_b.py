@@ -62,7 +62,9 @@ def test_cocoop_with_a_zeroed_meta_net_is_coop_with_the_same_context(backbone):
         ours, theirs = cocoop(features), coop(features)
         untruncated = PromptClassifier(final_text_features(learner, toy_context(backbone)), 100.0)(features)
     torch.testing.assert_close(ours, theirs)  # the same prompts: float rounding of the product order only
-    torch.testing.assert_close(ours, untruncated, rtol=1e-5, atol=1e-4)  # CoOp's returned classifier (77 positions)
+    torch.testing.assert_close(
+        ours, untruncated, rtol=1e-5, atol=1e-4
+    )  # CoOp's returned classifier (77 positions)
     assert torch.equal(ours.argmax(1), theirs.argmax(1))
     with torch.no_grad():  # and a live meta-net really conditions the prompts
         meta_net[2].bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
@@ -75,7 +77,7 @@ def _per_image_loop(tower, learner, bias):
     for b in bias:
         ctx = (learner.ctx + b).expand(len(learner.prefix), -1, -1)
         length = int(learner.eot.max()) + 1
-        prompts = torch.cat([learner.prefix, ctx, learner.suffix[:, :length - 1 - learner.n_ctx]], dim=1)
+        prompts = torch.cat([learner.prefix, ctx, learner.suffix[:, : length - 1 - learner.n_ctx]], dim=1)
         out.append(encode_prompt_embeddings(tower, prompts, learner.eot))
     return torch.stack(out)
 
@@ -98,9 +100,13 @@ def test_checkpointed_chunks_give_the_unchunked_gradient(backbone):
     grads = []
     for rows, use_checkpoint in ((1000, False), (4, True)):
         learner.ctx.grad, bias.grad = None, None
-        conditioned_text_features(tower, learner, bias, rows, use_checkpoint=use_checkpoint).pow(2).sum().backward()
+        conditioned_text_features(tower, learner, bias, rows, use_checkpoint=use_checkpoint).pow(
+            2
+        ).sum().backward()
         grads.append((learner.ctx.grad.clone(), bias.grad.clone()))
-    for full, chunked in zip(*grads, strict=True):  # chunks sum their gradients in another order: rounding only
+    for full, chunked in zip(
+        *grads, strict=True
+    ):  # chunks sum their gradients in another order: rounding only
         torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
 
 
@@ -111,16 +117,27 @@ def test_chunk_size_follows_the_memory_budget(backbone):
     learner, text = _learner(backbone)
     meta_net = make_meta_net(64, 64, 16, seed=3)
     features = torch.randn(30, 64, generator=torch.Generator().manual_seed(1))
-    small, large = (CocoopClassifier(learner, meta_net, 100.0, backbone, text, memory_mb=m) for m in (1, 4096))
-    assert rows_per_chunk(tower, int(learner.eot.max()) + 1, 1) < 30 * len(NAMES)  # the small budget really chunks
+    small, large = (
+        CocoopClassifier(learner, meta_net, 100.0, backbone, text, memory_mb=m) for m in (1, 4096)
+    )
+    assert rows_per_chunk(tower, int(learner.eot.max()) + 1, 1) < 30 * len(
+        NAMES
+    )  # the small budget really chunks
     with torch.no_grad():
         torch.testing.assert_close(small(features), large(features))
 
 
 def test_cocoop_defaults_are_the_official_c4_ctxv1_config():
     cfg = Cocoop().default_config("imagenet", 16)
-    assert (cfg.n_ctx, cfg.ctx_init, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.meta_reduction) == (
-        4, "a photo of a", 10, 1, 0.002, 5e-4, 16)
+    assert (
+        cfg.n_ctx,
+        cfg.ctx_init,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.meta_reduction,
+    ) == (4, "a photo of a", 10, 1, 0.002, 5e-4, 16)
 
 
 def test_cocoop_trains_context_and_meta_net_only(backbone):
@@ -151,7 +168,9 @@ def _numpy_gda(data, text, alpha, covariance="shrinkage"):
         cov = np.cov(centred, rowvar=False)
         precision = dim * scipy.linalg.pinv((len(x) - 1) * cov + np.trace(cov) * np.eye(dim))
     else:
-        precision = scipy.linalg.pinv(np.mean([np.cov(x[y == c], rowvar=False) for c in range(n_classes)], axis=0))
+        precision = scipy.linalg.pinv(
+            np.mean([np.cov(x[y == c], rowvar=False) for c in range(n_classes)], axis=0)
+        )
     weight = mus @ precision
     bias = np.log(1.0 / n_classes) - 0.5 * np.einsum("nd,dc,nc->n", mus, precision, mus)
     t = text.numpy().astype(np.float64)
@@ -185,8 +204,10 @@ def test_gda_alpha_is_the_first_best_of_the_official_grid_on_val(backbone):
     ctx = dataclasses.replace(toy_context(backbone), record=ctx_records.__setitem__)
     classifier = Gda().fit(data, Gda().default_config("toy", 4), ctx)
     text = ctx.text_features(data.prompts["coop"], NAMES)
-    scores = [float((np.argmax(_numpy_gda(data, text, a)(data.val.center), 1) == data.val.labels.numpy()).mean())
-              for a in ALPHA_GRID]
+    scores = [
+        float((np.argmax(_numpy_gda(data, text, a)(data.val.center), 1) == data.val.labels.numpy()).mean())
+        for a in ALPHA_GRID
+    ]
     assert classifier.alpha == ALPHA_GRID[int(np.argmax(scores))] == ctx_records["alpha"]
     np.testing.assert_allclose(list(ctx_records["alpha_val_accuracy"].values()), scores)
 
@@ -218,8 +239,16 @@ def test_cross_modal_probe_without_text_samples_is_the_plain_probe(backbone):
     torch.optim.AdamW under the official warm-up + cosine schedule, keeping the best val iteration."""
     data = clustered_data(NAMES, 6, 1, noise=1.2)
     ctx = toy_context(backbone)
-    cfg = dataclasses.replace(CrossModalLp().default_config("toy", 6), text_samples=False, lr=1e-3,
-                              weight_decay=1e-2, batch_size=8, iters=240, warmup_iters=20, eval_every=30)
+    cfg = dataclasses.replace(
+        CrossModalLp().default_config("toy", 6),
+        text_samples=False,
+        lr=1e-3,
+        weight_decay=1e-2,
+        batch_size=8,
+        iters=240,
+        warmup_iters=20,
+        eval_every=30,
+    )
     classifier = CrossModalLp().fit(data, cfg, ctx)
 
     from bench.seeding import derive_seed, torch_generator
@@ -230,8 +259,9 @@ def test_cross_modal_probe_without_text_samples_is_the_plain_probe(backbone):
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2, betas=(0.9, 0.999))
     x, y = F.normalize(data.train.center, dim=-1), data.train.labels
     xv, yv = F.normalize(data.val.center, dim=-1), data.val.labels
-    batches = loader_batches(len(x), 8, cfg.iters, torch_generator(derive_seed(1, "cross_modal_lp", "batches", 1e-3,
-                                                                                 1e-2, 8)))
+    batches = loader_batches(
+        len(x), 8, cfg.iters, torch_generator(derive_seed(1, "cross_modal_lp", "batches", 1e-3, 1e-2, 8))
+    )
     best = (-1.0, None)
     for step, index in enumerate(batches):
         factor = lr_factor(step, cfg)
@@ -251,7 +281,13 @@ def test_cross_modal_probe_without_text_samples_is_the_plain_probe(backbone):
 
 def test_cross_modal_schedule_and_batch_rules_are_the_official_ones():
     cfg = CrossModalLp().default_config("dtd", 16)
-    assert (cfg.iters, cfg.warmup_iters, cfg.eval_every, cfg.init, cfg.text_samples) == (12800, 50, 100, "zeroshot", True)
+    assert (cfg.iters, cfg.warmup_iters, cfg.eval_every, cfg.init, cfg.text_samples) == (
+        12800,
+        50,
+        100,
+        "zeroshot",
+        True,
+    )
     assert lr_factor(0, cfg) is None and lr_factor(25, cfg) == 0.5 and lr_factor(50, cfg) == 1.0
     assert math.isclose(lr_factor(50 + 6400, cfg), 0.5)
     # train.py get_valid_batch_sizes: each half strictly smaller than its dataset
@@ -269,7 +305,9 @@ def test_cross_modal_grid_search_records_every_setting(backbone):
     cfg = dataclasses.replace(CrossModalLp().default_config("toy", 6), iters=120)
     CrossModalLp().fit(data, cfg, ctx)
     settings = [(s["lr"], s["weight_decay"], s["batch_size"]) for s in records["search"]]
-    assert settings == [(lr, wd, 8) for lr in (1e-3, 1e-4) for wd in (0.0, 1e-2, 1e-4)]  # 5 text samples: no 32
+    assert settings == [
+        (lr, wd, 8) for lr in (1e-3, 1e-4) for wd in (0.0, 1e-2, 1e-4)
+    ]  # 5 text samples: no 32
     best = max(records["search"], key=lambda s: s["val_top1"])
     assert records["chosen"]["val_top1"] == best["val_top1"] and records["chosen"]["lr"] == best["lr"]
 
@@ -298,7 +336,8 @@ def test_new_methods_run_base_to_new_tune_on_val_and_report(run_options, capsys)
     records = [json.loads(path.read_text()) for path in run_options.results_root.rglob("*.json")]
     records = [r for r in records if "spec" in r]
     assert sorted((r["spec"]["method"], r["spec"]["protocol"], r["spec"]["tune"]) for r in records) == sorted(
-        [(m, "base2new", "none") for m in NEW] + [(m, "fewshot", "val") for m in NEW])
+        [(m, "base2new", "none") for m in NEW] + [(m, "fewshot", "val") for m in NEW]
+    )
     for record in records:
         assert record["status"] == "ok" and math.isfinite(record["metrics"]["top1"])
         if record["spec"]["protocol"] == "base2new":
@@ -306,10 +345,28 @@ def test_new_methods_run_base_to_new_tune_on_val_and_report(run_options, capsys)
             assert transferred == (record["spec"]["method"] != "cross_modal_lp"), record["metrics"]
         else:
             assert record["tuning"]["trials"] == 2
-            assert set(record["tuning"]["best_params"]) <= {"lr", "n_ctx", "alpha", "weight_decay", "batch_size"}
+            assert set(record["tuning"]["best_params"]) <= {
+                "lr",
+                "n_ctx",
+                "alpha",
+                "weight_decay",
+                "batch_size",
+            }
     capsys.readouterr()
-    assert main(["report", "--results", str(run_options.results_root), "--format", "markdown",
-                 "--compare", "paper"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(run_options.results_root),
+                "--format",
+                "markdown",
+                "--compare",
+                "paper",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert all(name in out for name in NEW)
 
@@ -323,7 +380,9 @@ def test_perf_times_cocoops_per_image_text_pass(backbone):
 
     data = clustered_data(NAMES, 2, 1)
     rows = cocoop_rows(data, toy_context(backbone))
-    assert [r.what for r in rows] == [f"cocoop: one training step (1 image x {len(NAMES)} prompts, forward + backward)",
-                                      f"cocoop: scoring one test image ({len(NAMES)} prompts)"]
+    assert [r.what for r in rows] == [
+        f"cocoop: one training step (1 image x {len(NAMES)} prompts, forward + backward)",
+        f"cocoop: scoring one test image ({len(NAMES)} prompts)",
+    ]
     assert all(r.value > 0 and r.unit == "ms" for r in rows)
     assert f"{COCOOP_TIMED_STEPS} timed" in rows[0].note and "10 epochs x 10 steps" in rows[0].note

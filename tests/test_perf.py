@@ -9,20 +9,42 @@ from bench.cli import main
 
 def test_perf_smoke_profile_writes_every_row(tmp_path, capsys):
     out, rows_file = tmp_path / "perf.md", tmp_path / "perf.json"
-    assert main(["perf", "--profile", "smoke", "--device", "cpu", "--workdir", str(tmp_path / "work"),
-                 "--out", str(out), "--json", str(rows_file)]) == 0
+    assert (
+        main(
+            [
+                "perf",
+                "--profile",
+                "smoke",
+                "--device",
+                "cpu",
+                "--workdir",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+                "--json",
+                str(rows_file),
+            ]
+        )
+        == 0
+    )
     table = out.read_text()
     assert table == capsys.readouterr().out
     rows = json.loads(rows_file.read_text())["rows"]
     names = [r["what"] for r in rows]
-    assert names[:3] == ["encoder only", "extraction, centre view (decode + encode)", "extraction, 2 augmented views"]
+    assert names[:3] == [
+        "encoder only",
+        "extraction, centre view (decode + encode)",
+        "extraction, 2 augmented views",
+    ]
     for method in ("zero_shot", "linear_probe", "coop", "clip_adapter"):
         assert f"{method}: one 20-class 2-shot cell" in names
         assert f"paper grid, predicted: {method}" in names
     total = next(r for r in rows if r["what"] == "paper grid, predicted: total (660 cells)")
     parts = [r["value"] for r in rows if r["what"].startswith("paper grid, predicted: ") and r is not total]
     assert total["unit"] == "min" and total["value"] == pytest.approx(sum(parts)) and total["value"] > 0
-    assert "C=2: " in next(r for r in rows if r["what"] == "paper grid, predicted: coop")["note"]  # two class counts
+    assert (
+        "C=2: " in next(r for r in rows if r["what"] == "paper grid, predicted: coop")["note"]
+    )  # two class counts
     for method in ("coop", "clip_adapter"):
         speedup = next(r for r in rows if r["what"].startswith(f"{method} speed-up"))
         assert speedup["unit"] == "x" and speedup["value"] > 0
@@ -54,7 +76,9 @@ def test_adapter_baseline_encodes_all_prompts_every_step_in_fp32():
     backbone = clip_scaled_backbone()
     calls = []
     real = backbone.model.encode_text
-    backbone.model.encode_text = lambda tokens: calls.append((tokens.shape, torch.is_autocast_enabled())) or real(tokens)
+    backbone.model.encode_text = lambda tokens: (
+        calls.append((tokens.shape, torch.is_autocast_enabled())) or real(tokens)
+    )
     params, logits_fn = adapter_baseline(backbone, ("cat", "dog", "car"), 100.0)
     features = torch.randn(4, backbone.embed_dim)
     for _ in range(2):

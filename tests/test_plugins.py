@@ -30,9 +30,14 @@ def _write(path: Path, text: str) -> Path:
 def test_a_file_a_package_and_a_folder_register_through_the_same_registries(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_PLUGINS", raising=False)
     single = _write(tmp_path / "one.py", METHOD)
-    package = _write(tmp_path / "pkg" / "__init__.py", "from .impl import Blend2\nBENCH_METHODS = {'blend2': Blend2}\n")
-    _write(tmp_path / "pkg" / "impl.py", METHOD.replace("BENCH_METHODS = ", "_UNUSED = ") +
-           "\nclass Blend2(PrototypeBlend):\n    name = 'blend2'\n")
+    package = _write(
+        tmp_path / "pkg" / "__init__.py", "from .impl import Blend2\nBENCH_METHODS = {'blend2': Blend2}\n"
+    )
+    _write(
+        tmp_path / "pkg" / "impl.py",
+        METHOD.replace("BENCH_METHODS = ", "_UNUSED = ")
+        + "\nclass Blend2(PrototypeBlend):\n    name = 'blend2'\n",
+    )
     folder = tmp_path / "more"
     _write(folder / "m.py", METHOD.replace('"prototype_blend"', '"blend3"'))
     shutil.copy(EXAMPLES / "my_patterns.yaml", folder / "my_patterns.yaml")
@@ -45,17 +50,29 @@ def test_a_file_a_package_and_a_folder_register_through_the_same_registries(tmp_
     assert "prototype_blend" not in method_registry().names()  # the environment is restored
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("boom.py", "raise ImportError('no module named cupy')\n",
-     "plugin raised ImportError on import: no module named cupy"),
-    ("syntax.py", "def broken(:\n", "plugin raised SyntaxError on import"),
-    ("taken.py", METHOD.replace('"prototype_blend": PrototypeBlend', '"zero_shot": PrototypeBlend'),
-     "two methods are registered as 'zero_shot': built-in and plugin"),
-    ("empty.py", "X = 1\n", "plugin defines neither BENCH_METHODS nor BENCH_DATASETS"),
-    ("instance.py", METHOD.replace('{"prototype_blend": PrototypeBlend}', '{"prototype_blend": PrototypeBlend()}'),
-     "method 'prototype_blend' is not a method class"),
-    ("notes.txt", "hello", "a plugin is a .py file, a folder or a"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "boom.py",
+            "raise ImportError('no module named cupy')\n",
+            "plugin raised ImportError on import: no module named cupy",
+        ),
+        ("syntax.py", "def broken(:\n", "plugin raised SyntaxError on import"),
+        (
+            "taken.py",
+            METHOD.replace('"prototype_blend": PrototypeBlend', '"zero_shot": PrototypeBlend'),
+            "two methods are registered as 'zero_shot': built-in and plugin",
+        ),
+        ("empty.py", "X = 1\n", "plugin defines neither BENCH_METHODS nor BENCH_DATASETS"),
+        (
+            "instance.py",
+            METHOD.replace('{"prototype_blend": PrototypeBlend}', '{"prototype_blend": PrototypeBlend()}'),
+            "method 'prototype_blend' is not a method class",
+        ),
+        ("notes.txt", "hello", "a plugin is a .py file, a folder or a"),
+    ],
+)
 def test_bad_plugins_are_one_line_naming_the_file(tmp_path, monkeypatch, capsys, name, text, message):
     monkeypatch.delenv("BENCH_PLUGINS", raising=False)
     plugin = _write(tmp_path / name, text)
@@ -76,15 +93,27 @@ def test_a_missing_plugin_and_a_taken_dataset_name(tmp_path, monkeypatch, capsys
     dataset_registry.cache_clear()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("name: a\nfolder: x\nsplit_file: s.json\ntemplates: ['a {}.']\ncolour: red\n", "unknown key(s) 'colour'"),
-    ("name: a\nfolder: x\nsplit_file: s.json\n", "no prompt templates"),
-    ("name: a\nfolder: x\nsplit_file: s.json\ntemplates: ['a photo']\n", "needs exactly one {} for the class name"),
-    ("name: A b\nfolder: x\nsplit_file: s.json\ntemplates: ['a {}.']\n", "is not lowercase letters"),
-    ("name: a\nsubset_of: pets\nsplit_file: s.json\n", "subset_of 'pets' is not a built-in dataset"),
-    ("name: a\nfolder: [x]\nsplit_file: s.json\ntemplates: ['a {}.']\n", "key 'folder' must be a non-empty one-line"),
-    ("name: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "name: a\nfolder: x\nsplit_file: s.json\ntemplates: ['a {}.']\ncolour: red\n",
+            "unknown key(s) 'colour'",
+        ),
+        ("name: a\nfolder: x\nsplit_file: s.json\n", "no prompt templates"),
+        (
+            "name: a\nfolder: x\nsplit_file: s.json\ntemplates: ['a photo']\n",
+            "needs exactly one {} for the class name",
+        ),
+        ("name: A b\nfolder: x\nsplit_file: s.json\ntemplates: ['a {}.']\n", "is not lowercase letters"),
+        ("name: a\nsubset_of: pets\nsplit_file: s.json\n", "subset_of 'pets' is not a built-in dataset"),
+        (
+            "name: a\nfolder: [x]\nsplit_file: s.json\ntemplates: ['a {}.']\n",
+            "key 'folder' must be a non-empty one-line",
+        ),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_bad_spec_files_name_the_file_and_key(tmp_path, text, message):
     path = _write(tmp_path / "spec.yaml", text)
     with pytest.raises(BenchError, match=re_escape(message)) as info:
@@ -115,9 +144,19 @@ def test_a_subset_is_refused_with_a_hint_and_read_once_declared(tmp_path, data_r
     undeclared = dataclasses.replace(SYNTHETIC, split_file="split_three.json")
     with pytest.raises(BenchError, match="3 classes, expected 8 for 'synthetic'.*subset_of: synthetic"):
         read_dataset(undeclared, root)
-    spec = load_spec_file(_write(tmp_path / "three.yaml", "name: three\nsubset_of: synthetic\nsplit_file: "
-                                 "split_three.json\nclassnames: [red_stripes, green_stripes, blue_stripes]\n"))
-    assert (spec.folder, spec.prompts, spec.subset_of, spec.n_classes) == ("synthetic", SYNTHETIC.prompts, "synthetic", 3)
+    spec = load_spec_file(
+        _write(
+            tmp_path / "three.yaml",
+            "name: three\nsubset_of: synthetic\nsplit_file: "
+            "split_three.json\nclassnames: [red_stripes, green_stripes, blue_stripes]\n",
+        )
+    )
+    assert (spec.folder, spec.prompts, spec.subset_of, spec.n_classes) == (
+        "synthetic",
+        SYNTHETIC.prompts,
+        "synthetic",
+        3,
+    )
     assert spec.version == f"{SYNTHETIC.version}.subset1" and spec.generator is None
     splits = read_dataset(spec, root)
     assert splits.raw_classnames == ("red_stripes", "green_stripes", "blue_stripes")
@@ -129,11 +168,33 @@ def test_a_subset_is_refused_with_a_hint_and_read_once_declared(tmp_path, data_r
 def test_a_declared_subset_runs_from_a_config_file_with_its_plugins(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.delenv("BENCH_PLUGINS", raising=False)
     root = _subset_data(data_root, tmp_path)
-    _write(tmp_path / "conf" / "three.yaml", "name: three\nsubset_of: synthetic\nsplit_file: split_three.json\n")
+    _write(
+        tmp_path / "conf" / "three.yaml", "name: three\nsubset_of: synthetic\nsplit_file: split_three.json\n"
+    )
     shutil.copy(EXAMPLES / "prototype_blend.py", tmp_path / "conf" / "blend.py")
-    grid = _write(tmp_path / "conf" / "grid.yaml", "plugins: [blend.py, three.yaml]\nmethods: [prototype_blend]\n"
-                  "datasets: [three]\nshots: [1]\nseeds: [1]\n")
-    assert main(["run", "--config", str(grid), "--data-root", str(root), "--cache-dir", str(tmp_path / "c"),
-                 "--results", str(tmp_path / "r"), "--device", "cpu", "--no-progress"]) == 0
+    grid = _write(
+        tmp_path / "conf" / "grid.yaml",
+        "plugins: [blend.py, three.yaml]\nmethods: [prototype_blend]\n"
+        "datasets: [three]\nshots: [1]\nseeds: [1]\n",
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(grid),
+                "--data-root",
+                str(root),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--results",
+                str(tmp_path / "r"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     [record] = list((tmp_path / "r").rglob("k01-s1-*.json"))
     assert json.loads(record.read_text())["spec"]["dataset"] == "three"

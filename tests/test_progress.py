@@ -31,11 +31,17 @@ def test_plain_lines_without_a_terminal_and_an_eta_from_finished_cells():
     progress.finish("coop/dtd/k16/s3", None, 30.0)
     progress.close()
     lines = stream.getvalue().splitlines()
-    assert lines == ["[1/3] ok coop/dtd/k16/s1  top-1 61.23%  10.0 s  ETA 20 s",
-                     "[2/3] ok coop/dtd/k16/s2  top-1 61.23%  20.0 s  ETA 15 s",
-                     "[3/3] deferred coop/dtd/k16/s3  top-1 —  30.0 s  ETA 0 s"]
+    assert lines == [
+        "[1/3] ok coop/dtd/k16/s1  top-1 61.23%  10.0 s  ETA 20 s",
+        "[2/3] ok coop/dtd/k16/s2  top-1 61.23%  20.0 s  ETA 15 s",
+        "[3/3] deferred coop/dtd/k16/s3  top-1 —  30.0 s  ETA 0 s",
+    ]
     assert "\x1b" not in stream.getvalue() and "\r" not in stream.getvalue()
-    assert format_seconds(1617) == "26m 57s" and format_seconds(11100) == "3h 05m" and format_seconds(None) == "?"
+    assert (
+        format_seconds(1617) == "26m 57s"
+        and format_seconds(11100) == "3h 05m"
+        and format_seconds(None) == "?"
+    )
 
 
 def test_a_cell_bar_under_the_grid_bar_on_a_terminal():
@@ -55,13 +61,22 @@ def test_a_cell_bar_under_the_grid_bar_on_a_terminal():
 
 
 def test_run_cells_logs_one_line_per_finished_cell_when_not_on_a_terminal(run_options, capsys):
-    specs = expand_grid(["zero_shot", "clip_adapter"], ["synthetic"], [1], [1], [TINY],
-                        overrides={"clip_adapter": (("epochs", 3),)})
-    run_cells(specs, dataclasses.replace(run_options, progress=True))  # bars wanted, but stderr is no terminal
+    specs = expand_grid(
+        ["zero_shot", "clip_adapter"],
+        ["synthetic"],
+        [1],
+        [1],
+        [TINY],
+        overrides={"clip_adapter": (("epochs", 3),)},
+    )
+    run_cells(
+        specs, dataclasses.replace(run_options, progress=True)
+    )  # bars wanted, but stderr is no terminal
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[")]
-    assert len(lines) == 2 and all(re.search(r"ok \S+/synthetic/k1/s1  top-1 \d+\.\d\d%  \d+\.\d s  ETA", line)
-                                   for line in lines)
+    assert len(lines) == 2 and all(
+        re.search(r"ok \S+/synthetic/k1/s1  top-1 \d+\.\d\d%  \d+\.\d s  ETA", line) for line in lines
+    )
     assert "\x1b" not in err and "\r" not in err
     run_cells(specs, run_options)  # every cell done: nothing to log
     assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
@@ -74,7 +89,9 @@ def test_trainable_methods_report_their_epochs(run_options):
     assert "progress_step" in {f.name for f in dataclasses.fields(FitContext)}
     from bench import runner
 
-    specs = expand_grid(["clip_adapter"], ["synthetic"], [1], [2], [TINY], overrides={"clip_adapter": (("epochs", 4),)})
+    specs = expand_grid(
+        ["clip_adapter"], ["synthetic"], [1], [2], [TINY], overrides={"clip_adapter": (("epochs", 4),)}
+    )
     session = runner.Session(run_options)
     (cell,) = runner.plan_cells(specs, session)
     result = runner.run_cell(cell, session, step=lambda done, total, unit: steps.append((done, total, unit)))

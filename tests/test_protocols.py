@@ -22,8 +22,19 @@ def _options(run_options, root):
 
 
 def _cli(tmp_path, root, *extra):
-    return ["run", "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"), "--results",
-            str(tmp_path / "results"), "--device", "cpu", "--no-progress", *extra]
+    return [
+        "run",
+        "--data-root",
+        str(root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_base_classes_are_the_first_half_rounded_up():
@@ -98,29 +109,53 @@ def test_run_id_depends_on_the_data_read(run_options, miniature_root, tmp_path):
     split.write_text(json.dumps(content))
     second = plan_cells(specs, Session(_options(run_options, tmp_path / "data")))[0]
     assert first.run_id != second.run_id  # another split file never resumes from this record
-    base2new = plan_cells(expand_grid(["zero_shot"], ["dtd"], [1], [1], [TINY], protocol="base2new"),
-                          Session(_options(run_options, miniature_root)))[0]
+    base2new = plan_cells(
+        expand_grid(["zero_shot"], ["dtd"], [1], [1], [TINY], protocol="base2new"),
+        Session(_options(run_options, miniature_root)),
+    )[0]
     assert base2new.run_id != first.run_id
 
 
 def test_test_only_sets_and_bad_shift_requests_are_refused(run_options, miniature_root):
     session = Session(_options(run_options, miniature_root))
-    with pytest.raises(BenchError, match="'imagenet_a' is a test-only distribution-shift set.*--shift imagenet_a"):
+    with pytest.raises(
+        BenchError, match="'imagenet_a' is a test-only distribution-shift set.*--shift imagenet_a"
+    ):
         plan_cells(expand_grid(["zero_shot"], ["imagenet_a"], [1], [1], [TINY]), session)
     with pytest.raises(BenchError, match="'imagenet_r' cannot be scored for zero_shot/dtd/k1/s1"):
-        plan_cells(expand_grid(["zero_shot"], ["dtd"], [1], [1], [TINY], shift={"dtd": ("imagenet_r",)}), session)
+        plan_cells(
+            expand_grid(["zero_shot"], ["dtd"], [1], [1], [TINY], shift={"dtd": ("imagenet_r",)}), session
+        )
 
 
 def test_cli_run_all_datasets_on_the_miniatures_with_every_shift_set(tmp_path, miniature_root, capsys):
-    args = _cli(tmp_path, miniature_root, "--datasets", "all", "--methods", "zero_shot", "--shots", "1",
-                "--seeds", "1", "--shift", "all", "--dry-run")
+    args = _cli(
+        tmp_path,
+        miniature_root,
+        "--datasets",
+        "all",
+        "--methods",
+        "zero_shot",
+        "--shots",
+        "1",
+        "--seeds",
+        "1",
+        "--shift",
+        "all",
+        "--dry-run",
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "11 cells, 0 done, 11 to run" in out  # the eleven: no generated set, no test-only set
     assert main(args[:-1]) == 0
     assert "11 cells run, 0 already done (resumed), 0 failed" in capsys.readouterr().out
     records = {r.spec["dataset"]: r for r in load_results(tmp_path / "results")}
-    assert set(records["imagenet"].metrics["transfer"]) == {"imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
+    assert set(records["imagenet"].metrics["transfer"]) == {
+        "imagenet_v2",
+        "imagenet_sketch",
+        "imagenet_a",
+        "imagenet_r",
+    }
     assert records["dtd"].metrics.transfer is None and records["dtd"].data.miniature is True
 
 
@@ -128,17 +163,37 @@ def test_cli_errors_are_one_line_naming_the_file_and_fix(tmp_path, miniature_roo
     assert main(_cli(tmp_path, miniature_root, "--datasets", "imagenet_v2")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--datasets imagenet --shift imagenet_v2" in err
-    assert main(_cli(tmp_path, tmp_path / "empty", "--datasets", "oxford_pets", "--methods", "zero_shot")) == 2
+    assert (
+        main(_cli(tmp_path, tmp_path / "empty", "--datasets", "oxford_pets", "--methods", "zero_shot")) == 2
+    )
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "split_zhou_OxfordPets.json: split file of dataset 'oxford_pets' not found" in err
+    assert (
+        err.count("\n") == 1
+        and "split_zhou_OxfordPets.json: split file of dataset 'oxford_pets' not found" in err
+    )
     assert "bench data prepare oxford_pets" in err
     assert main(_cli(tmp_path, tmp_path / "empty", "--datasets", "imagenet", "--shift", "imagenet_a")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "imagenet-adversarial: data of 'imagenet_a' not found" in err
     shutil.copytree(miniature_root / "eurosat", tmp_path / "data" / "eurosat")
     next((tmp_path / "data/eurosat/2750/Forest").iterdir()).write_bytes(b"truncated")
-    assert main(_cli(tmp_path, tmp_path / "data", "--datasets", "eurosat", "--methods", "zero_shot", "--shots", "16",
-                     "--seeds", "1")) == 2
+    assert (
+        main(
+            _cli(
+                tmp_path,
+                tmp_path / "data",
+                "--datasets",
+                "eurosat",
+                "--methods",
+                "zero_shot",
+                "--shots",
+                "16",
+                "--seeds",
+                "1",
+            )
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eurosat/2750/Forest/" in err and "cannot decode image" in err
 
@@ -152,23 +207,73 @@ def test_cli_data_list_check_export_and_miniature(tmp_path, miniature_root, caps
     assert main(["data", "check", "dtd,imagenet_a", "--data-root", str(miniature_root), "--no-progress"]) == 0
     assert "all checks passed" in capsys.readouterr().out
     out_dir = tmp_path / "shared"
-    assert main(["data", "export-splits", "imagenet,dtd", "--shots", "1,2", "--seeds", "1,2", "--out", str(out_dir),
-                 "--data-root", str(miniature_root), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "export-splits",
+                "imagenet,dtd",
+                "--shots",
+                "1,2",
+                "--seeds",
+                "1,2",
+                "--out",
+                str(out_dir),
+                "--data-root",
+                str(miniature_root),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     exported = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.json"))
     assert len(exported) == 8 and "imagenet/dassl+val_from_train/shot_2-seed_1.json" in exported
     index = json.loads((out_dir / "dtd/dassl/shot_1-seed_2.json").read_text())
     assert not index["train"][0][0].startswith("/") and index["protocol"] == "dassl"
     # someone else's cache takes them in, checked against its own split files
-    assert main(["data", "import-splits", str(out_dir), "--data-root", str(miniature_root),
-                 "--cache-dir", str(tmp_path / "their-cache")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "import-splits",
+                str(out_dir),
+                "--data-root",
+                str(miniature_root),
+                "--cache-dir",
+                str(tmp_path / "their-cache"),
+            ]
+        )
+        == 0
+    )
     assert "dtd: 4 index files checked" in capsys.readouterr().out
     imported = sorted(p.name for p in (tmp_path / "their-cache/splits").rglob("*.json"))
     assert imported == sorted(p.rsplit("/", 1)[1] for p in exported)
     # 'all' exports every dataset with few-shot subsets and passes over the test-only shift sets
-    assert main(["data", "export-splits", "all", "--shots", "1", "--seeds", "1", "--out", str(tmp_path / "all"),
-                 "--data-root", str(miniature_root), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "export-splits",
+                "all",
+                "--shots",
+                "1",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path / "all"),
+                "--data-root",
+                str(miniature_root),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     assert {p.name for p in (tmp_path / "all").iterdir()} >= {"imagenet", "dtd", "eurosat"}
-    assert not {"imagenet_a", "imagenet_r", "imagenet_v2", "imagenet_sketch"} & {p.name for p in (tmp_path / "all").iterdir()}
+    assert not {"imagenet_a", "imagenet_r", "imagenet_v2", "imagenet_sketch"} & {
+        p.name for p in (tmp_path / "all").iterdir()
+    }
     assert main(["data", "miniature", "dtd", "--data-root", str(tmp_path / "mini")]) == 0
     assert (tmp_path / "mini/dtd/bench-miniature.json").is_file()
     assert main(["data", "check", "oxford_pets", "--data-root", str(tmp_path / "nothing")]) == 2
@@ -188,8 +293,13 @@ def test_cli_prepare_imagenet_writes_the_class_list_and_prints_the_manual_steps(
     root = tmp_path / "data"
     assert main(["data", "prepare", "imagenet", "--data-root", str(root), "--no-progress"]) == 1
     out = capsys.readouterr().out
-    assert "ready    classnames.txt" in out and "TODO ImageNet needs an account at https://image-net.org" in out
-    assert f"{root / 'imagenet'}/images/train/<wnid>/*.JPEG" in out and "manual steps needed for: imagenet" in out
+    assert (
+        "ready    classnames.txt" in out and "TODO ImageNet needs an account at https://image-net.org" in out
+    )
+    assert (
+        f"{root / 'imagenet'}/images/train/<wnid>/*.JPEG" in out
+        and "manual steps needed for: imagenet" in out
+    )
     lines = (root / "imagenet/classnames.txt").read_text().splitlines()
     assert len(lines) == 1000 and lines[0] == "n01440764 tench"
 

@@ -25,7 +25,10 @@ CELLS = {  # protocol -> the cell whose record is pinned
     "base2new": RunSpec("coop", "synthetic", 2, 1, protocol="base2new", overrides=(("epochs", 2),)),
 }
 VOLATILE = {  # what differs between machines and runs: compared by type, not value
-    "provenance": None, "timing_s": None, "memory": None, ("backbone", "open_clip"): None,
+    "provenance": None,
+    "timing_s": None,
+    "memory": None,
+    ("backbone", "open_clip"): None,
 }
 
 
@@ -44,8 +47,11 @@ def _stable(record: dict) -> dict:
 def _close(a, b, path="record") -> None:
     """Equal, floats within 1e-6 (the tiny model's numbers on another CPU of the same kind)."""
     if isinstance(a, float) or isinstance(b, float):
-        assert isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6,
-                                                                                             abs_tol=1e-9), path
+        assert (
+            isinstance(a, (int, float))
+            and isinstance(b, (int, float))
+            and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+        ), path
     elif isinstance(a, dict):
         assert isinstance(b, dict) and sorted(a) == sorted(b), (path, sorted(set(a) ^ set(b)))
         for k in a:

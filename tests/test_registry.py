@@ -5,8 +5,11 @@ import pytest
 from bench.errors import BenchError
 from bench.registry import Registry
 
-BUILTINS = {"zero_shot": "bench.methods.zero_shot:ZeroShot", "clip_adapter": "bench.methods.clip_adapter:ClipAdapter",
-            "clip_adapter_hyper": "bench.methods.clip_adapter:ClipAdapter"}
+BUILTINS = {
+    "zero_shot": "bench.methods.zero_shot:ZeroShot",
+    "clip_adapter": "bench.methods.clip_adapter:ClipAdapter",
+    "clip_adapter_hyper": "bench.methods.clip_adapter:ClipAdapter",
+}
 
 
 def test_get_imports_lazily_and_returns_the_object():
@@ -52,10 +55,12 @@ def test_expand_all_patterns_and_lists_keep_order_without_duplicates():
 def test_grid_lists_with_repeats_or_nothing_in_them_are_refused(capsys):
     from bench.cli import main
 
-    for flags, message in ((["--shots", "1,1"], "--shots: '1,1' lists 1 more than once"),
-                           (["--seeds", "2,2,3"], "--seeds: '2,2,3' lists 2 more than once"),
-                           (["--datasets", ","], "--datasets: ',' names no few-shot dataset"),
-                           (["--backbone", ","], "--backbone: no backbone named")):
+    for flags, message in (
+        (["--shots", "1,1"], "--shots: '1,1' lists 1 more than once"),
+        (["--seeds", "2,2,3"], "--seeds: '2,2,3' lists 2 more than once"),
+        (["--datasets", ","], "--datasets: ',' names no few-shot dataset"),
+        (["--backbone", ","], "--backbone: no backbone named"),
+    ):
         assert main(["run", "--dry-run", *flags]) == 2
         assert message in capsys.readouterr().err
 
@@ -75,19 +80,24 @@ def test_an_installed_distribution_adds_a_method_through_its_entry_point(tmp_pat
     dist = tmp_path / "bench_plugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-plugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[bench.methods]\nmy_zero_shot = bench.methods.zero_shot:ZeroShot\n")
+    (dist / "entry_points.txt").write_text(
+        "[bench.methods]\nmy_zero_shot = bench.methods.zero_shot:ZeroShot\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = Registry("method", BUILTINS, group="bench.methods")
     assert "my_zero_shot" in registry.names()
-    assert registry.origin("my_zero_shot") == ("entry point 'bench.methods.zero_shot:ZeroShot' from "
-                                               "bench-plugin-demo")
+    assert registry.origin("my_zero_shot") == (
+        "entry point 'bench.methods.zero_shot:ZeroShot' from bench-plugin-demo"
+    )
     assert registry.get("my_zero_shot").__name__ == "ZeroShot"
     import bench.methods
 
     bench.methods.method_registry.cache_clear()  # the CLI's registry is built once per process
     try:
         assert main(["methods", "my_zero_shot"]) == 0
-        assert "my_zero_shot (v1, entry point 'bench.methods.zero_shot:ZeroShot' from bench-plugin-demo)" in \
-            capsys.readouterr().out
+        assert (
+            "my_zero_shot (v1, entry point 'bench.methods.zero_shot:ZeroShot' from bench-plugin-demo)"
+            in capsys.readouterr().out
+        )
     finally:
         bench.methods.method_registry.cache_clear()

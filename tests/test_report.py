@@ -57,8 +57,9 @@ def _rows(markdown: str, section: str) -> list[list[str]]:
     return [rows[0], *rows[2:]]  # header, then the body without the :--- rule
 
 
-@pytest.mark.parametrize("fmt,suffix", [("markdown", "md"), ("latex", "tex"), ("html", "html"), ("csv", "csv"),
-                                        ("json", "json")])
+@pytest.mark.parametrize(
+    "fmt,suffix", [("markdown", "md"), ("latex", "tex"), ("html", "html"), ("csv", "csv"), ("json", "json")]
+)
 def test_report_matches_golden_file(frame, fmt, suffix):
     expected = (GOLDEN / f"report.{suffix}").read_text()
     assert render(frame, fmt) == expected
@@ -72,7 +73,13 @@ def test_markdown_shows_mean_std_average_and_holes(frame):
     text = render(frame, "markdown")
     rows = _rows(text, "## RN50/openai · tuning: none\n")
     assert rows[0] == ["Method", "Shots", "DTD", "EuroSAT", "Average"]
-    assert ["CLIP-Adapter", "1", "**46.00 ± 0.82**", "**61.00 ± 0.82**", "**53.50**"] in rows  # best of 1 shot
+    assert [
+        "CLIP-Adapter",
+        "1",
+        "**46.00 ± 0.82**",
+        "**61.00 ± 0.82**",
+        "**53.50**",
+    ] in rows  # best of 1 shot
     assert ["Linear probe", "1", "33.00 ± 2.45", "52.00 ± 1.63", "42.50"] in rows
     # paper order, zero-shot first and once (it sees no training images), without a spread it does not have
     assert ["Zero-shot CLIP", "0", "42.00", "37.50", "39.75"] == rows[1] and len(rows) == 6
@@ -106,20 +113,39 @@ def test_average_panel_is_shots_by_method_with_spread_over_per_seed_averages(fra
 
 def test_json_and_csv_are_machine_readable(frame):
     payload = json.loads(render(frame, "json"))
-    cell = next(c for c in payload["cells"] if c["label"] == "zero_shot" and c["dataset"] == "dtd" and c["shots"] == 1
-                and c["backbone"] == "RN50/openai")
+    cell = next(
+        c
+        for c in payload["cells"]
+        if c["label"] == "zero_shot"
+        and c["dataset"] == "dtd"
+        and c["shots"] == 1
+        and c["backbone"] == "RN50/openai"
+    )
     assert cell["mean"] == 42.0 and cell["std"] == 0.0 and cell["n_seeds"] == 3 and cell["complete"] is True
-    partial = next(c for c in payload["cells"] if c["label"] == "clip_adapter" and c["dataset"] == "eurosat"
-                   and c["shots"] == 16)
+    partial = next(
+        c
+        for c in payload["cells"]
+        if c["label"] == "clip_adapter" and c["dataset"] == "eurosat" and c["shots"] == 16
+    )
     assert partial["n_seeds"] == 2 and partial["n_expected"] == 3 and partial["complete"] is False
     assert any(c["oracle"] for c in payload["cells"]) and not all(c["oracle"] for c in payload["cells"])
     shift = {(t["label"], t["eval_set"]): t["mean"] for t in payload["transfer"]}
     assert shift[("clip_adapter", "imagenet_v2")] == 62.9
     table = pd.read_csv(StringIO(render(frame, "csv")))
-    assert set(table["metric"]) == {"top1", "transfer/imagenet_v2/top1", "transfer/imagenet_sketch/top1",
-                                    "base_top1", "new_top1", "harmonic_mean"}
-    row = table[(table["label"] == "linear_probe") & (table["dataset"] == "dtd") & (table["shots"] == 1)
-                & (table["metric"] == "top1")].iloc[0]
+    assert set(table["metric"]) == {
+        "top1",
+        "transfer/imagenet_v2/top1",
+        "transfer/imagenet_sketch/top1",
+        "base_top1",
+        "new_top1",
+        "harmonic_mean",
+    }
+    row = table[
+        (table["label"] == "linear_probe")
+        & (table["dataset"] == "dtd")
+        & (table["shots"] == 1)
+        & (table["metric"] == "top1")
+    ].iloc[0]
     assert row["mean"] == 33.0 and row["ci95"] == round(1.96 * np.std([30, 33, 36]) / math.sqrt(3), 2)
 
 
@@ -133,13 +159,21 @@ def test_ci_options_use_the_named_formula(frame):
 
 
 def test_filters_select_records_and_say_so(frame):
-    text = render(frame, "markdown", ReportOptions(filters=Filters(datasets=("dtd",), methods=("clip*",),
-                                                                   backbones=("RN50/*",), tune=("none",)), names={}))
+    text = render(
+        frame,
+        "markdown",
+        ReportOptions(
+            filters=Filters(datasets=("dtd",), methods=("clip*",), backbones=("RN50/*",), tune=("none",)),
+            names={},
+        ),
+    )
     assert "Records selected with --methods clip* --datasets dtd --backbone RN50/* --tune none." in text
     rows = _rows(text, "## RN50/openai · tuning: none\n")
     assert rows[0] == ["Method", "Shots", "DTD", "Average"] and {r[0] for r in rows[1:]} == {"clip_adapter"}
     assert "ViT-B-16" not in text and "oracle" not in text.split("Records selected")[1]
-    with pytest.raises(BenchError, match="--datasets: no result records match pets.*records have: dtd, eurosat"):
+    with pytest.raises(
+        BenchError, match="--datasets: no result records match pets.*records have: dtd, eurosat"
+    ):
         render(frame, "markdown", ReportOptions(filters=Filters(datasets=("pets",))))
 
 
@@ -161,12 +195,20 @@ def test_differing_settings_are_not_averaged_unless_allowed(tmp_path):
     assert apart.count("## RN50/openai · tuning: none") == 2  # preprocessing splits the table
     assert "zero_shot (prompts: coop)" in apart and "zero_shot (prompts: ensemble)" in apart
     assert "generation coop_v1" in apart and "MIXED" not in apart
-    mixed = render(frame, "markdown", ReportOptions(allow_mixed=frozenset({"preprocessing", "prompts"}), names={}))
+    mixed = render(
+        frame, "markdown", ReportOptions(allow_mixed=frozenset({"preprocessing", "prompts"}), names={})
+    )
     assert mixed.count("## RN50/openai · tuning: none") == 1
     assert "- MIXED: cells average over differing preprocessing, prompts (--allow-mixed)" in mixed
     assert "mixed: shortest 224px bicubic + squash 224px bicubic" in mixed
     rows = _rows(mixed, "## RN50/openai")
-    assert rows[1] == ["zero_shot", "0", f"44.00 ± {np.std([40, 42, 50]):.2f}", "30.50 ± 0.50 (2/3 seeds)", "37.25"]
+    assert rows[1] == [
+        "zero_shot",
+        "0",
+        f"44.00 ± {np.std([40, 42, 50]):.2f}",
+        "30.50 ± 0.50 (2/3 seeds)",
+        "37.25",
+    ]
     with pytest.raises(BenchError, match="--allow-mixed"):
         render(frame, "markdown", ReportOptions(allow_mixed=frozenset({"tune"})))
 
@@ -174,7 +216,9 @@ def test_differing_settings_are_not_averaged_unless_allowed(tmp_path):
 def test_failed_record_without_identity_joins_its_table(tmp_path):
     save(tmp_path, record("zero_shot", "dtd", 1, 1, 0.40))
     orphan = record("zero_shot", "dtd", 1, 2, None, status="failed")
-    orphan = type(orphan)(**{**orphan.to_json(), "backbone": {"id": "RN50/openai"}, "data": {}, "prompts": None})
+    orphan = type(orphan)(
+        **{**orphan.to_json(), "backbone": {"id": "RN50/openai"}, "data": {}, "prompts": None}
+    )
     save(tmp_path, orphan)
     text = render(results_frame(load_results(tmp_path)), "markdown")
     assert text.count("## RN50/openai") == 1 and "Failed cells (1): zero_shot/dtd/k1/s2" in text
@@ -184,9 +228,24 @@ def test_failed_record_without_identity_joins_its_table(tmp_path):
 def test_transfer_and_base_to_new_tables(frame):
     text = render(frame, "markdown", IDS)
     shift = _rows(text, "### Distribution shift")
-    assert shift[0] == ["Method", "Shots", "Trained on", "Source", "ImageNet-V2", "ImageNet-Sketch",
-                        "Average (shift sets)"]
-    assert shift[2] == ["clip_adapter", "16", "ImageNet", "71.10 ± 0.10", "62.90 ± 0.10", "46.90 ± 0.10", "54.90"]
+    assert shift[0] == [
+        "Method",
+        "Shots",
+        "Trained on",
+        "Source",
+        "ImageNet-V2",
+        "ImageNet-Sketch",
+        "Average (shift sets)",
+    ]
+    assert shift[2] == [
+        "clip_adapter",
+        "16",
+        "ImageNet",
+        "71.10 ± 0.10",
+        "62.90 ± 0.10",
+        "46.90 ± 0.10",
+        "54.90",
+    ]
     b2n = _rows(text, "protocol: base2new")
     harmonic = 2 * 79.0 * 51.0 / (79.0 + 51.0)  # of the mean base and mean new accuracy
     assert ["clip_adapter", "16", f"79.00 / 51.00 / {harmonic:.2f}", f"79.00 / 51.00 / {harmonic:.2f}"] in b2n
@@ -223,11 +282,32 @@ def test_cli_report_every_format_plots_and_comparisons(tmp_path, capsys):
         out = tmp_path / f"report.{fmt}"
         assert main(["report", "--results", str(results), "--format", fmt, "--out", str(out)]) == 0
         assert out.read_text() == render(results_frame(load_results(results)), fmt)
-    assert main(["report", "--results", str(results), "--compare", "paper", "--tolerance", "0.1",
-                 "--compare-methods", "clip_adapter,zero_shot", "--datasets", "dtd,eurosat", "--shots", "1,16",
-                 "--plot", str(tmp_path / "plots")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(results),
+                "--compare",
+                "paper",
+                "--tolerance",
+                "0.1",
+                "--compare-methods",
+                "clip_adapter,zero_shot",
+                "--datasets",
+                "dtd,eurosat",
+                "--shots",
+                "1,16",
+                "--plot",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
-    assert "Within ±0.1 pt" in out.out and "clip_adapter beats zero_shot on 2/2 datasets at 16 shots" in out.out
+    assert (
+        "Within ±0.1 pt" in out.out and "clip_adapter beats zero_shot on 2/2 datasets at 16 shots" in out.out
+    )
     assert "plot files" in out.err and (tmp_path / "plots" / "RN50_openai-none" / "average.svg").is_file()
     assert main(["report", "--results", str(results), "--compare-methods", "clip_adapter"]) == 2
     assert "--compare-methods" in capsys.readouterr().err
@@ -237,50 +317,107 @@ def test_cli_report_every_format_plots_and_comparisons(tmp_path, capsys):
 
 def test_report_of_a_real_run_renders_everywhere(tmp_path, data_root, capsys):
     results = tmp_path / "results"
-    assert main(["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--results",
-                 str(results), "--device", "cpu", "--no-progress", "--methods", "zero_shot,linear_probe",
-                 "--shots", "1,2", "--seeds", "1,2"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--data-root",
+                str(data_root),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--results",
+                str(results),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--methods",
+                "zero_shot,linear_probe",
+                "--shots",
+                "1,2",
+                "--seeds",
+                "1,2",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     for fmt in ("markdown", "latex", "html", "csv", "json"):
         plot = ["--plot", str(tmp_path / "plots")] if fmt == "markdown" else []
         assert main(["report", "--results", str(results), "--format", fmt, "--compare", "paper", *plot]) == 0
         out = capsys.readouterr().out
         assert ("Linear probe" if fmt in ("markdown", "latex", "html") else "linear_probe") in out
-        assert "bench-tiny/random" in out and not re.search(r"\bnan\b", out, flags=re.I)  # never a literal nan
+        assert "bench-tiny/random" in out and not re.search(
+            r"\bnan\b", out, flags=re.I
+        )  # never a literal nan
     assert "No published number matches these cells (architecture bench-tiny" in render(
-        results_frame(load_results(results)), "markdown", ReportOptions(compare_paper=True))
+        results_frame(load_results(results)), "markdown", ReportOptions(compare_paper=True)
+    )
     pngs = sorted(p.name for p in (tmp_path / "plots" / "bench-tiny_random-none").glob("*.png"))
     assert pngs == ["all.png", "average.png", "synthetic.png"]
-    assert main(["report", "--results", str(results), "--format", "csv", "--compare-methods",
-                 "linear_probe,zero_shot"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(results),
+                "--format",
+                "csv",
+                "--compare-methods",
+                "linear_probe,zero_shot",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(StringIO(capsys.readouterr().out))
-    assert list(table["shots"]) == [1, 2] and set(table["n_pairs"]) == {2} and (table["a"] == "linear_probe").all()
+    assert (
+        list(table["shots"]) == [1, 2]
+        and set(table["n_pairs"]) == {2}
+        and (table["a"] == "linear_probe").all()
+    )
 
 
 def test_tuned_cells_with_different_trial_budgets_get_their_own_rows(tmp_path):
     for seed, (short, long) in enumerate(((0.60, 0.64), (0.62, 0.66)), start=1):
         save(tmp_path, record("clip_adapter", "dtd", 1, seed, short, tune="val", trials=20))
-        save(tmp_path, record("clip_adapter", "dtd", 1, seed, long, tune="val", trials=50,
-                              finished=f"2026-11-23T09:00:0{seed}+00:00"))  # older: must not vanish
+        save(
+            tmp_path,
+            record(
+                "clip_adapter",
+                "dtd",
+                1,
+                seed,
+                long,
+                tune="val",
+                trials=50,
+                finished=f"2026-11-23T09:00:0{seed}+00:00",
+            ),
+        )  # older: must not vanish
     rows = _rows(render(results_frame(load_results(tmp_path)), "markdown", IDS), "## RN50/openai")
     assert ["clip_adapter (20 trials)", "1", "61.00 ± 1.00", "61.00"] in rows
     assert ["clip_adapter (50 trials)", "1", "65.00 ± 1.00", "65.00"] in rows
     save(tmp_path / "one", record("clip_adapter", "dtd", 2, 1, 0.70, tune="val", trials=20))
-    one_budget = _rows(render(results_frame(load_results(tmp_path / "one")), "markdown", IDS), "## RN50/openai")
+    one_budget = _rows(
+        render(results_frame(load_results(tmp_path / "one")), "markdown", IDS), "## RN50/openai"
+    )
     assert one_budget[1][0] == "clip_adapter"  # a single budget adds nothing to the label
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda r: [1, 2], "a result record is a JSON object, not list"),
-    (lambda r: {**r, "metrics": "x"}, "field 'metrics' must be a JSON object"),
-    (lambda r: {**r, "spec": {k: v for k, v in r["spec"].items() if k != "shots"}}, "spec lacks shots"),
-    (lambda r: {**r, "metrics": {"top5": 0.9}}, "an ok record needs metrics.top1 as a fraction in"),
-    (lambda r: {**r, "status": "maybe"}, "field 'status' is 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda r: [1, 2], "a result record is a JSON object, not list"),
+        (lambda r: {**r, "metrics": "x"}, "field 'metrics' must be a JSON object"),
+        (lambda r: {**r, "spec": {k: v for k, v in r["spec"].items() if k != "shots"}}, "spec lacks shots"),
+        (lambda r: {**r, "metrics": {"top5": 0.9}}, "an ok record needs metrics.top1 as a fraction in"),
+        (lambda r: {**r, "status": "maybe"}, "field 'status' is 'maybe'"),
+    ],
+)
 def test_a_damaged_record_is_one_error_naming_the_file(tmp_path, capsys, damage, message):
     root = write_fixture_results(tmp_path / "results")
     victim = sorted(root.rglob("k*.json"))[3]
     victim.write_text(json.dumps(damage(json.loads(victim.read_text()))))
     assert main(["report", "--results", str(root)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(victim) in err and message in err and "Fix: delete it and re-run" in err
+    assert (
+        err.count("\n") == 1 and str(victim) in err and message in err and "Fix: delete it and re-run" in err
+    )

@@ -20,7 +20,9 @@ from .report_fixtures import record, write_fixture_results
 GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
 DEFAULT_GRID = ("zero_shot", "linear_probe", "coop", "clip_adapter")  # bench run's default methods
 SHOTS = (1, 2, 4, 8, 16)
-PAPER = ReportOptions(decimals=1, spread=False, names={**METHOD_NAMES, "clip_adapter": "CLIP-A", "zero_shot": "ZS-CLIP"})
+PAPER = ReportOptions(
+    decimals=1, spread=False, names={**METHOD_NAMES, "clip_adapter": "CLIP-A", "zero_shot": "ZS-CLIP"}
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +74,28 @@ def test_full_grid_latex_is_well_formed_and_sized(full_grid):
     assert "0.00" not in re.sub(r"\d0\.00", "", main_table.replace("$\\pm$ 0.00", "X"))  # no ± 0.00 anywhere
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (scripts/setup.sh installs "
-                    "Debian's texlive-latex-base and texlive-latex-recommended where it runs as root)")
-@pytest.mark.parametrize("options", [ReportOptions(), PAPER, ReportOptions(ci="t")], ids=["default", "paper", "ci"])
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None,
+    reason="pdflatex is not installed (scripts/setup.sh installs "
+    "Debian's texlive-latex-base and texlive-latex-recommended where it runs as root)",
+)
+@pytest.mark.parametrize(
+    "options", [ReportOptions(), PAPER, ReportOptions(ci="t")], ids=["default", "paper", "ci"]
+)
 def test_full_grid_latex_compiles_without_overfull_boxes(full_grid, tmp_path, options):
     body = render(full_grid, "latex", options)
-    document = ("\\documentclass[twocolumn]{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
-                "\\usepackage{graphicx}\n\\begin{document}\nText.\n" + body + "\n\\end{document}\n")
+    document = (
+        "\\documentclass[twocolumn]{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
+        "\\usepackage{graphicx}\n\\begin{document}\nText.\n" + body + "\n\\end{document}\n"
+    )
     (tmp_path / "t.tex").write_text(document, encoding="utf-8")
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     log = (tmp_path / "t.log").read_text(errors="replace")
     assert done.returncode == 0, log[-3000:]
     assert (tmp_path / "t.pdf").stat().st_size > 1000
@@ -90,8 +104,10 @@ def test_full_grid_latex_compiles_without_overfull_boxes(full_grid, tmp_path, op
 
 def test_table_width_decides_column_page_or_scaled(frame):
     tex = render(frame, "latex")
-    widths = dict(re.findall(r"\\begin\{(table\*?)\}\[t\]\n\\centering\n\\caption\{([^}]*)\}", tex)[i][::-1]
-                  for i in range(len(_tables(tex))))
+    widths = dict(
+        re.findall(r"\\begin\{(table\*?)\}\[t\]\n\\centering\n\\caption\{([^}]*)\}", tex)[i][::-1]
+        for i in range(len(_tables(tex)))
+    )
     assert widths["Average over 1 dataset (DTD)"] == "table"  # narrow: one column
     assert widths[r"RN50/openai $\cdot$ tuning: none"] == "table*"  # ± cells: the page width
     scaled = [t for t in _tables(tex) if r"\resizebox{\textwidth}{!}{%" in t]
@@ -118,8 +134,24 @@ def test_cli_names_file_and_flags(tmp_path, capsys):
     results = write_fixture_results(tmp_path / "results")
     names = tmp_path / "names.json"
     names.write_text('{"clip_adapter": "CLIP-Adapter (ours)"}')
-    assert main(["report", "--results", str(results), "--names", str(names), "--decimals", "1", "--no-std",
-                 "--no-highlight", "--format", "latex"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(results),
+                "--names",
+                str(names),
+                "--decimals",
+                "1",
+                "--no-std",
+                "--no-highlight",
+                "--format",
+                "latex",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "CLIP-Adapter (ours) & 1 & 46.0 & 61.0 & 53.5" in out and "Linear probe" in out
     assert r"\textbf" not in out

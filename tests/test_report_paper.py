@@ -36,22 +36,63 @@ def test_match_respects_generation_prompts_and_markers():
     assert old.value == 55.4 and old.marker == "~"
     assert best_match(paper, **kw, generation="?", prompts="coop") is None
     assert best_match(paper, **{**kw, "arch": "bench-tiny"}, generation="coop_v2", prompts="coop") is None
-    lp = best_match(paper, method="linear_probe", arch="RN50", dataset="imagenet_r", shots=16, generation="coop_v2",
-                    prompts=None)
+    lp = best_match(
+        paper,
+        method="linear_probe",
+        arch="RN50",
+        dataset="imagenet_r",
+        shots=16,
+        generation="coop_v2",
+        prompts=None,
+    )
     assert lp.value == 34.86 and lp.marker == "R"
 
 
 def test_compare_flags_cells_beyond_the_tolerance():
-    cells = pd.DataFrame([
-        {"method_name": "clip_adapter", "arch": "RN50", "dataset": "dtd", "eval_set": "dtd", "shots": 16,
-         "generation": "coop_v2", "prompts": "coop", "mean": 66.5},
-        {"method_name": "clip_adapter", "arch": "RN50", "dataset": "dtd", "eval_set": "dtd", "shots": 1,
-         "generation": "coop_v2", "prompts": "coop", "mean": 43.0},
-        {"method_name": "zero_shot", "arch": "RN50", "dataset": "imagenet", "eval_set": "imagenet", "shots": 4,
-         "generation": "coop_v2", "prompts": "n/a", "mean": 58.0},
-        {"method_name": "clip_adapter", "arch": "RN50", "dataset": "synthetic", "eval_set": "synthetic", "shots": 1,
-         "generation": "coop_v2", "prompts": "coop", "mean": 50.0},
-    ])
+    cells = pd.DataFrame(
+        [
+            {
+                "method_name": "clip_adapter",
+                "arch": "RN50",
+                "dataset": "dtd",
+                "eval_set": "dtd",
+                "shots": 16,
+                "generation": "coop_v2",
+                "prompts": "coop",
+                "mean": 66.5,
+            },
+            {
+                "method_name": "clip_adapter",
+                "arch": "RN50",
+                "dataset": "dtd",
+                "eval_set": "dtd",
+                "shots": 1,
+                "generation": "coop_v2",
+                "prompts": "coop",
+                "mean": 43.0,
+            },
+            {
+                "method_name": "zero_shot",
+                "arch": "RN50",
+                "dataset": "imagenet",
+                "eval_set": "imagenet",
+                "shots": 4,
+                "generation": "coop_v2",
+                "prompts": "n/a",
+                "mean": 58.0,
+            },
+            {
+                "method_name": "clip_adapter",
+                "arch": "RN50",
+                "dataset": "synthetic",
+                "eval_set": "synthetic",
+                "shots": 1,
+                "generation": "coop_v2",
+                "prompts": "coop",
+                "mean": 50.0,
+            },
+        ]
+    )
     out = compare(cells, load_paper_numbers(), tolerance=1.0)
     assert out["paper"].tolist()[:2] == [65.96, 45.80]
     assert out["delta"].round(2).tolist()[:2] == [0.54, -2.8] and out["within"].tolist()[:2] == [True, False]

@@ -32,8 +32,11 @@ def test_paired_t_is_undefined_where_scipy_would_print_a_number():
 
 
 def test_pairs_use_common_seeds_and_the_sentence_counts_datasets(tmp_path):
-    grid = {"dtd": ([0.50, 0.52, 0.54], [0.40, 0.40, 0.40]), "eurosat": ([0.70, 0.60, None], [0.65, 0.65, 0.65]),
-            "caltech101": ([0.80, 0.80, 0.80], [0.85, 0.85, 0.85])}
+    grid = {
+        "dtd": ([0.50, 0.52, 0.54], [0.40, 0.40, 0.40]),
+        "eurosat": ([0.70, 0.60, None], [0.65, 0.65, 0.65]),
+        "caltech101": ([0.80, 0.80, 0.80], [0.85, 0.85, 0.85]),
+    }
     for dataset, (a, b) in grid.items():
         for seed, (ta, tb) in enumerate(zip(a, b, strict=True), start=1):
             if ta is not None:
@@ -45,7 +48,11 @@ def test_pairs_use_common_seeds_and_the_sentence_counts_datasets(tmp_path):
     assert eurosat["n_pairs"] == 2 and eurosat["delta"] == pytest.approx(0.0) and eurosat["a_wins"] == 1
     [summary] = summarize(pairs, "clip_adapter", "linear_probe")
     assert summary["a_wins"] == 1 and summary["ties"] == 1 and summary["n_datasets"] == 3
-    assert summary["sentence"].startswith("clip_adapter beats linear_probe on 1/3 datasets at 16 shots, ties on 1")
-    assert "Wilcoxon signed-rank: W = " in summary["sentence"] and "paired t-test: t = " in summary["sentence"]
+    assert summary["sentence"].startswith(
+        "clip_adapter beats linear_probe on 1/3 datasets at 16 shots, ties on 1"
+    )
+    assert (
+        "Wilcoxon signed-rank: W = " in summary["sentence"] and "paired t-test: t = " in summary["sentence"]
+    )
     with pytest.raises(BenchError, match="no results for 'coop'"):
         paired_differences(frame, "coop", "linear_probe")

@@ -61,13 +61,39 @@ setup: ["module load cuda", "export X=1"]
 slurm_additional_parameters: {nice: 10}
 force: true
 """)
-    config = _config(["--config", str(grid), "--shots", "4", "--set", "clip_adapter.alpha=0.7", "--setup", "echo hi",
-                      "--slurm-param", "comment=mine"])
-    assert config.methods == "zero_shot,linear_probe,clip_adapter" and config.datasets == "synthetic,synthetic_alt"
-    assert (config.shots, config.seeds, config.tune, config.trials, config.force) == ("4", "1", "val", 3, True)
-    assert config.overrides == ('clip_adapter.alpha=0.5', 'clip_adapter.epochs=2', 'clip_adapter.alpha=0.7')
+    config = _config(
+        [
+            "--config",
+            str(grid),
+            "--shots",
+            "4",
+            "--set",
+            "clip_adapter.alpha=0.7",
+            "--setup",
+            "echo hi",
+            "--slurm-param",
+            "comment=mine",
+        ]
+    )
+    assert (
+        config.methods == "zero_shot,linear_probe,clip_adapter"
+        and config.datasets == "synthetic,synthetic_alt"
+    )
+    assert (config.shots, config.seeds, config.tune, config.trials, config.force) == (
+        "4",
+        "1",
+        "val",
+        3,
+        True,
+    )
+    assert config.overrides == ("clip_adapter.alpha=0.5", "clip_adapter.epochs=2", "clip_adapter.alpha=0.7")
     assert (config.executor, config.slurm_profile, config.qos, config.gres, config.time_min) == (
-        "slurm", "cpu_debug", "normal", "gpu:a100:1", 30)
+        "slurm",
+        "cpu_debug",
+        "normal",
+        "gpu:a100:1",
+        30,
+    )
     assert config.setup == ("echo hi",)  # a flag replaces the file's list ...
     assert config.slurm_additional_parameters == {"nice": "10", "comment": "mine"}  # ... a map is merged
     specs = _specs_from_args(config)
@@ -88,21 +114,28 @@ def test_json_config_and_the_shipped_examples_load(tmp_path):
     from bench.slurm.cli import sweep_options
 
     resources = sweep_options(sweep).resources
-    assert (resources.qos, resources.gres, resources.setup[0]) == ("normal", "gpu:a100:1", "module load cuda/12.1")
+    assert (resources.qos, resources.gres, resources.setup[0]) == (
+        "normal",
+        "gpu:a100:1",
+        "module load cuda/12.1",
+    )
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("methds: [zero_shot]\n", "unknown key 'methds'. Did you mean: methods?"),
-    ("shots: {a: 1}\n", "key 'shots' must be a list of names/numbers or a comma string"),
-    ("trials: three\n", "key 'trials' must be an integer"),
-    ("force: 1\n", "key 'force' must be true or false"),
-    ("tune: maybe\n", "key 'tune' must be one of none, val, oracle"),
-    ("set: 3\n", "key 'set' must be a list of METHOD.FIELD=VALUE strings"),
-    ("setup: module load cuda\n", "key 'setup' must be a list of strings"),
-    ("set: {clip_adapter: {alpha: .nan}}\n", "key 'set' must be a mapping"),
-    ("- methods\n", "a config file holds a mapping of options, not a list"),
-    ("methods: [zero_shot\n", "not valid YAML at line 2"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("methds: [zero_shot]\n", "unknown key 'methds'. Did you mean: methods?"),
+        ("shots: {a: 1}\n", "key 'shots' must be a list of names/numbers or a comma string"),
+        ("trials: three\n", "key 'trials' must be an integer"),
+        ("force: 1\n", "key 'force' must be true or false"),
+        ("tune: maybe\n", "key 'tune' must be one of none, val, oracle"),
+        ("set: 3\n", "key 'set' must be a list of METHOD.FIELD=VALUE strings"),
+        ("setup: module load cuda\n", "key 'setup' must be a list of strings"),
+        ("set: {clip_adapter: {alpha: .nan}}\n", "key 'set' must be a mapping"),
+        ("- methods\n", "a config file holds a mapping of options, not a list"),
+        ("methods: [zero_shot\n", "not valid YAML at line 2"),
+    ],
+)
 def test_bad_config_files_are_one_line_naming_the_file_and_key(tmp_path, capsys, text, message):
     grid = tmp_path / "grid.yaml"
     grid.write_text(text)
@@ -129,11 +162,33 @@ def test_the_config_files_content_goes_into_the_sweep_manifest(tmp_path, data_ro
     monkeypatch.setattr(pdb, "post_mortem", lambda *a, **k: None)
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"methods: [zero_shot]\nshots: [1]\nseeds: [1]\nbackbone: {TINY}\nexecutor: debug\n")
-    assert main(["run", "--config", str(grid), "--data-root", str(data_root), "--cache-dir", str(tmp_path / "c"),
-                 "--results", str(tmp_path / "r"), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(grid),
+                "--data-root",
+                str(data_root),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--results",
+                str(tmp_path / "r"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     manifest = find_manifest(tmp_path / "r")
-    assert manifest.config == {"methods": ["zero_shot"], "shots": [1], "seeds": [1], "backbone": TINY,
-                               "executor": "debug"}
+    assert manifest.config == {
+        "methods": ["zero_shot"],
+        "shots": [1],
+        "seeds": [1],
+        "backbone": TINY,
+        "executor": "debug",
+    }
     assert str(grid) not in json.dumps(manifest.config)
 
 
@@ -146,7 +201,12 @@ def test_sweep_only_options_from_a_file_need_a_sweep_executor(tmp_path, capsys):
 
 def test_folder_defaults_are_declared_only_in_run_config():
     root = Path(__file__).resolve().parent.parent
-    sources = [p for d in ("bench", "datasets", "reports", "slurm", "methods") for p in (root / d).rglob("*.py")]
-    declaring = sorted(str(p.relative_to(root)) for p in sources if p.name != "run_config.py"
-                       and any(f.env in p.read_text() for f in FOLDERS.values()))
+    sources = [
+        p for d in ("bench", "datasets", "reports", "slurm", "methods") for p in (root / d).rglob("*.py")
+    ]
+    declaring = sorted(
+        str(p.relative_to(root))
+        for p in sources
+        if p.name != "run_config.py" and any(f.env in p.read_text() for f in FOLDERS.values())
+    )
     assert declaring == [], "declare folder defaults through bench.run_config.FOLDERS / add_folder_argument"

@@ -12,9 +12,13 @@ from bench.spec import expand_grid
 
 from .conftest import TINY
 
-METHODS = {"zero_shot": "bench.methods.zero_shot:ZeroShot", "linear_probe": "bench.methods.linear_probe:LinearProbe",
-           "clip_adapter": "bench.methods.clip_adapter:ClipAdapter", "exploding": "tests.plugins:ExplodingMethod",
-           "spy": "tests.plugins:SpyMethod"}
+METHODS = {
+    "zero_shot": "bench.methods.zero_shot:ZeroShot",
+    "linear_probe": "bench.methods.linear_probe:LinearProbe",
+    "clip_adapter": "bench.methods.clip_adapter:ClipAdapter",
+    "exploding": "tests.plugins:ExplodingMethod",
+    "spy": "tests.plugins:SpyMethod",
+}
 
 
 def _grid(methods=("zero_shot", "linear_probe"), shots=(1, 2), seeds=(1,), **kw):
@@ -111,7 +115,9 @@ def test_missing_data_root_gives_a_clear_error(run_options, tmp_path):
     # a dataset the user must bring (no generator)
     datasets = Registry("dataset", {"synthetic": "tests.plugins:REAL_LOOKING"}, plugins=[])
     options = dataclasses.replace(run_options, data_root=tmp_path / "nowhere")
-    with pytest.raises(BenchError, match=r"nowhere/synthetic/split_zhou_Synthetic\.json: split file .* not found"):
+    with pytest.raises(
+        BenchError, match=r"nowhere/synthetic/split_zhou_Synthetic\.json: split file .* not found"
+    ):
         run_cells(_grid(methods=("zero_shot",), shots=(1,)), options, Session(options, datasets=datasets))
     assert not (run_options.results_root).exists()  # nothing written
 
@@ -141,6 +147,7 @@ def test_bad_override_is_rejected_with_the_field_list(run_options):
 
 def test_records_are_valid_json_without_nan(run_options):
     run_cells(_grid(methods=("zero_shot",), shots=(1,)), run_options)
+
     def refuse(constant):
         pytest.fail(f"{constant} in a result record")
 

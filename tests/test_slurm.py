@@ -39,13 +39,26 @@ def _grid(methods=("zero_shot",), datasets=("synthetic",), shots=(1, 2), seeds=(
 
 
 def _cli(tmp_path, data_root, name, *extra):
-    return ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / f"cache-{name}"), "--results",
-            str(tmp_path / name), "--device", "cpu", "--no-progress", *extra]
+    return [
+        "run",
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / f"cache-{name}"),
+        "--results",
+        str(tmp_path / name),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _metrics(results):
-    return {(r.spec.method, r.spec.dataset, r.spec.shots, r.spec.seed): [r.metrics[m] for m in METRICS]
-            for r in load_results(results)}
+    return {
+        (r.spec.method, r.spec.dataset, r.spec.shots, r.spec.seed): [r.metrics[m] for m in METRICS]
+        for r in load_results(results)
+    }
 
 
 @pytest.fixture
@@ -57,7 +70,9 @@ def no_pdb(monkeypatch):
 def test_builtin_profiles_load_and_flags_override_them():
     assert {"gpu_short", "gpu_long", "cpu_debug"} <= set(profile_names())
     short = load_profile("gpu_short")
-    assert short.gpus_per_task == 1 and short.cells_per_task > 1 and load_profile("gpu_long").cells_per_task == 1
+    assert (
+        short.gpus_per_task == 1 and short.cells_per_task > 1 and load_profile("gpu_long").cells_per_task == 1
+    )
     assert load_profile("cpu_debug").gpus_per_task == 0
     custom = with_overrides(short, partition="a100", time_min=15, gpus_per_task=None)
     assert (custom.partition, custom.time_min, custom.gpus_per_task) == ("a100", 15, 1)
@@ -82,11 +97,23 @@ def test_profile_errors_name_the_file_and_field(tmp_path):
 def test_sbatch_script_carries_resources_and_the_feature_dependency(tmp_path):
     resources = with_overrides(load_profile("gpu_short"), partition="a100", account="lab", constraint="80gb")
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
-    executor.update_parameters(**executor_parameters(resources, "slurm", name="bench-cells-x", dependency="42"))
+    executor.update_parameters(
+        **executor_parameters(resources, "slurm", name="bench-cells-x", dependency="42")
+    )
     lines = set(executor._executor._make_submission_file_text("python -m x", "uid").splitlines())
-    for flag in ("--dependency=afterok:42", "--kill-on-invalid-dep=yes", "--gpus-per-task=1", "--partition=a100",
-                 "--account=lab", "--constraint=80gb", "--time=60", "--mem=32GB", "--cpus-per-task=8",
-                 "--job-name=bench-cells-x", "--signal=USR2@90"):
+    for flag in (
+        "--dependency=afterok:42",
+        "--kill-on-invalid-dep=yes",
+        "--gpus-per-task=1",
+        "--partition=a100",
+        "--account=lab",
+        "--constraint=80gb",
+        "--time=60",
+        "--mem=32GB",
+        "--cpus-per-task=8",
+        "--job-name=bench-cells-x",
+        "--signal=USR2@90",
+    ):
         assert f"#SBATCH {flag}" in lines
     cpu = executor_parameters(load_profile("cpu_debug"), "slurm", name="f")
     assert "slurm_gpus_per_task" not in cpu and "slurm_dependency" not in cpu and "slurm_partition" not in cpu
@@ -108,16 +135,28 @@ def test_cell_arrays_may_time_out_once_per_cell_and_feature_jobs_requeue(tmp_pat
 def test_plan_groups_pending_cells_by_backbone_and_dataset(run_options):
     session = Session(run_options)
     run_cells(_grid(shots=(1,)), run_options, session)  # zero_shot k1 is done before the sweep
-    cells = plan_cells(_grid(methods=("zero_shot", "linear_probe"), datasets=("synthetic", "synthetic_alt")), session)
+    cells = plan_cells(
+        _grid(methods=("zero_shot", "linear_probe"), datasets=("synthetic", "synthetic_alt")), session
+    )
     manifest = plan_sweep(cells, run_options, SweepOptions(resources=Resources(cells_per_task=3)))
     assert [(f.dataset, f.job_id) for f in manifest.features] == [("synthetic", ""), ("synthetic_alt", "")]
     tasks = [[manifest.cells[i].name for i in t.cells] for t in manifest.tasks]
-    assert tasks == [["zero_shot/synthetic/k2/s1", "linear_probe/synthetic/k1/s1", "linear_probe/synthetic/k2/s1"],
-                     ["zero_shot/synthetic_alt/k1/s1", "zero_shot/synthetic_alt/k2/s1",
-                      "linear_probe/synthetic_alt/k1/s1"], ["linear_probe/synthetic_alt/k2/s1"]]
+    assert tasks == [
+        ["zero_shot/synthetic/k2/s1", "linear_probe/synthetic/k1/s1", "linear_probe/synthetic/k2/s1"],
+        [
+            "zero_shot/synthetic_alt/k1/s1",
+            "zero_shot/synthetic_alt/k2/s1",
+            "linear_probe/synthetic_alt/k1/s1",
+        ],
+        ["linear_probe/synthetic_alt/k2/s1"],
+    ]
     assert [t.feature for t in manifest.tasks] == [0, 1, 1]
-    assert manifest.cells[0].task is None and manifest.cells[0].record.startswith("bench-tiny__random/synthetic/")
-    forced = plan_sweep(cells, dataclasses.replace(run_options, force=True), SweepOptions(resources=Resources()))
+    assert manifest.cells[0].task is None and manifest.cells[0].record.startswith(
+        "bench-tiny__random/synthetic/"
+    )
+    forced = plan_sweep(
+        cells, dataclasses.replace(run_options, force=True), SweepOptions(resources=Resources())
+    )
     assert len(forced.tasks) == 8 and forced.force
 
 
@@ -150,29 +189,61 @@ def test_cell_task_checkpoint_resumes_without_redoing_finished_cells(run_options
     stamp = next(options.results_root.rglob("k01-*.json")).stat().st_mtime_ns
     monkeypatch.setattr(runner, "run_cell", real_run_cell)
     summary = DelayedSubmission.load(pickle_path).result()  # the requeued task
-    assert summary == {"ran": ["zero_shot/synthetic/k2/s1"], "skipped": ["zero_shot/synthetic/k1/s1"], "failed": [],
-                       "deferred": [], "busy": []}
+    assert summary == {
+        "ran": ["zero_shot/synthetic/k2/s1"],
+        "skipped": ["zero_shot/synthetic/k1/s1"],
+        "failed": [],
+        "deferred": [],
+        "busy": [],
+    }
     assert next(options.results_root.rglob("k01-*.json")).stat().st_mtime_ns == stamp
     assert len(CellTask()(specs, options)["ran"]) == 2  # without the checkpoint, force redoes both
 
 
 def _record(path, ok, finished_at):
     spec = {"method": "zero_shot", "dataset": "synthetic", "shots": 1, "seed": 1, "backbone": TINY}
-    write_result(path, RunResult.build({
-        "run_id": "r", "status": "ok" if ok else "failed", "spec": spec, "backbone": {"id": TINY}, "data": {},
-        "config": {}, "tuning": {"mode": "none"}, "metrics": {"top1": 0.5} if ok else {}, "timing_s": {}, "memory": {},
-        "provenance": {"finished_at": finished_at},
-        "error": None if ok else {"type": "ValueError", "message": "bad", "traceback_tail": "Traceback\nValueError: bad"}}))
+    write_result(
+        path,
+        RunResult.build(
+            {
+                "run_id": "r",
+                "status": "ok" if ok else "failed",
+                "spec": spec,
+                "backbone": {"id": TINY},
+                "data": {},
+                "config": {},
+                "tuning": {"mode": "none"},
+                "metrics": {"top1": 0.5} if ok else {},
+                "timing_s": {},
+                "memory": {},
+                "provenance": {"finished_at": finished_at},
+                "error": None
+                if ok
+                else {"type": "ValueError", "message": "bad", "traceback_tail": "Traceback\nValueError: bad"},
+            }
+        ),
+    )
 
 
 def test_cell_states_follow_jobs_and_records(tmp_path):
     now, before = "2026-01-02T00:00:00+00:00", "2026-01-01T00:00:00+00:00"
     names = ["done", "stale-failed", "fresh-failed", "running", "crashed", "nothing", "already"]
-    cells = tuple(CellEntry(n, TINY, f"{n}.json", None if n == "already" else (0 if i < 4 else 1))
-                  for i, n in enumerate(names))
-    manifest = Manifest("s", now, "slurm", False, str(tmp_path), str(tmp_path / "logs" / "%j"), {}, cells,
-                        (FeatureEntry(TINY, "synthetic", "7"),), (TaskEntry((0, 1, 2, 3), 0, "8_0"),
-                                                                  TaskEntry((4, 5), 0, "8_1")))
+    cells = tuple(
+        CellEntry(n, TINY, f"{n}.json", None if n == "already" else (0 if i < 4 else 1))
+        for i, n in enumerate(names)
+    )
+    manifest = Manifest(
+        "s",
+        now,
+        "slurm",
+        False,
+        str(tmp_path),
+        str(tmp_path / "logs" / "%j"),
+        {},
+        cells,
+        (FeatureEntry(TINY, "synthetic", "7"),),
+        (TaskEntry((0, 1, 2, 3), 0, "8_0"), TaskEntry((4, 5), 0, "8_1")),
+    )
     _record(tmp_path / "done.json", True, before)  # ok from an earlier sweep counts (not --force)
     _record(tmp_path / "stale-failed.json", False, before)  # retried by this sweep: its old error is not news
     _record(tmp_path / "fresh-failed.json", False, now)
@@ -180,7 +251,10 @@ def test_cell_states_follow_jobs_and_records(tmp_path):
     reader = RecordReader(tmp_path)
 
     def states(feature, first, second):
-        return {s.entry.name: (s.state, s.detail) for s in cell_statuses(manifest, [feature], [first, second], reader)}
+        return {
+            s.entry.name: (s.state, s.detail)
+            for s in cell_statuses(manifest, [feature], [first, second], reader)
+        }
 
     got = states(JobState("ended"), JobState("running"), JobState("failed", "CANCELLED by 0\nlog tail"))
     assert got["done"] == ("done", "") and got["already"] == ("done", "")
@@ -190,14 +264,20 @@ def test_cell_states_follow_jobs_and_records(tmp_path):
     got = states(JobState("failed", "OUT_OF_MEMORY"), JobState("queued"), JobState("queued"))
     assert got["running"] == ("failed", "feature job 7 failed: OUT_OF_MEMORY")
     got = states(JobState("ended"), JobState("queued"), JobState("ended"))
-    assert got["running"] == ("submitted", "") and got["nothing"][1] == "task 8_1 ended without writing nothing.json"
+    assert (
+        got["running"] == ("submitted", "")
+        and got["nothing"][1] == "task 8_1 ended without writing nothing.json"
+    )
     forced = dataclasses.replace(manifest, force=True)
-    assert {s.entry.name: s.state for s in cell_statuses(forced, [JobState("ended")], [JobState("queued")] * 2,
-                                                          reader)}["done"] == "submitted"
+    assert {
+        s.entry.name: s.state
+        for s in cell_statuses(forced, [JobState("ended")], [JobState("queued")] * 2, reader)
+    }["done"] == "submitted"
     assert count(cell_statuses(manifest, [JobState("ended")], [JobState("ended")] * 2, reader))["failed"] == 5
-    assert [slurm_phase(s) for s in ("PENDING", "REQUEUED", "RUNNING", "COMPLETED", "CANCELLED by 0", "TIMEOUT",
-                                     "", "NODE_FAIL")] == ["queued", "queued", "running", "ended", "failed",
-                                                           "failed", "queued", "failed"]
+    assert [
+        slurm_phase(s)
+        for s in ("PENDING", "REQUEUED", "RUNNING", "COMPLETED", "CANCELLED by 0", "TIMEOUT", "", "NODE_FAIL")
+    ] == ["queued", "queued", "running", "ended", "failed", "failed", "queued", "failed"]
 
 
 def test_job_log_detail_reads_the_log_never_the_result_pickle(tmp_path):
@@ -206,8 +286,10 @@ def test_job_log_detail_reads_the_log_never_the_result_pickle(tmp_path):
     (tmp_path / "5_1" / "5_1_0_log.err").write_text("line\n" * 30 + "srun: error: task killed\n")
     assert job_log_detail(folder, "5_1").splitlines()[-2] == "srun: error: task killed"
     assert len(job_log_detail(folder, "5_1").splitlines()) == 13  # the tail and where the log is
-    cloudpickle_dump(("error", "Traceback (most recent call last):\nRuntimeError: node on fire\n"),
-                     tmp_path / "5_1" / "5_1_0_result.pkl")
+    cloudpickle_dump(
+        ("error", "Traceback (most recent call last):\nRuntimeError: node on fire\n"),
+        tmp_path / "5_1" / "5_1_0_result.pkl",
+    )
     assert "node on fire" not in job_log_detail(folder, "5_1")  # a pickle from a results folder is not loaded
     assert job_log_detail(folder, "") == "" and job_log_detail(folder, "6") == ""
 
@@ -220,7 +302,10 @@ def test_debug_sweep_equals_local_run_and_resubmits_only_missing(tmp_path, data_
     out = capsys.readouterr().out
     assert "2 cells, 0 already done; 2 to run as 1 feature job(s) + 2 array task(s)" in out
     assert "2 cells: 0 submitted, 0 running, 2 done, 0 failed" in out
-    assert _metrics(tmp_path / "debug") == _metrics(tmp_path / "local") and len(_metrics(tmp_path / "local")) == 2
+    assert (
+        _metrics(tmp_path / "debug") == _metrics(tmp_path / "local")
+        and len(_metrics(tmp_path / "local")) == 2
+    )
     manifest = find_manifest(tmp_path / "debug")
     assert manifest.executor == "debug" and all(t.job_id.startswith("DEBUG_") for t in manifest.tasks)
     assert read_manifest(manifest.folder / "manifest.json") == manifest
@@ -230,8 +315,9 @@ def test_debug_sweep_equals_local_run_and_resubmits_only_missing(tmp_path, data_
     assert "2 cells: 0 submitted, 0 running, 2 done, 0 failed" in capsys.readouterr().out
 
 
-def test_a_crashing_task_and_a_failing_cell_are_reported_and_the_rest_finish(tmp_path, data_root, capsys, no_pdb,
-                                                                             monkeypatch):
+def test_a_crashing_task_and_a_failing_cell_are_reported_and_the_rest_finish(
+    tmp_path, data_root, capsys, no_pdb, monkeypatch
+):
     from bench.methods.zero_shot import ZeroShot
 
     real_run_cell, real_fit = runner.run_cell, ZeroShot.fit
@@ -248,8 +334,18 @@ def test_a_crashing_task_and_a_failing_cell_are_reported_and_the_rest_finish(tmp
 
     monkeypatch.setattr(runner, "run_cell", crash_on_k1_s2)
     monkeypatch.setattr(ZeroShot, "fit", fail_on_k2_s2)
-    args = ["--methods", "zero_shot", "--shots", "1,2", "--seeds", "1,2,3", "--executor", "debug",
-            "--cells-per-task", "3"]
+    args = [
+        "--methods",
+        "zero_shot",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "1,2,3",
+        "--executor",
+        "debug",
+        "--cells-per-task",
+        "3",
+    ]
     assert main(_cli(tmp_path, data_root, "debug", *args)) == 1
     out = capsys.readouterr().out
     assert "6 cells: 0 submitted, 0 running, 3 done, 3 failed" in out
@@ -264,16 +360,35 @@ def test_a_crashing_task_and_a_failing_cell_are_reported_and_the_rest_finish(tmp
 def test_processes_executor_runs_the_jobs_in_subprocesses(tmp_path, data_root, capsys):
     grid = ["--methods", "zero_shot", "--shots", "1,2", "--seeds", "1"]
     assert main(_cli(tmp_path, data_root, "local", *grid)) == 0
-    assert main(_cli(tmp_path, data_root, "processes", *grid, "--executor", "processes", "--cells-per-task", "2",
-                     "--poll", "0.5")) == 0
+    assert (
+        main(
+            _cli(
+                tmp_path,
+                data_root,
+                "processes",
+                *grid,
+                "--executor",
+                "processes",
+                "--cells-per-task",
+                "2",
+                "--poll",
+                "0.5",
+            )
+        )
+        == 0
+    )
     assert "2 cells: 0 submitted, 0 running, 2 done, 0 failed" in capsys.readouterr().out
     assert _metrics(tmp_path / "processes") == _metrics(tmp_path / "local")
     manifest = find_manifest(tmp_path / "processes")
-    assert manifest.executor == "processes" and int(manifest.tasks[0].job_id) != os.getpid()  # another process
+    assert (
+        manifest.executor == "processes" and int(manifest.tasks[0].job_id) != os.getpid()
+    )  # another process
     assert main(["status", "--results", str(tmp_path / "processes")]) == 0
 
 
-def test_cli_rejects_sweep_flags_without_a_sweep_and_slurm_without_sbatch(tmp_path, data_root, capsys, monkeypatch):
+def test_cli_rejects_sweep_flags_without_a_sweep_and_slurm_without_sbatch(
+    tmp_path, data_root, capsys, monkeypatch
+):
     assert main(_cli(tmp_path, data_root, "r", "--partition", "gpu", "--detach")) == 2
     assert "--partition, --detach only apply to sweeps" in capsys.readouterr().err
     assert main(_cli(tmp_path, data_root, "r", "--executor", "processes", "--detach")) == 2
@@ -281,14 +396,49 @@ def test_cli_rejects_sweep_flags_without_a_sweep_and_slurm_without_sbatch(tmp_pa
     assert main(_cli(tmp_path, data_root, "r", "--executor", "slurm", "--slurm-profile", "gpu_shrt")) == 2
     assert "Did you mean: gpu_short" in capsys.readouterr().err
     monkeypatch.setattr("shutil.which", lambda tool: None)
-    assert main(_cli(tmp_path, data_root, "r", "--executor", "slurm", "--methods", "zero_shot", "--shots", "1",
-                     "--seeds", "1")) == 2
+    assert (
+        main(
+            _cli(
+                tmp_path,
+                data_root,
+                "r",
+                "--executor",
+                "slurm",
+                "--methods",
+                "zero_shot",
+                "--shots",
+                "1",
+                "--seeds",
+                "1",
+            )
+        )
+        == 2
+    )
     assert "sbatch not found" in capsys.readouterr().err and not (tmp_path / "r" / ".sweeps").exists()
 
 
 def test_dry_run_shows_the_job_plan_and_submits_nothing(tmp_path, data_root, capsys):
-    assert main(_cli(tmp_path, data_root, "r", "--methods", "zero_shot,linear_probe", "--shots", "1,2", "--seeds",
-                     "1", "--executor", "slurm", "--cells-per-task", "3", "--dry-run")) == 0
+    assert (
+        main(
+            _cli(
+                tmp_path,
+                data_root,
+                "r",
+                "--methods",
+                "zero_shot,linear_probe",
+                "--shots",
+                "1,2",
+                "--seeds",
+                "1",
+                "--executor",
+                "slurm",
+                "--cells-per-task",
+                "3",
+                "--dry-run",
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "4 cells, 0 already done; 4 to run as 1 feature job(s) + 2 array task(s)" in out
     assert "todo  linear_probe/synthetic/k2/s1  bench-tiny/random  (task 1)" in out
@@ -306,9 +456,18 @@ def test_only_cells_of_queued_tasks_count_as_in_flight(tmp_path, monkeypatch):
     from bench.slurm.manifest import write_manifest
 
     cells = tuple(CellEntry(f"c{i}", TINY, f"r{i}.json", i // 2) for i in range(4))
-    manifest = Manifest("20260101T000000Z-abcdef", "2026-01-01T00:00:00+00:00", "slurm", False, str(tmp_path),
-                        str(tmp_path / "logs" / "%j"), {}, cells, (FeatureEntry(TINY, "synthetic", "7"),),
-                        (TaskEntry((0, 1), 0, "8_0"), TaskEntry((2, 3), 0, "8_1")))
+    manifest = Manifest(
+        "20260101T000000Z-abcdef",
+        "2026-01-01T00:00:00+00:00",
+        "slurm",
+        False,
+        str(tmp_path),
+        str(tmp_path / "logs" / "%j"),
+        {},
+        cells,
+        (FeatureEntry(TINY, "synthetic", "7"),),
+        (TaskEntry((0, 1), 0, "8_0"), TaskEntry((2, 3), 0, "8_1")),
+    )
     write_manifest(manifest)
     local = dataclasses.replace(manifest, sweep_id="20260101T000001Z-fedcba", executor="processes")
     write_manifest(local)  # a local sweep is never in flight: it ended with its submitting process

@@ -23,8 +23,16 @@ from bench.slurm.manifest import find_manifest, list_sweeps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
-GRID = ["--methods", "zero_shot,linear_probe", "--datasets", "synthetic,synthetic_alt", "--shots", "1,2",
-        "--seeds", "1,2"]
+GRID = [
+    "--methods",
+    "zero_shot,linear_probe",
+    "--datasets",
+    "synthetic,synthetic_alt",
+    "--shots",
+    "1,2",
+    "--seeds",
+    "1,2",
+]
 METRICS = ("top1", "top5", "mean_per_class_recall", "val_top1")
 
 
@@ -44,12 +52,26 @@ def slurm_cluster():
 
 
 def _args(root: Path, name: str, *extra: str) -> list[str]:
-    return ["run", *GRID, "--data-root", str(root / "data"), "--cache-dir", str(root / f"cache-{name}"),
-            "--results", str(root / name), "--device", "cpu", "--no-progress", *extra]
+    return [
+        "run",
+        *GRID,
+        "--data-root",
+        str(root / "data"),
+        "--cache-dir",
+        str(root / f"cache-{name}"),
+        "--results",
+        str(root / name),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _slurm_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20
+    )
     return out.stdout.strip() or "GONE"
 
 
@@ -85,19 +107,25 @@ def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm
     assert "nothing to submit" in out and len(list_sweeps(results)) == 1
     # task 0: zero_shot on synthetic -> cancelled; task 3: linear_probe on synthetic_alt -> preempted
     assert {manifest.cells[i].name.split("/")[0] for i in manifest.tasks[0].cells} == {"zero_shot"}
-    assert {manifest.cells[i].name.split("/")[:2] == ["linear_probe", "synthetic_alt"]
-            for i in manifest.tasks[3].cells} == {True}
+    assert {
+        manifest.cells[i].name.split("/")[:2] == ["linear_probe", "synthetic_alt"]
+        for i in manifest.tasks[3].cells
+    } == {True}
     cancelled, preempted = manifest.tasks[0].job_id, manifest.tasks[3].job_id
 
     _wait(lambda: _slurm_state(cancelled) == "RUNNING", 240, f"task {cancelled} to start")
     subprocess.run(["scancel", cancelled], check=True)
 
-    _wait(lambda: any(p.is_file() for p in _records(results, manifest, 3)), 240, f"a record of task {preempted}")
+    _wait(
+        lambda: any(p.is_file() for p in _records(results, manifest, 3)), 240, f"a record of task {preempted}"
+    )
     before = {p: p.stat().st_mtime_ns for p in _records(results, manifest, 3) if p.is_file()}
     assert 1 <= len(before) < 4
     import submitit
 
-    submitit.SlurmJob(folder=manifest.log_folder, job_id=preempted)._interrupt()  # SIGTERM + USR2, as a preemption
+    submitit.SlurmJob(
+        folder=manifest.log_folder, job_id=preempted
+    )._interrupt()  # SIGTERM + USR2, as a preemption
     capsys.readouterr()
 
     assert main(["status", "--results", str(results), "--watch", "--poll", "1"]) == 1
@@ -116,7 +144,10 @@ def test_slurm_sweep_survives_cancel_and_preemption_and_equals_a_local_run(slurm
 
     assert main(_args(tmp_path, "slurm", *sweep_args, "--poll", "1")) == 0
     out = capsys.readouterr().out
-    assert f"16 cells, {16 - len(lost)} already done; {len(lost)} to run as 1 feature job(s) + 1 array task(s)" in out
+    assert (
+        f"16 cells, {16 - len(lost)} already done; {len(lost)} to run as 1 feature job(s) + 1 array task(s)"
+        in out
+    )
     assert len(list_sweeps(results)) == 2 and all(p.is_file() for p in lost)
 
     local, cluster = _by_cell(tmp_path / "local"), _by_cell(results)
@@ -143,8 +174,13 @@ def _assert_one_plain_line_per_finished_cell(manifest) -> None:
 
 def _assert_cells_waited_for_features(manifest) -> None:
     ids = [f.job_id for f in manifest.features] + [t.job_id for t in manifest.tasks]
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,Start,End", *[a for i in ids for a in ("-j", i)]],
-                         capture_output=True, text=True, timeout=20, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-o", "JobID,Start,End", *[a for i in ids for a in ("-j", i)]],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    ).stdout
     times = {line.split("|")[0]: line.split("|")[1:] for line in out.splitlines() if line}
     for task in manifest.tasks:
         assert times[task.job_id][0] >= times[manifest.features[task.feature].job_id][1], (task.job_id, times)

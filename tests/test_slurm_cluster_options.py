@@ -62,8 +62,20 @@ poll: 1
 
 
 def _args(tmp_path, grid: str) -> list[str]:
-    return ["run", "--config", grid, "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
-            "--results", str(tmp_path / "results"), "--device", "cpu", "--no-progress"]
+    return [
+        "run",
+        "--config",
+        grid,
+        "--data-root",
+        str(tmp_path / "data"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def test_a_config_file_sweep_with_qos_gres_and_setup_lines(slurm_cluster, tmp_path, capsys):  # noqa: F811
@@ -71,18 +83,35 @@ def test_a_config_file_sweep_with_qos_gres_and_setup_lines(slurm_cluster, tmp_pa
     grid = _config(tmp_path, "bench_qos")
     assert main(_args(tmp_path, grid)) == 0, capsys.readouterr()
     manifest = find_manifest(tmp_path / "results")
-    assert manifest.config["qos"] == "bench_qos" and manifest.config["setup"][0] == "export BENCH_SITE_SETUP=ok"
+    assert (
+        manifest.config["qos"] == "bench_qos" and manifest.config["setup"][0] == "export BENCH_SITE_SETUP=ok"
+    )
     assert grid not in json.dumps(manifest.config)
     ids = [f.job_id for f in manifest.features] + [t.job_id for t in manifest.tasks]
 
     def accounted() -> list[list[str]]:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,QOS,ReqTRES,State",
-                              *[a for i in ids for a in ("-j", i)]], capture_output=True, text=True, timeout=20,
-                             check=True).stdout
+        out = subprocess.run(
+            [
+                "sacct",
+                "-n",
+                "-P",
+                "-X",
+                "-o",
+                "JobID,QOS,ReqTRES,State",
+                *[a for i in ids for a in ("-j", i)],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
         return [line.split("|") for line in out.splitlines() if line]
 
-    _wait(lambda: len(rows := accounted()) == len(ids) and all(r[3] == "COMPLETED" for r in rows), 60,
-          "the jobs to end in accounting")
+    _wait(
+        lambda: len(rows := accounted()) == len(ids) and all(r[3] == "COMPLETED" for r in rows),
+        60,
+        "the jobs to end in accounting",
+    )
     rows = accounted()
     assert all(qos == "bench_qos" and "gres/gpu=1" in tres for _, qos, tres, _ in rows), rows
     assert len(list(tmp_path.glob("setup-ran-*"))) == len(ids)  # every job ran the setup lines
@@ -92,7 +121,10 @@ def test_a_qos_slurm_refuses_is_one_line_and_nothing_is_submitted(slurm_cluster,
     before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=20).stdout
     assert main(_args(tmp_path, _config(tmp_path, "no_such_qos"))) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--qos no_such_qos: sbatch refused the sweep's jobs, nothing was submitted" in err
+    assert (
+        err.count("\n") == 1
+        and "--qos no_such_qos: sbatch refused the sweep's jobs, nothing was submitted" in err
+    )
     assert "Invalid qos specification" in err
     assert list_sweeps(tmp_path / "results") == []
     after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=20).stdout

@@ -65,8 +65,15 @@ def _small_class_splits():
         return LabeledImages(tuple(f"{prefix}{i}.png" for i in range(len(labels))), tuple(labels))
 
     train, val = images([20, 3, 20], "t"), images([6, 1, 6], "v")
-    return DatasetSplits(image_root=None, classnames=("a", "b", "c"), train=train, val=val, test=val,
-                         source=None, source_sha256="0" * 64)
+    return DatasetSplits(
+        image_root=None,
+        classnames=("a", "b", "c"),
+        train=train,
+        val=val,
+        test=val,
+        source=None,
+        source_sha256="0" * 64,
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -212,7 +219,9 @@ def test_missing_split_file_error_names_the_file(tmp_path):
 def test_split_listing_missing_images_names_the_first(data_root, tmp_path):
     root = _copy_dataset(data_root, tmp_path)
     (root / "synthetic/images/red_dots/test_003.png").unlink()
-    with pytest.raises(BenchError, match=r"1 of 96 test images .* do not exist, first: .*red_dots/test_003\.png"):
+    with pytest.raises(
+        BenchError, match=r"1 of 96 test images .* do not exist, first: .*red_dots/test_003\.png"
+    ):
         read_split_file(SYNTHETIC, root)
 
 
@@ -231,12 +240,24 @@ def test_malformed_split_file(data_root, tmp_path):
         read_split_file(SYNTHETIC, root)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda c: {**c, "test": []}, "the test split is empty"),
-    (lambda c: {**c, "train": [e for e in c["train"] if e[1] != 3]}, "1 class(es) have no training image, first: 'yellow stripes'"),
-    (lambda c: {**c, "val": [[c["val"][0][0], c["val"][0][1], "renamed"], *c["val"][1:]]}, "is named both"),
-    (lambda c: {**c, "test": [[p, y, "other" if y == 2 else n] for p, y, n in c["test"]]}, "label 2 is named"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: {**c, "test": []}, "the test split is empty"),
+        (
+            lambda c: {**c, "train": [e for e in c["train"] if e[1] != 3]},
+            "1 class(es) have no training image, first: 'yellow stripes'",
+        ),
+        (
+            lambda c: {**c, "val": [[c["val"][0][0], c["val"][0][1], "renamed"], *c["val"][1:]]},
+            "is named both",
+        ),
+        (
+            lambda c: {**c, "test": [[p, y, "other" if y == 2 else n] for p, y, n in c["test"]]},
+            "label 2 is named",
+        ),
+    ],
+)
 def test_split_files_that_cannot_make_a_few_shot_task_are_refused(data_root, tmp_path, edit, message):
     root = _copy_dataset(data_root, tmp_path)
     path = root / "synthetic" / SYNTHETIC.split_file

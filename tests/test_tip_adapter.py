@@ -50,7 +50,10 @@ def test_logits_are_zero_shot_plus_the_cache_term(data, ctx):
     features = torch.randn(7, 64, generator=torch.Generator().manual_seed(3))
     normed = F.normalize(features, dim=-1)
     zero_shot = ZeroShot().fit(data, ZeroShot.Config(), ctx)
-    expected = zero_shot(features) + 2.0 * torch.exp(-5.0 * (1 - normed @ keys.t())) @ F.one_hot(data.train.labels).float()
+    expected = (
+        zero_shot(features)
+        + 2.0 * torch.exp(-5.0 * (1 - normed @ keys.t())) @ F.one_hot(data.train.labels).float()
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(features), expected)
         no_cache = TipAdapter().fit(data, dataclasses.replace(cfg, alpha=0.0), ctx)
@@ -84,14 +87,20 @@ def _reference_search(val, labels, weights, keys, values, cfg):
 
 def test_search_is_on_val_and_recorded(data, ctx):
     records = {}
-    TipAdapter().fit(data, TipAdapter().default_config("toy", 8), dataclasses.replace(ctx, record=records.__setitem__))
-    assert 0.1 <= records["alpha"] < 10 and 0.1 <= records["beta"] < 10 and 0 <= records["search_val_top1"] <= 1
+    TipAdapter().fit(
+        data, TipAdapter().default_config("toy", 8), dataclasses.replace(ctx, record=records.__setitem__)
+    )
+    assert (
+        0.1 <= records["alpha"] < 10 and 0.1 <= records["beta"] < 10 and 0 <= records["search_val_top1"] <= 1
+    )
 
 
 def test_finetuning_keeps_the_best_val_epoch(data, ctx):
     records, reported = {}, []
     cfg = dataclasses.replace(TipAdapterF().default_config("toy", 8), epochs=12, lr=0.01, batch_size=16)
-    ctx = dataclasses.replace(ctx, record=records.__setitem__, report=lambda step, score: reported.append((step, score)))
+    ctx = dataclasses.replace(
+        ctx, record=records.__setitem__, report=lambda step, score: reported.append((step, score))
+    )
     model = TipAdapterF().fit(data, cfg, ctx)
     history = records["val_top1_by_epoch"]
     assert len(history) == 12 and records["best_epoch"] == history.index(max(history)) + 1
@@ -107,11 +116,19 @@ def test_the_runner_caches_tips_crop_scale_and_records_it(run_options):
 
     from .conftest import TINY
 
-    specs = expand_grid(["tip_adapter", "clip_adapter"], ["synthetic"], [1], [1], [TINY],
-                        overrides={"clip_adapter": (("epochs", 1),)})
+    specs = expand_grid(
+        ["tip_adapter", "clip_adapter"],
+        ["synthetic"],
+        [1],
+        [1],
+        [TINY],
+        overrides={"clip_adapter": (("epochs", 1),)},
+    )
     assert not run_cells(specs, run_options).failed
     views = {r.spec.method: r.data.train_view for r in load_results(run_options.results_root)}
     assert views["tip_adapter"]["scale"] == [0.5, 1.0] and views["tip_adapter"]["n_views"] == 10
     assert views["clip_adapter"]["scale"] == [0.08, 1.0]  # Dassl's default, unchanged
     folders = {p.name.split("-")[1] for p in (run_options.cache_root / "features").rglob("train-aug10-*")}
-    assert len(list((run_options.cache_root / "features").rglob("train-aug10-*"))) == 2 and folders == {"aug10"}
+    assert len(list((run_options.cache_root / "features").rglob("train-aug10-*"))) == 2 and folders == {
+        "aug10"
+    }

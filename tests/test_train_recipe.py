@@ -34,7 +34,10 @@ def test_small_support_sets_still_train():
     """EuroSAT 1-shot: 10 images < batch 32; Dassl's old drop_last left zero batches (CoOp README, 18.09.2021)."""
     g = torch.Generator().manual_seed(0)
     assert [len(b) for b in batches(10, 32, g)] == [10]
-    assert [len(b) for b in batches(70, 32, g)] == [32, 32]  # a full batch exists: drop the remainder like Dassl
+    assert [len(b) for b in batches(70, 32, g)] == [
+        32,
+        32,
+    ]  # a full batch exists: drop the remainder like Dassl
     assert sorted(torch.cat(batches(64, 32, g)).tolist()) == list(range(64))
 
 

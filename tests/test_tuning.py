@@ -43,8 +43,13 @@ N_CLASSES = 5
 
 
 def _ref(tmp_path, trials, *, name="cell", mode="val", storage=None) -> StudyRef:
-    return StudyRef(name=name, storage=storage or f"sqlite:///{tmp_path / 'studies.sqlite3'}", mode=mode,
-                    trials=trials, seed=7)
+    return StudyRef(
+        name=name,
+        storage=storage or f"sqlite:///{tmp_path / 'studies.sqlite3'}",
+        mode=mode,
+        trials=trials,
+        seed=7,
+    )
 
 
 def _toy_data() -> FewShotData:
@@ -55,7 +60,9 @@ def _toy_data() -> FewShotData:
 def _toy_tune(method, tmp_path, trials, **kw):
     ctx = FitContext(backbone=None, device=torch.device("cpu"), seed=1, text_features=lambda t, c: None)
     objective = Objective("val", lambda classifier: classifier.x)
-    return tune(method, _toy_data(), method.default_config("toy", 4), ctx, _ref(tmp_path, trials, **kw), objective)
+    return tune(
+        method, _toy_data(), method.default_config("toy", 4), ctx, _ref(tmp_path, trials, **kw), objective
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +80,29 @@ def adapter_task(tmp_path_factory):
         noise = 0.8 * torch.randn(1, len(labels), backbone.embed_dim, generator=generator)
         return FeatureSet(means[labels][None] + noise, labels)
 
-    data = FewShotData("toy", 8, tuple(f"class {i}" for i in range(N_CLASSES)), {"coop": ("a photo of a {}.",)},
-                       draw(8), draw(4))
-    ctx = FitContext(backbone=backbone, device=torch.device("cpu"), seed=1,
-                     text_features=lambda templates, classnames: cache.text_features(backbone, classnames, templates))
+    data = FewShotData(
+        "toy",
+        8,
+        tuple(f"class {i}" for i in range(N_CLASSES)),
+        {"coop": ("a photo of a {}.",)},
+        draw(8),
+        draw(4),
+    )
+    ctx = FitContext(
+        backbone=backbone,
+        device=torch.device("cpu"),
+        seed=1,
+        text_features=lambda templates, classnames: cache.text_features(backbone, classnames, templates),
+    )
     return data, ctx
 
 
 def test_val_study_finds_the_known_better_alpha(adapter_task, tmp_path):
     data, ctx = adapter_task
     method = ClipAdapter()
-    config = dataclasses.replace(method.default_config("toy", 8), epochs=20, lr=0.05, batch_size=40, train_views=1)
+    config = dataclasses.replace(
+        method.default_config("toy", 8), epochs=20, lr=0.05, batch_size=40, train_views=1
+    )
     seen = []
 
     def on_val(classifier):
@@ -139,7 +158,9 @@ def test_pruner_stops_bad_trials_after_warmup_and_they_count(tmp_path):
 
 def test_only_the_worker_that_finishes_the_study_does_the_final_fit(tmp_path):
     ref = _ref(tmp_path, 3)
-    run_study(dataclasses.replace(ref, trials=2), lambda trial: trial.suggest_float("x", 0, 1), default_params={})
+    run_study(
+        dataclasses.replace(ref, trials=2), lambda trial: trial.suggest_float("x", 0, 1), default_params={}
+    )
     other = []
 
     def slow_trial(trial):  # while this trial runs, another worker completes the study's third trial
@@ -170,11 +191,17 @@ def test_tune_defers_the_final_fit_to_the_worker_that_closed_the_study(tmp_path)
 
 
 def test_two_processes_fill_one_sqlite_study_without_losing_trials(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"  # a new file: the processes also race to create the schema
+    url = (
+        f"sqlite:///{tmp_path / 'shared.sqlite3'}"  # a new file: the processes also race to create the schema
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "tests.tuning_helpers", url, "24", "0.02"]
-    workers = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outcomes = []
     for worker in workers:
         out, err = worker.communicate(timeout=300)
@@ -184,7 +211,9 @@ def test_two_processes_fill_one_sqlite_study_without_losing_trials(tmp_path):
     finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     numbers = sorted(t.number for t in study.trials)
     assert numbers == list(range(len(numbers)))  # no lost or duplicated trial numbers
-    assert 24 <= len(finished) == sum(o["ran"] for o in outcomes) <= 25  # each worker overshoots by one at most
+    assert (
+        24 <= len(finished) == sum(o["ran"] for o in outcomes) <= 25
+    )  # each worker overshoots by one at most
     assert all(o["ran"] > 0 for o in outcomes)  # both filled the same study
     assert len({t.user_attrs["worker"] for t in finished}) == 2
     assert any(o["closed_here"] for o in outcomes)
@@ -193,8 +222,10 @@ def test_two_processes_fill_one_sqlite_study_without_losing_trials(tmp_path):
 def test_storage_urls_and_errors(tmp_path):
     assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/studies.sqlite3"
     assert storage_url("journal:rel/studies.log", tmp_path) == f"journal:{Path.cwd() / 'rel/studies.log'}"
-    assert describe_storage("postgresql+psycopg2://bench:s3cret@db:5432/optuna") == \
-        "postgresql+psycopg2://bench:***@db:5432/optuna"
+    assert (
+        describe_storage("postgresql+psycopg2://bench:s3cret@db:5432/optuna")
+        == "postgresql+psycopg2://bench:***@db:5432/optuna"
+    )
     journal = open_storage(f"journal:{tmp_path / 'j' / 'studies.log'}")
     assert isinstance(journal, optuna.storages.JournalStorage)
     with pytest.raises(BenchError, match="--storage: cannot open the study storage 'nonsense://x'"):
@@ -209,7 +240,9 @@ def test_opening_a_new_database_retries_the_schema_race(tmp_path, monkeypatch):
     def racing(url, **kwargs):  # the first attempt loses the race to create the schema
         calls.append(url)
         if len(calls) == 1:
-            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+            raise sqlalchemy.exc.IntegrityError(
+                "INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed")
+            )
         return real(url, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
@@ -218,7 +251,9 @@ def test_opening_a_new_database_retries_the_schema_race(tmp_path, monkeypatch):
 
 def _grid(tune, trials, method="clip_adapter", **kw):
     overrides = {method: (("epochs", 4),)} if method == "clip_adapter" else {}
-    return expand_grid([method], ["synthetic"], [2], [1], [TINY], tune=tune, trials=trials, overrides=overrides, **kw)
+    return expand_grid(
+        [method], ["synthetic"], [2], [1], [TINY], tune=tune, trials=trials, overrides=overrides, **kw
+    )
 
 
 @pytest.fixture
@@ -226,8 +261,11 @@ def spy_session(run_options):
     from tests import tuning_helpers
 
     tuning_helpers.SpyAdapter.fits.clear()
-    methods = Registry("method", {"clip_adapter": "tests.tuning_helpers:SpyAdapter",
-                                  "zero_shot": "bench.methods.zero_shot:ZeroShot"}, plugins=[])
+    methods = Registry(
+        "method",
+        {"clip_adapter": "tests.tuning_helpers:SpyAdapter", "zero_shot": "bench.methods.zero_shot:ZeroShot"},
+        plugins=[],
+    )
     session = Session(run_options, methods=methods)
     original, events = session.cache.image_features, []
 
@@ -269,15 +307,21 @@ def test_oracle_is_scored_on_test_and_labelled_in_every_report(spy_session, run_
     oracle = next(r for r in load_results(run_options.results_root) if r.spec.tune == "oracle")
     assert oracle.tuning.mode == "oracle" and oracle.tuning.scored_on == "test"
     assert oracle.tuning.best_test_top1 is not None and oracle.tuning.best_val_top1 is None
-    assert oracle.tuning.study != next(r for r in load_results(run_options.results_root)
-                                          if r.spec.tune == "val").tuning.study
+    assert (
+        oracle.tuning.study
+        != next(r for r in load_results(run_options.results_root) if r.spec.tune == "val").tuning.study
+    )
     assert events[2][0] == "test" and events[2][1] == 0  # oracle: test features reach the objective
 
     accuracy = render(results_frame(load_results(run_options.results_root)), "markdown")
     sections = accuracy.split("## ")[1:]
     oracle_part = next(part for part in sections if part.startswith("bench-tiny/random · tuning: oracle"))
     honest_part = next(part for part in sections if part.startswith("bench-tiny/random · tuning: val"))
-    assert "tuning: oracle" in oracle_part and "ORACLE" in oracle_part and "CLIP-Adapter [epochs=4] (oracle)" in oracle_part
+    assert (
+        "tuning: oracle" in oracle_part
+        and "ORACLE" in oracle_part
+        and "CLIP-Adapter [epochs=4] (oracle)" in oracle_part
+    )
     assert "tuning: val" in honest_part and "ORACLE" not in honest_part and "(oracle)" not in honest_part
     params = render_params(params_frame(load_results(run_options.results_root), ["alpha"]), "markdown")
     oracle_part, honest_part = params.split("## ")[1:3]
@@ -292,11 +336,16 @@ def test_a_method_with_nothing_to_search_runs_at_its_defaults_in_a_tuned_grid(sp
     (record,) = load_results(run_options.results_root)
     assert record.spec.tune == "val" and record.spec.trials == 0
     assert {k: v for k, v in record.tuning.to_json().items() if v is not None} == {
-        "mode": "val", "searched": False, "trials": 0,
-        "note": "zero_shot declares no search space: fitted at its defaults, nothing chosen on val"}
+        "mode": "val",
+        "searched": False,
+        "trials": 0,
+        "note": "zero_shot declares no search space: fitted at its defaults, nothing chosen on val",
+    }
     assert not (run_options.results_root / "studies.sqlite3").exists()  # no study for it
     # another trial budget finds the same record: nothing was searched
-    assert run_cells(_grid("val", 7, method="zero_shot"), run_options, session).skipped == ["zero_shot/synthetic/k2/s1"]
+    assert run_cells(_grid("val", 7, method="zero_shot"), run_options, session).skipped == [
+        "zero_shot/synthetic/k2/s1"
+    ]
 
 
 def test_oracle_base_to_new_trials_are_scored_as_the_record_scores(spy_session, run_options):
@@ -323,7 +372,12 @@ def test_bad_tuning_requests_fail_before_any_work(spy_session, run_options):
 
 def test_untuned_run_ids_do_not_change():
     spec = expand_grid(["clip_adapter"], ["synthetic"], [1], [1], [TINY])[0]
-    identity = {"method_version": "1", "dataset_version": "1", "backbone_identity": "b", "split_protocol": "dassl"}
+    identity = {
+        "method_version": "1",
+        "dataset_version": "1",
+        "backbone_identity": "b",
+        "split_protocol": "dassl",
+    }
     assert spec.run_id(**identity) == spec.run_id(**identity, tuning_protocol=None)
     tuned = dataclasses.replace(spec, tune="val", trials=20)
     assert tuned.run_id(**identity) != tuned.run_id(**identity, tuning_protocol="x")
@@ -333,18 +387,42 @@ def test_cli_tunes_into_a_journal_and_reports_the_chosen_alpha(tmp_path, data_ro
     from bench.cli import main
 
     journal, results = tmp_path / "shared" / "studies.log", tmp_path / "results"
-    args = ["run", "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache"), "--results", str(results),
-            "--device", "cpu", "--no-progress", "--methods", "clip_adapter", "--shots", "1", "--seeds", "1,2",
-            "--tune", "val", "--trials", "2", "--set", "clip_adapter.epochs=2", "--storage", f"journal:{journal}"]
+    args = [
+        "run",
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results",
+        str(results),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--methods",
+        "clip_adapter",
+        "--shots",
+        "1",
+        "--seeds",
+        "1,2",
+        "--tune",
+        "val",
+        "--trials",
+        "2",
+        "--set",
+        "clip_adapter.epochs=2",
+        "--storage",
+        f"journal:{journal}",
+    ]
     assert main(args) == 0
     assert "2 cells run" in capsys.readouterr().out and journal.is_file()
     assert {r.tuning.storage for r in load_results(results)} == {f"journal:{journal.resolve()}"}
     assert main(["report", "--results", str(results), "--params", "alpha", "--format", "json"]) == 0
     (cell,) = json.loads(capsys.readouterr().out)["params"]
-    assert cell["param"] == "alpha" and cell["tune"] == "val" and cell["trials"] == 2 and cell["seeds"] == [1, 2]
+    assert (
+        cell["param"] == "alpha" and cell["tune"] == "val" and cell["trials"] == 2 and cell["seeds"] == [1, 2]
+    )
     assert cell["min"] <= cell["median"] <= cell["max"]
     assert main(["report", "--results", str(results), "--params", "beta"]) == 2
     assert "--params: no tuned result records chose these parameters" in capsys.readouterr().err
     assert main(args[:-1] + ["nonsense://x"]) == 2
     assert "--storage: cannot open the study storage" in capsys.readouterr().err
-

@@ -33,19 +33,32 @@ def direct_text_features(backbone: Backbone):
 
 
 def toy_context(backbone: Backbone, seed: int = 1) -> FitContext:
-    return FitContext(backbone=backbone, device=torch.device("cpu"), seed=seed,
-                      text_features=direct_text_features(backbone))
+    return FitContext(
+        backbone=backbone, device=torch.device("cpu"), seed=seed, text_features=direct_text_features(backbone)
+    )
 
 
-def clustered_data(names: tuple[str, ...], per_class: int, views: int, *, noise: float = 1.0, seed: int = 0,
-                   dim: int = 64, prompts: Mapping[str, tuple[str, ...]] = SINGLE_PROMPT) -> FewShotData:
+def clustered_data(
+    names: tuple[str, ...],
+    per_class: int,
+    views: int,
+    *,
+    noise: float = 1.0,
+    seed: int = 0,
+    dim: int = 64,
+    prompts: Mapping[str, tuple[str, ...]] = SINGLE_PROMPT,
+) -> FewShotData:
     """Gaussian clusters around random class means of norm 3: support (views, C·per_class, dim), val 4 per class."""
     generator = torch.Generator().manual_seed(seed)
     n = len(names)
     means = F.normalize(torch.randn(n, dim, generator=generator), dim=-1) * 3
     labels = torch.arange(n).repeat_interleave(per_class)
-    train = FeatureSet(means[labels][None] + noise * torch.randn(views, len(labels), dim, generator=generator), labels)
+    train = FeatureSet(
+        means[labels][None] + noise * torch.randn(views, len(labels), dim, generator=generator), labels
+    )
     val_labels = torch.arange(n).repeat_interleave(4)
-    val = FeatureSet(means[val_labels][None] + noise * torch.randn(1, len(val_labels), dim, generator=generator),
-                     val_labels)
+    val = FeatureSet(
+        means[val_labels][None] + noise * torch.randn(1, len(val_labels), dim, generator=generator),
+        val_labels,
+    )
     return FewShotData("toy", per_class, names, prompts, train, val)

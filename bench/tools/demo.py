@@ -32,18 +32,31 @@ def add_parser(subparsers) -> None:
     from bench.cli import add_folder_options
 
     p = subparsers.add_parser(
-        "demo", help="pretrain a small CLIP on real images, run few-shot methods on its rare classes, print the report",
+        "demo",
+        help="pretrain a small CLIP on real images, run few-shot methods on its rare classes, print the report",
         description="The embedded demo: Fashion-MNIST (Debian dataset-fashion-mnist) or scikit-learn digits, "
-                    "a CLIP pretrained here (cached) on which five of the ten classes are rare, and zero-shot / "
-                    "linear probe / CoOp / CLIP-Adapter on those five at 1-16 shots and 3 seeds.")
-    p.add_argument("--source", default="auto", choices=("auto", *SOURCES),
-                   help="image source (auto: Fashion-MNIST if installed, else digits)")
-    p.add_argument("--methods", default=",".join(DEMO_METHODS),
-                   help="comma list of methods (default: the four paper methods)")
+        "a CLIP pretrained here (cached) on which five of the ten classes are rare, and zero-shot / "
+        "linear probe / CoOp / CLIP-Adapter on those five at 1-16 shots and 3 seeds.",
+    )
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=("auto", *SOURCES),
+        help="image source (auto: Fashion-MNIST if installed, else digits)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(DEMO_METHODS),
+        help="comma list of methods (default: the four paper methods)",
+    )
     p.add_argument("--shots", default="all", help="comma list or 'all' = 1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3", help="comma list (default: 1,2,3)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="pretraining steps (default: the source's recipe; another value trains another checkpoint)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="pretraining steps (default: the source's recipe; another value trains another checkpoint)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--force", action="store_true", help="redo cells that already have a record")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -57,9 +70,11 @@ def choose_source(requested: str) -> tuple[str, str | None]:
         return requested, None
     if fashion_mnist_available():
         return "fashion_mnist", None
-    return "digits", (f"notice: Fashion-MNIST not found in {fashion_mnist_dir()} (Debian package "
-                      "dataset-fashion-mnist); falling back to scikit-learn digits, so the target is "
-                      "digits_fewshot and the numbers differ from the README's Fashion-MNIST table")
+    return "digits", (
+        f"notice: Fashion-MNIST not found in {fashion_mnist_dir()} (Debian package "
+        "dataset-fashion-mnist); falling back to scikit-learn digits, so the target is "
+        "digits_fewshot and the numbers differ from the README's Fashion-MNIST table"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if args.steps is not None and args.steps < 1:
-        raise BenchError(f"--steps {args.steps}: pretraining needs at least one step", where="--steps",
-                         fix="leave it out for the source's recipe, or pass a positive number")
+        raise BenchError(
+            f"--steps {args.steps}: pretraining needs at least one step",
+            where="--steps",
+            fix="leave it out for the source's recipe, or pass a positive number",
+        )
     for folder, purpose in ((args.results, "results"), (args.cache_dir, "cache")):
         ensure_writable_dir(Path(folder), purpose=purpose)  # before minutes of pretraining, not after
     source, notice = choose_source(args.source)
@@ -83,20 +101,32 @@ def run(args: argparse.Namespace) -> int:
     dataset = TARGET_DATASET[source]
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
     seeds = parse_int_list(args.seeds, flag="--seeds")
-    options = RunOptions(data_root=args.data_root, cache_root=args.cache_dir, results_root=args.results,
-                         device=args.device, extract=ExtractOptions(progress=not args.no_progress),
-                         force=args.force, progress=not args.no_progress)
+    options = RunOptions(
+        data_root=args.data_root,
+        cache_root=args.cache_dir,
+        results_root=args.results,
+        device=args.device,
+        extract=ExtractOptions(progress=not args.no_progress),
+        force=args.force,
+        progress=not args.no_progress,
+    )
     session = Session(options)
     splits = session.splits(dataset)  # generates the target dataset on first use
     recipe = recipe_for(source, args.steps)
-    path, log = ensure_demo_clip(recipe, args.cache_dir, resolve_device(args.device), progress=not args.no_progress)
+    path, log = ensure_demo_clip(
+        recipe, args.cache_dir, resolve_device(args.device), progress=not args.no_progress
+    )
     print(_pretraining_line(recipe, path, log))
-    print(f"target: {dataset}, the rare classes, on images pretraining never saw: {', '.join(splits.classnames)} "
-          f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images)")
+    print(
+        f"target: {dataset}, the rare classes, on images pretraining never saw: {', '.join(splits.classnames)} "
+        f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images)"
+    )
     specs = expand_grid(methods, [dataset], shots, seeds, [f"{DEMO_ARCH}/{path}"])
     summary = run_cells(specs, options, session)
-    print(f"{len(summary.ran)} cells run, {len(summary.skipped)} already done (resumed), {len(summary.failed)} failed; "
-          f"records in {args.results}; {time.perf_counter() - t0:.0f} s in all\n")
+    print(
+        f"{len(summary.ran)} cells run, {len(summary.skipped)} already done (resumed), {len(summary.failed)} failed; "
+        f"records in {args.results}; {time.perf_counter() - t0:.0f} s in all\n"
+    )
     print(report(plan_cells(specs, session), args.results))
     return 1 if summary.failed else 0
 
@@ -104,12 +134,16 @@ def run(args: argparse.Namespace) -> int:
 def _pretraining_line(recipe, path, log: dict | None) -> str:
     source = SOURCES[recipe.source]
     rare = [source.classnames[c] for c in source.target_classes]
-    what = (f"demo CLIP: pretrained on {recipe.source} captions, {', '.join(rare)} rare "
-            f"({source.rare_images} images each), {recipe.steps} steps")
+    what = (
+        f"demo CLIP: pretrained on {recipe.source} captions, {', '.join(rare)} rare "
+        f"({source.rare_images} images each), {recipe.steps} steps"
+    )
     if log is None:
         return f"{what}; cached: {path}"
-    return (f"{what}, {log['train_s']:.0f} s on {log['device']}; zero-shot top-1 on the common classes' test images "
-            f"{100 * log['zero_shot_top1_common_classes']:.1f}%; saved: {path}")
+    return (
+        f"{what}, {log['train_s']:.0f} s on {log['device']}; zero-shot top-1 on the common classes' test images "
+        f"{100 * log['zero_shot_top1_common_classes']:.1f}%; saved: {path}"
+    )
 
 
 def report(cells, results_root) -> str:
@@ -125,7 +159,9 @@ def report(cells, results_root) -> str:
     first = next(r for r in records if r.ok)
     stats = aggregate(ok).set_index(["method", "shots"])
     shots = sorted(ok["shots"].unique())
-    methods = [m for m in DEMO_METHODS if m in set(ok["method"])] + sorted(set(ok["method"]) - set(DEMO_METHODS))
+    methods = [m for m in DEMO_METHODS if m in set(ok["method"])] + sorted(
+        set(ok["method"]) - set(DEMO_METHODS)
+    )
 
     def cell(method: str, k: int) -> str:
         if (method, k) not in stats.index:
@@ -133,10 +169,14 @@ def report(cells, results_root) -> str:
         row = stats.loc[(method, k)]
         return f"{row['mean']:.1f} ± {row['std']:.1f}"
 
-    table = pd.DataFrame({f"{k} shot{'s' if k > 1 else ''}": [cell(m, k) for m in methods] for k in shots},
-                         index=pd.Index(methods, name="method"))
+    table = pd.DataFrame(
+        {f"{k} shot{'s' if k > 1 else ''}": [cell(m, k) for m in methods] for k in shots},
+        index=pd.Index(methods, name="method"),
+    )
     seeds = ", ".join(map(str, sorted(ok["seed"].unique())))
-    return (f"## {first.spec.dataset}: top-1 (%) on its {first.data.n_test} test images\n\n"
-            f"Backbone `{first.backbone.id}` (weights sha256 `{first.backbone.weights_sha256[:12]}`), "
-            f"tuning: {first.spec.tune} (paper defaults), mean ± std over seeds {seeds}.\n\n"
-            f"{table.to_markdown(disable_numparse=True)}\n\nEvery cell's record: `bench report --results {results_root}`.\n")
+    return (
+        f"## {first.spec.dataset}: top-1 (%) on its {first.data.n_test} test images\n\n"
+        f"Backbone `{first.backbone.id}` (weights sha256 `{first.backbone.weights_sha256[:12]}`), "
+        f"tuning: {first.spec.tune} (paper defaults), mean ± std over seeds {seeds}.\n\n"
+        f"{table.to_markdown(disable_numparse=True)}\n\nEvery cell's record: `bench report --results {results_root}`.\n"
+    )

@@ -78,9 +78,17 @@ def recipe_for(source: str, steps: int | None = None) -> PretrainRecipe:
 
 def checkpoint_meta(recipe: PretrainRecipe) -> dict:
     """What the checkpoint's weights are made of, as JSON: recipe, source definition and files, arch config."""
-    return json.loads(json.dumps({
-        "pretrained_by": "bench demo", "recipe": asdict(recipe), "source": asdict(SOURCES[recipe.source]),
-        "source_files": source_files(recipe.source), "arch_config": bundled_config(recipe.arch)}))
+    return json.loads(
+        json.dumps(
+            {
+                "pretrained_by": "bench demo",
+                "recipe": asdict(recipe),
+                "source": asdict(SOURCES[recipe.source]),
+                "source_files": source_files(recipe.source),
+                "arch_config": bundled_config(recipe.arch),
+            }
+        )
+    )
 
 
 def checkpoint_path(cache_root: Path, recipe: PretrainRecipe) -> Path:
@@ -88,8 +96,9 @@ def checkpoint_path(cache_root: Path, recipe: PretrainRecipe) -> Path:
     return Path(cache_root) / "demo_clip" / f"{recipe.source}-{digest[:16]}.pt"
 
 
-def ensure_demo_clip(recipe: PretrainRecipe, cache_root: Path, device: torch.device,
-                     progress: bool = True) -> tuple[Path, dict | None]:
+def ensure_demo_clip(
+    recipe: PretrainRecipe, cache_root: Path, device: torch.device, progress: bool = True
+) -> tuple[Path, dict | None]:
     """The checkpoint of ``recipe``, pretrained now unless cached -> (path, training log or None if cached)."""
     path = checkpoint_path(cache_root, recipe)
     if path.is_file():
@@ -108,8 +117,10 @@ def model_inputs(images: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     if images.shape[1:] == (size, size):
         return torch.from_numpy(images.copy())
     mode = TF.InterpolationMode(prep.interpolation)
-    resized = [np.asarray(TF.center_crop(TF.resize(Image.fromarray(im), size, interpolation=mode), [size, size]))
-               for im in images]
+    resized = [
+        np.asarray(TF.center_crop(TF.resize(Image.fromarray(im), size, interpolation=mode), [size, size]))
+        for im in images
+    ]
     return torch.from_numpy(np.stack(resized))
 
 
@@ -120,8 +131,12 @@ def normalise(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     return (batch.float().div(255).unsqueeze(1) - mean) / std
 
 
-def random_crops(batch: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+def random_crops(
+    batch: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """Random resized crops + horizontal flips of (B, S, S) images -> (B, S, S) float, batched (bilinear).
 
     The harness's training views (Dassl's ``random_resized_crop`` + ``random_flip``) with the same
@@ -136,23 +151,34 @@ def random_crops(batch: torch.Tensor, generator: torch.Generator, scale: tuple[f
     h = (area / log_ratio).sqrt().clamp(max=1) * size
     x0, y0 = torch.rand(n, generator=generator) * (size - w), torch.rand(n, generator=generator) * (size - h)
     boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + w, y0 + h], dim=1).to(batch.device)
-    crops = roi_align(batch.float().unsqueeze(1), boxes, output_size=(size, size), sampling_ratio=1, aligned=True)[:, 0]
+    crops = roi_align(
+        batch.float().unsqueeze(1), boxes, output_size=(size, size), sampling_ratio=1, aligned=True
+    )[:, 0]
     flip = (torch.rand(n, generator=generator) < 0.5).to(batch.device)[:, None, None]
     return torch.where(flip, crops.flip(-1), crops)
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """CLIP's symmetric loss with every same-class pair a positive. image, text: (B, D) normalised; labels (B,)."""
     logits = scale * image @ text.t()
     same = (labels[:, None] == labels[None, :]).float()
     target = same / same.sum(1, keepdim=True)
-    return -((target * logits.log_softmax(1)).sum(1).mean() + (target * logits.t().log_softmax(1)).sum(1).mean()) / 2
+    return (
+        -((target * logits.log_softmax(1)).sum(1).mean() + (target * logits.t().log_softmax(1)).sum(1).mean())
+        / 2
+    )
 
 
 def _learning_rate(step: int, recipe: PretrainRecipe) -> float:
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)))
+    return (
+        recipe.lr
+        * 0.5
+        * (1 + math.cos(math.pi * (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)))
+    )
 
 
 def _build(recipe: PretrainRecipe, device: torch.device):
@@ -171,8 +197,10 @@ def _optimizer(model: torch.nn.Module, recipe: PretrainRecipe) -> torch.optim.Op
     # open_clip's rule: no weight decay on gains, biases, the temperature and other 1-d parameters.
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=recipe.lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
 
 
 def pretrain(recipe: PretrainRecipe, images: SourceImages, device: torch.device, progress: bool = True):
@@ -192,9 +220,13 @@ def pretrain(recipe: PretrainRecipe, images: SourceImages, device: torch.device,
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, recipe)
         index = torch.randint(len(labels), (recipe.batch_size,), generator=generator)
-        caption = labels[index] * n_templates + torch.randint(n_templates, (recipe.batch_size,), generator=generator)
+        caption = labels[index] * n_templates + torch.randint(
+            n_templates, (recipe.batch_size,), generator=generator
+        )
         unique, inverse = torch.unique(caption, return_inverse=True)  # encode each distinct caption once
-        views = random_crops(pixels[index.to(device)], generator) if recipe.augment else pixels[index.to(device)]
+        views = (
+            random_crops(pixels[index.to(device)], generator) if recipe.augment else pixels[index.to(device)]
+        )
         image = F.normalize(model.encode_image(normalise(views, prep)), dim=-1)
         text = F.normalize(model.encode_text(tokens[unique.to(device)]), dim=-1)[inverse.to(device)]
         loss = contrastive_loss(image, text, labels[index].to(device), model.logit_scale.exp())
@@ -209,25 +241,36 @@ def pretrain(recipe: PretrainRecipe, images: SourceImages, device: torch.device,
         model.logit_scale.fill_(math.log(recipe.final_logit_scale))
     model.eval()
     curve = torch.stack(losses).cpu().tolist() if losses else []
-    log = {"device": str(device), "threads": torch.get_num_threads(), "train_s": round(time.perf_counter() - t0, 1),
-           "n_images": int(len(labels)), "loss_every_50": [round(v, 4) for v in curve[::50]],
-           "final_loss": round(float(np.mean(curve[-20:])), 4) if curve else None,
-           "logit_scale_learned": round(learned_scale, 3), "logit_scale": recipe.final_logit_scale,
-           "zero_shot_top1_common_classes": zero_shot_accuracy(model, tokenizer, prep, source, images, device)}
+    log = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "train_s": round(time.perf_counter() - t0, 1),
+        "n_images": int(len(labels)),
+        "loss_every_50": [round(v, 4) for v in curve[::50]],
+        "final_loss": round(float(np.mean(curve[-20:])), 4) if curve else None,
+        "logit_scale_learned": round(learned_scale, 3),
+        "logit_scale": recipe.final_logit_scale,
+        "zero_shot_top1_common_classes": zero_shot_accuracy(model, tokenizer, prep, source, images, device),
+    }
     return model, log
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, tokenizer, prep: Preprocessing, source, images: SourceImages,
-                       device: torch.device) -> float:
+def zero_shot_accuracy(
+    model, tokenizer, prep: Preprocessing, source, images: SourceImages, device: torch.device
+) -> float:
     """Sanity check: ten-way top-1 of "a photo of a {}." on the source's test images of its *common*
     classes (fraction); the rare classes' test images are the target's, left to the harness."""
     keep = ~np.isin(images.test_labels, source.target_classes)
     labels = torch.from_numpy(images.test_labels[keep]).to(device)
-    weights = F.normalize(model.encode_text(tokenizer([f"a photo of a {c}." for c in source.classnames]).to(device)), dim=-1)
+    weights = F.normalize(
+        model.encode_text(tokenizer([f"a photo of a {c}." for c in source.classnames]).to(device)), dim=-1
+    )
     pixels = model_inputs(images.test_images[keep], prep)
     correct = 0
     for start in range(0, len(pixels), 1024):
-        features = model.encode_image(normalise(pixels[start:start + 1024].to(device), prep))
-        correct += int((F.normalize(features, dim=-1) @ weights.t()).argmax(1).eq(labels[start:start + 1024]).sum())
+        features = model.encode_image(normalise(pixels[start : start + 1024].to(device), prep))
+        correct += int(
+            (F.normalize(features, dim=-1) @ weights.t()).argmax(1).eq(labels[start : start + 1024]).sum()
+        )
     return round(correct / max(1, len(labels)), 4)

@@ -66,8 +66,10 @@ def paper_datasets() -> list[DatasetSize]:
     from bench.datasets.selection import fewshot_datasets
 
     registry = dataset_registry()
-    return [DatasetSize(n, registry.get(n).n_classes, registry.get(n).split_sizes[2])
-            for n in fewshot_datasets("all", registry)]
+    return [
+        DatasetSize(n, registry.get(n).n_classes, registry.get(n).split_sizes[2])
+        for n in fewshot_datasets("all", registry)
+    ]
 
 
 def cell_steps(method: str, dataset: str, n_classes: int, shots: int) -> int:
@@ -82,7 +84,7 @@ def affine(points: dict[int, float], size: float) -> float:
     """``a + b·size`` through the smallest and largest measured sizes (``b·size`` with one point), >= 0."""
     ordered = sorted(points.items())
     if len(ordered) == 1:
-        (x, y), = ordered
+        ((x, y),) = ordered
         return y * size / x
     (x0, y0), (x1, y1) = ordered[0], ordered[-1]
     return max(y0 + (y1 - y0) / (x1 - x0) * (size - x0), 0.0)
@@ -96,11 +98,14 @@ def grid_seconds(costs: StepCosts, datasets: list[DatasetSize] | None = None) ->
         c = d.n_classes
         out["extraction"] += d.n_test / costs.centre_rate
         for k in GRID_SHOTS:
-            out["extraction"] += GRID_SEEDS * (c * k / costs.augmented_rate
-                                               + c * min(k, VAL_SHOTS_CAP) / costs.centre_rate)
+            out["extraction"] += GRID_SEEDS * (
+                c * k / costs.augmented_rate + c * min(k, VAL_SHOTS_CAP) / costs.centre_rate
+            )
             out["zero_shot"] += GRID_SEEDS * costs.zero_shot_cell * c / costs.ref_classes
             out["linear_probe"] += GRID_SEEDS * affine(costs.linear_probe_cell, c * c * k)
             out["coop"] += GRID_SEEDS * cell_steps("coop", d.name, c, k) * affine(costs.coop_per_step, c)
-            out["clip_adapter"] += GRID_SEEDS * cell_steps("clip_adapter", d.name, c, k) * costs.adapter_per_step
+            out["clip_adapter"] += (
+                GRID_SEEDS * cell_steps("clip_adapter", d.name, c, k) * costs.adapter_per_step
+            )
     out["total"] = sum(out.values())
     return out

@@ -37,7 +37,9 @@ PROFILES = {  # backbone, classes, shots, timed optimiser steps per method
 def _cell(root: Path, support: LabeledImages, backbone: Backbone, n_classes: int, shots: int) -> FewShotData:
     source = ImageSource(root, tuple(support.paths), backbone.preprocessing)
     labels = torch.tensor(support.labels)
-    dummy = torch.zeros(1, len(labels), backbone.embed_dim)  # the centre features are not read by these methods
+    dummy = torch.zeros(
+        1, len(labels), backbone.embed_dim
+    )  # the centre features are not read by these methods
     train = FeatureSet(dummy, labels, source)
     val_keep = torch.arange(len(labels)) % shots < 2
     val = FeatureSet(dummy[:, val_keep], labels[val_keep], source.subset(val_keep))
@@ -57,8 +59,9 @@ def _timed(method, cfg, data: FewShotData, ctx: FitContext) -> tuple[float, int 
     return time.perf_counter() - start, peak_host_rss_bytes()
 
 
-def encoder_rows(backbone: Backbone, root: Path, support: LabeledImages, n_classes: int, shots: int,
-                 timed_steps: int) -> list[dict]:
+def encoder_rows(
+    backbone: Backbone, root: Path, support: LabeledImages, n_classes: int, shots: int, timed_steps: int
+) -> list[dict]:
     """Rows ``{what, value, unit, note}`` for one ``n_classes`` x ``shots`` cell of CLIP-LoRA and of MaPLe."""
     data = _cell(root, support, backbone, n_classes, shots)
     ctx = FitContext(backbone=backbone, device=backbone.device, seed=1, text_features=lambda t, c: None)
@@ -69,24 +72,50 @@ def encoder_rows(backbone: Backbone, root: Path, support: LabeledImages, n_class
     per_shot = max(1, timed_steps // shots)
     seconds, peak = _timed(ClipLora(), dataclasses.replace(lora_cfg, n_iters=per_shot), data, ctx)
     steps_run, steps_all = per_shot * shots, lora_cfg.n_iters * shots
-    rows.append({"what": f"clip_lora: one {n_classes}-class {shots}-shot cell", "value": seconds * steps_all / steps_run,
-                 "unit": "s", "note": f"{steps_all} iterations ({steps_run} timed, {1e3 * seconds / steps_run:.0f} ms "
-                 f"per step), {memory} {peak / 2**20:.0f} MiB" if peak else ""})
-    rows.append({"what": "clip_lora per-step work vs official lora.py", "value": 1.0, "unit": "x",
-                 "note": f"the same: text encoder over {n_classes} prompts + image encoder over 32 crops, forward "
-                 "and backward through the adapters; official fp16 autocast + GradScaler, ours bf16 (CUDA) / fp32"})
+    rows.append(
+        {
+            "what": f"clip_lora: one {n_classes}-class {shots}-shot cell",
+            "value": seconds * steps_all / steps_run,
+            "unit": "s",
+            "note": f"{steps_all} iterations ({steps_run} timed, {1e3 * seconds / steps_run:.0f} ms "
+            f"per step), {memory} {peak / 2**20:.0f} MiB"
+            if peak
+            else "",
+        }
+    )
+    rows.append(
+        {
+            "what": "clip_lora per-step work vs official lora.py",
+            "value": 1.0,
+            "unit": "x",
+            "note": f"the same: text encoder over {n_classes} prompts + image encoder over 32 crops, forward "
+            "and backward through the adapters; official fp16 autocast + GradScaler, ours bf16 (CUDA) / fp32",
+        }
+    )
     maple_cfg = Maple().default_config("perf", shots)
     per_epoch = n // maple_cfg.batch_size
     epochs = max(1, round(timed_steps / per_epoch)) if per_epoch else 1
     seconds, peak = _timed(Maple(), dataclasses.replace(maple_cfg, epochs=epochs), data, ctx)
-    rows.append({"what": f"maple: one {n_classes}-class {shots}-shot cell",
-                 "value": seconds * maple_cfg.epochs / epochs, "unit": "s",
-                 "note": f"{maple_cfg.epochs} epochs x {per_epoch} steps ({epochs} epoch(s) timed, "
-                 f"{1e3 * seconds / max(epochs * per_epoch, 1):.0f} ms per step), {memory} {peak / 2**20:.0f} MiB"
-                 if peak else ""})
-    rows.append({"what": "maple per-step work vs official trainers/maple.py", "value": 1.0, "unit": "x",
-                 "note": f"the same encoders forward and backward (text over {n_classes} prompts, image over 4 crops); "
-                 "ours runs the text transformer only up to the longest EOT (the official all 77 positions)"})
+    rows.append(
+        {
+            "what": f"maple: one {n_classes}-class {shots}-shot cell",
+            "value": seconds * maple_cfg.epochs / epochs,
+            "unit": "s",
+            "note": f"{maple_cfg.epochs} epochs x {per_epoch} steps ({epochs} epoch(s) timed, "
+            f"{1e3 * seconds / max(epochs * per_epoch, 1):.0f} ms per step), {memory} {peak / 2**20:.0f} MiB"
+            if peak
+            else "",
+        }
+    )
+    rows.append(
+        {
+            "what": "maple per-step work vs official trainers/maple.py",
+            "value": 1.0,
+            "unit": "x",
+            "note": f"the same encoders forward and backward (text over {n_classes} prompts, image over 4 crops); "
+            "ours runs the text transformer only up to the longest EOT (the official all 77 positions)",
+        }
+    )
     return rows
 
 
@@ -104,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         support = make_jpegs(Path(tmp), n_classes, shots)
         rows = encoder_rows(backbone, Path(tmp), support, n_classes, shots, timed)
-    lines = [f"({name}: {arch}, {device}, {backbone.precision})", "| measurement | value | unit | note |", "|---|---:|---|---|"]
+    lines = [
+        f"({name}: {arch}, {device}, {backbone.precision})",
+        "| measurement | value | unit | note |",
+        "|---|---:|---|---|",
+    ]
     lines += [f"| {row['what']} | {row['value']:,.1f} | {row['unit']} | {row['note']} |" for row in rows]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

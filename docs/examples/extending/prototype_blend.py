@@ -10,7 +10,7 @@ from bench.methods.base import CosineClassifier, Needs, embed_classes, prompt_te
 
 @dataclass(frozen=True)
 class BlendConfig:
-    blend: float = 0.5     # 0: zero-shot CLIP; 1: the class means of the support images alone
+    blend: float = 0.5  # 0: zero-shot CLIP; 1: the class means of the support images alone
     prompts: str = "coop"  # which of the dataset's prompt sets builds the text weights
 
 
