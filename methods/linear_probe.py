@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from bench.errors import NonFiniteError
+from bench.errors import BenchError, NonFiniteError
 from bench.methods.base import FewShotData, FitContext, Needs
 
 C_SWEEP = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -41,6 +41,10 @@ class LinearProbeConfig:
     tol: float = 1e-4  # sklearn's default tol (L-BFGS-B gtol)
     warm_start: bool = False  # True: start each fit from the nearest fitted C's solution instead of
     # zeros (lpclip); ~5% faster, but moves the chosen C (docs/performance.md)
+    objective: str = "mean"  # "mean": sklearn >= 1.4's mean CE + ||W||^2/(2CN); "sum": Σ CE + ||W||^2/(2C),
+    # the release lpclip ran with (same minimiser, another stopping point under the same gtol)
+    final_fit: str = "support"  # "support": refit on the support set (lpclip); "support+val": on support and
+    # few-shot val together, as the CLIP paper refits on train + val
 
 
 class LinearLogits(torch.nn.Module):
@@ -67,12 +71,14 @@ def fit_logistic_regression(
     max_iter: int = 1000,
     tol: float = 1e-4,
     init: LinearLogits | None = None,
+    objective: str = "mean",
 ) -> LinearLogits:
     """L2-regularised multinomial logistic regression (sklearn's objective and solver).
 
     Args:
         features: (N, D) on the fit device. labels: (N,) int64. c: inverse regularisation strength.
         init: start L-BFGS-B from this solution (a neighbouring C's) instead of zeros (sklearn's start).
+        objective: ``"mean"`` (sklearn >= 1.4) or ``"sum"`` (sklearn < 1.4: the same objective times N).
 
     Returns:
         A float64 :class:`LinearLogits` on the same device.
@@ -81,6 +87,7 @@ def fit_logistic_regression(
     y = labels.to(x.device)
     n, d = x.shape
     penalty = 1.0 / (2.0 * c * n)
+    scale = {"mean": 1.0, "sum": float(n)}[objective]
 
     one_hot = F.one_hot(y, n_classes).double()
 
@@ -92,7 +99,7 @@ def fit_logistic_regression(
         loss = -(log_probs * one_hot).sum() / n + penalty * weight.pow(2).sum()
         residual = (log_probs.exp() - one_hot) / n  # d(mean CE)/d(logits)
         grad = torch.cat([(residual.t() @ x + 2 * penalty * weight).flatten(), residual.sum(0)])
-        return float(loss), grad.cpu().numpy()
+        return scale * float(loss), scale * grad.cpu().numpy()
 
     theta0 = np.zeros(n_classes * d + n_classes) if init is None else init.theta()
     with _few_threads(x.device.type == "cpu" and n * d * n_classes < SMALL_PROBLEM):
@@ -126,6 +133,15 @@ def _few_threads(single_torch_thread: bool):
             torch.set_num_threads(previous)
 
 
+def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise BenchError(
+            f"{value!r} is not one of {', '.join(choices)}",
+            where=f"--set linear_probe.{name}",
+            fix=f"use {' or '.join(choices)} (docs/fidelity.md)",
+        )
+
+
 def _val_accuracy(model: LinearLogits, features: torch.Tensor, labels: torch.Tensor) -> float:
     return float((model(features).argmax(1) == labels).double().mean())
 
@@ -143,6 +159,8 @@ class LinearProbe:
         return Needs(train_views=0)
 
     def fit(self, data: FewShotData, cfg: LinearProbeConfig, ctx: FitContext) -> LinearLogits:
+        _check_choice(cfg.objective, ("mean", "sum"), "objective")
+        _check_choice(cfg.final_fit, ("support", "support+val"), "final_fit")
         x_train, y_train = data.train.center.to(ctx.device), data.train.labels.to(ctx.device)
         x_val, y_val = data.val.center.to(ctx.device), data.val.labels.to(ctx.device)
 
@@ -155,7 +173,7 @@ class LinearProbe:
                 near = min(fits, key=lambda f: abs(np.log10(f) - np.log10(c)), default=None)
                 init = fits[near][1] if cfg.warm_start and near is not None else None
                 model = fit_logistic_regression(
-                    x_train, y_train, data.n_classes, c, cfg.max_iter, cfg.tol, init
+                    x_train, y_train, data.n_classes, c, cfg.max_iter, cfg.tol, init, cfg.objective
                 )
                 fits[c] = _val_accuracy(model, x_val, y_val), model
             return fits[c]
@@ -175,6 +193,17 @@ class LinearProbe:
             history.append([float(c_final), max(acc_left, acc_right)])
         if model is None:  # search_steps = 0: the sweep's peak
             model = fit_and_score(c_peak)[1]
+        if cfg.final_fit == "support+val":  # the CLIP paper's refit at the chosen C on everything labelled
+            model = fit_logistic_regression(
+                torch.cat([x_train, x_val]),
+                torch.cat([y_train, y_val]),
+                data.n_classes,
+                c_final,
+                cfg.max_iter,
+                cfg.tol,
+                None,
+                cfg.objective,
+            )
         ctx.record("c_sweep_val_accuracy", [float(a) for a in sweep])
         ctx.record("c_search", history)
         ctx.record("chosen_c", float(c_final))

@@ -5,9 +5,10 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from bench.errors import BenchError
 from bench.methods import linear_probe as lp
-from bench.methods.base import FitContext
-from bench.methods.linear_probe import LinearProbe, fit_logistic_regression
+from bench.methods.base import FeatureSet, FewShotData, FitContext
+from bench.methods.linear_probe import LinearProbe, LinearProbeConfig, fit_logistic_regression
 from tests.toy import clustered_data
 
 
@@ -71,3 +72,32 @@ def test_c_search_follows_lpclip(monkeypatch):
     expected = lpclip_search(curve)
     assert model.c == pytest.approx(expected) and recorded["chosen_c"] == pytest.approx(expected)
     assert recorded["c_sweep_val_accuracy"] == [curve(c) for c in lp.C_SWEEP]
+
+
+def test_fidelity_switches_objective_scaling_and_final_refit(tmp_path):
+    """``objective=sum`` (sklearn < 1.4) has the same minimiser; ``final_fit=support+val`` refits on more data."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 3
+    x = torch.cat([centers[k] + torch.randn(8, 16, generator=g) for k in range(3)])
+    y = torch.arange(3).repeat_interleave(8)
+    tight = dict(max_iter=5000, tol=1e-10)
+    mean = fit_logistic_regression(x, y, 3, 0.5, **tight)
+    total = fit_logistic_regression(x, y, 3, 0.5, objective="sum", **tight)
+    assert torch.allclose(mean.weight, total.weight, atol=1e-4)
+
+    def data(n_val):
+        return FewShotData(
+            "synthetic",
+            8,
+            ("a", "b", "c"),
+            {},
+            FeatureSet(x[None], y),
+            FeatureSet(x[None, :n_val], y[:n_val]),
+        )
+
+    ctx = FitContext(backbone=None, device=torch.device("cpu"), seed=1, text_features=None)
+    support = LinearProbe().fit(data(24), LinearProbeConfig(search_steps=0), ctx)
+    both = LinearProbe().fit(data(24), LinearProbeConfig(search_steps=0, final_fit="support+val"), ctx)
+    assert not torch.equal(support.weight, both.weight)  # the refit saw the val images twice as many rows
+    with pytest.raises(BenchError, match="linear_probe.objective"):
+        LinearProbe().fit(data(24), LinearProbeConfig(objective="total"), ctx)
