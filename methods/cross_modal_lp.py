@@ -95,6 +95,14 @@ def valid_batch_sizes(sizes: tuple[int, ...], n_images: int, n_texts: int, text_
     return out
 
 
+def _fallback_batch_size(size: int, n_images: int, n_texts: int, text_samples: bool) -> list[int]:
+    """The grid's smallest batch halved until both halves fit (the official code has no answer here: its
+    grid is empty for support sets this small, so it cannot train at all)."""
+    while size > 1 and not valid_batch_sizes((size,), n_images, n_texts, text_samples):
+        size //= 2
+    return valid_batch_sizes((size,), n_images, n_texts, text_samples)
+
+
 @dataclass(frozen=True)
 class Hyper:
     lr: float
@@ -249,6 +257,14 @@ class CrossModalLp:
             0 if texts is None else len(texts),
             cfg.text_samples,
         )
+        if not sizes:  # tiny sets (base2new at 1-2 shots), or a tuning trial's size: halved until it fits
+            sizes = _fallback_batch_size(
+                cfg.batch_size or min(BATCH_GRID),
+                len(images),
+                0 if texts is None else len(texts),
+                cfg.text_samples,
+            )
+            ctx.record("batch_size_fallback", sizes)
         if not sizes:
             raise BenchError(
                 f"no batch size fits {len(images)} support images"

@@ -2,7 +2,6 @@
 runner paths (base-to-new, --tune val, reports). Contract checks come from tests/test_methods_contract.py."""
 
 import dataclasses
-import json
 import math
 
 import pytest
@@ -16,6 +15,7 @@ from bench.methods.kgcoop import KgCoop, knowledge_distance
 from bench.methods.prograd import ProGrad, context_init, project, projected_objective, teacher_loss
 from bench.methods.taskres import TaskRes
 from bench.methods.zero_shot import ZeroShot
+from bench.results import load_results
 from tests.toy import clip_scaled_backbone, clustered_data, toy_context
 
 NAMES = ("red stripes", "blue dots", "green waves", "yellow grid")
@@ -221,7 +221,7 @@ def test_new_methods_run_base_to_new_tune_on_val_and_report(run_options, capsys)
     summary = run_cells(grid, run_options, session)
     assert not summary.failed, summary.failed
     # the records' JSON as written (what reports read)
-    records = [json.loads(path.read_text()) for path in run_options.results_root.rglob("*.json")]
+    records = [r.to_json() for r in load_results(run_options.results_root)]  # not the extraction records
     assert sorted((r["spec"]["method"], r["spec"]["protocol"], r["spec"]["tune"]) for r in records) == sorted(
         [(m, "base2new", "none") for m in NEW] + [(m, "fewshot", "val") for m in NEW]
     )
