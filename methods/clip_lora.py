@@ -275,6 +275,29 @@ class AdaptedEncoderClassifier(torch.nn.Module):
         return AdaptedEncoderClassifier(self.adapters, self.backbone, text, self.scale)
 
 
+def adapted_classifier(
+    adapter: torch.nn.Module, backbone: Any, classnames: tuple[str, ...], scale: float
+) -> AdaptedEncoderClassifier:
+    """The adapter frozen for scoring: eval mode, the classes' text features computed once."""
+    adapter.eval()
+    with torch.no_grad():
+        text = adapter.text_features(backbone, classnames)
+    return AdaptedEncoderClassifier(adapter, backbone, text, scale)
+
+
+def adapted_val_accuracy(
+    adapter: torch.nn.Module, backbone: Any, data: FewShotData, scale: float, device: torch.device
+) -> float:
+    """Few-shot val top-1 mid-training, val images encoded through the adapted encoder; the adapter is left
+    in train mode."""
+    model = adapted_classifier(adapter, backbone, data.classnames, scale)
+    score = accuracy(
+        model(encoded_set(model.encode_images, data.val, device).center.to(device)), data.val.labels
+    )
+    adapter.train()
+    return score
+
+
 class LoraModel(LoraAdapters):
     """The adapters plus CLIP-LoRA's text side: one template over the class names."""
 
@@ -342,19 +365,8 @@ class ClipLora:
             for group in optimizer.param_groups:
                 group["lr"] = cosine_annealing(step + 1, total, cfg.lr, cfg.eta_min)
 
-        def classifier() -> AdaptedEncoderClassifier:
-            lora.eval()
-            with torch.no_grad():
-                text = lora.text_features(backbone, data.classnames)
-            return AdaptedEncoderClassifier(lora, backbone, text, ctx.logit_scale)
-
         def val_accuracy() -> float:
-            model = classifier()
-            score = accuracy(
-                model(encoded_set(model.encode_images, data.val, device).center.to(device)), data.val.labels
-            )
-            lora.train()
-            return score
+            return adapted_val_accuracy(lora, backbone, data, ctx.logit_scale, device)
 
         report = val_reporter(ctx, val_accuracy, epochs, every=max(1, epochs // 5))
         lora.train()
@@ -380,4 +392,4 @@ class ClipLora:
         ctx.record("adapted_modules", len(lora.adapters))
         ctx.record("trainable_parameters", sum(p.numel() for p in params))
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
-        return classifier()
+        return adapted_classifier(lora, backbone, data.classnames, ctx.logit_scale)

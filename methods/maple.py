@@ -44,10 +44,9 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.methods.base import FewShotData, FitContext, Needs
-from bench.methods.clip_lora import AdaptedEncoderClassifier
+from bench.methods.clip_lora import AdaptedEncoderClassifier, adapted_classifier, adapted_val_accuracy
 from bench.methods.coop import PromptLearner, text_tower
 from bench.methods.encoder_training import (
-    encoded_set,
     grad_checkpointing,
     image_features,
     normalised_logits,
@@ -58,7 +57,7 @@ from bench.methods.encoder_training import (
     train_steps,
     vision_blocks,
 )
-from bench.methods.training import SGDRecipe, accuracy, dassl_lr, make_optimizer, val_reporter
+from bench.methods.training import SGDRecipe, dassl_lr, make_optimizer, val_reporter
 from bench.seeding import derive_seed, torch_generator
 
 DEEP_PROMPT_STD = 0.02  # trainers/maple.py: nn.init.normal_(single_para, std=0.02)
@@ -262,19 +261,8 @@ class Maple:
                 image = image_features(backbone, pixels)
             return F.cross_entropy(normalised_logits(ctx.logit_scale, image, text), labels)
 
-        def classifier() -> AdaptedEncoderClassifier:
-            prompts.eval()
-            with torch.no_grad():
-                text = prompts.text_features(backbone, data.classnames)
-            return AdaptedEncoderClassifier(prompts, backbone, text, ctx.logit_scale)
-
         def val_accuracy() -> float:
-            model = classifier()
-            score = accuracy(
-                model(encoded_set(model.encode_images, data.val, device).center.to(device)), data.val.labels
-            )
-            prompts.train()
-            return score
+            return adapted_val_accuracy(prompts, backbone, data, ctx.logit_scale, device)
 
         report = val_reporter(ctx, val_accuracy, cfg.epochs, every=1)
         prompts.train()
@@ -299,4 +287,4 @@ class Maple:
         )
         ctx.record("trainable_parameters", sum(p.numel() for p in params))
         ctx.record("train_loss_first_last", [losses[0], losses[-1]] if losses else [])
-        return classifier()
+        return adapted_classifier(prompts, backbone, data.classnames, ctx.logit_scale)
