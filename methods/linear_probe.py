@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.optimize
@@ -45,6 +45,10 @@ class LinearProbeConfig:
     # the release lpclip ran with (same minimiser, another stopping point under the same gtol)
     final_fit: str = "support"  # "support": refit on the support set (lpclip); "support+val": on support and
     # few-shot val together, as the CLIP paper refits on train + val
+    two_class: str = (
+        "softmax"  # with 2 classes: "softmax" (a 2-way softmax, as for any C) or "binary" (sklearn's
+    )
+    # binary model: one weight vector, as lpclip fits; a 2-way softmax at C is the binary model at 2C)
 
 
 class LinearLogits(torch.nn.Module):
@@ -58,9 +62,11 @@ class LinearLogits(torch.nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.to(self.weight.dtype) @ self.weight.t() + self.bias
 
-    def theta(self) -> np.ndarray:
-        """The solver's flat parameter vector (W row-major, then b), float64."""
-        return torch.cat([self.weight.flatten(), self.bias]).double().cpu().numpy()
+    def theta(self, free_rows: int | None = None) -> np.ndarray:
+        """The solver's flat parameter vector (W row-major, then b), float64; ``free_rows``: only the
+        last rows (a binary fit's class-1 row)."""
+        rows = slice(-free_rows if free_rows else None, None)
+        return torch.cat([self.weight[rows].flatten(), self.bias[rows]]).double().cpu().numpy()
 
 
 def fit_logistic_regression(
@@ -72,6 +78,7 @@ def fit_logistic_regression(
     tol: float = 1e-4,
     init: LinearLogits | None = None,
     objective: str = "mean",
+    binary: bool = False,
 ) -> LinearLogits:
     """L2-regularised multinomial logistic regression (sklearn's objective and solver).
 
@@ -79,6 +86,8 @@ def fit_logistic_regression(
         features: (N, D) on the fit device. labels: (N,) int64. c: inverse regularisation strength.
         init: start L-BFGS-B from this solution (a neighbouring C's) instead of zeros (sklearn's start).
         objective: ``"mean"`` (sklearn >= 1.4) or ``"sum"`` (sklearn < 1.4: the same objective times N).
+        binary: with ``n_classes == 2``, sklearn's binary model: one weight vector w and bias b for
+            class 1, penalty ``||w||² / (2C)``; returned as the rows ``[0, w]``, ``[0, b]``.
 
     Returns:
         A float64 :class:`LinearLogits` on the same device.
@@ -88,20 +97,26 @@ def fit_logistic_regression(
     n, d = x.shape
     penalty = 1.0 / (2.0 * c * n)
     scale = {"mean": 1.0, "sum": float(n)}[objective]
+    if binary and n_classes != 2:
+        raise ValueError(f"a binary fit needs 2 classes, got {n_classes}")
+    rows = 1 if binary else n_classes  # binary: class 0's logit is fixed at 0, as in sklearn's model
 
     one_hot = F.one_hot(y, n_classes).double()
 
     @torch.no_grad()
     def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
         params = torch.from_numpy(theta).to(x.device)
-        weight, bias = params[: n_classes * d].view(n_classes, d), params[n_classes * d :]
-        log_probs = (x @ weight.t() + bias).log_softmax(dim=1)
+        weight, bias = params[: rows * d].view(rows, d), params[rows * d :]
+        logits = x @ weight.t() + bias
+        if binary:
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        log_probs = logits.log_softmax(dim=1)
         loss = -(log_probs * one_hot).sum() / n + penalty * weight.pow(2).sum()
-        residual = (log_probs.exp() - one_hot) / n  # d(mean CE)/d(logits)
+        residual = ((log_probs.exp() - one_hot) / n)[:, n_classes - rows :]  # d(mean CE)/d(free logits)
         grad = torch.cat([(residual.t() @ x + 2 * penalty * weight).flatten(), residual.sum(0)])
         return scale * float(loss), scale * grad.cpu().numpy()
 
-    theta0 = np.zeros(n_classes * d + n_classes) if init is None else init.theta()
+    theta0 = np.zeros(rows * d + rows) if init is None else init.theta(free_rows=rows)
     with _few_threads(x.device.type == "cpu" and n * d * n_classes < SMALL_PROBLEM):
         result = scipy.optimize.minimize(
             loss_and_grad,
@@ -113,7 +128,13 @@ def fit_logistic_regression(
     if not (np.isfinite(result.fun) and np.isfinite(result.x).all()):
         raise NonFiniteError(f"logistic regression diverged at C={c:g} after {result.nit} iterations")
     theta = torch.from_numpy(result.x).to(x.device)
-    return LinearLogits(theta[: n_classes * d].view(n_classes, d), theta[n_classes * d :])
+    weight, bias = theta[: rows * d].view(rows, d), theta[rows * d :]
+    if binary:
+        weight, bias = (
+            torch.cat([torch.zeros_like(weight), weight]),
+            torch.cat([torch.zeros_like(bias), bias]),
+        )
+    return LinearLogits(weight, bias)
 
 
 @contextmanager
@@ -151,6 +172,10 @@ class LinearProbe:
     version = "1"
     trainable = True
     Config = LinearProbeConfig
+    as_published: ClassVar[dict[str, Any]] = {
+        "objective": "sum",
+        "two_class": "binary",
+    }  # lpclip, 2021 sklearn
 
     def default_config(self, dataset: str, shots: int) -> LinearProbeConfig:
         return LinearProbeConfig()
@@ -161,6 +186,8 @@ class LinearProbe:
     def fit(self, data: FewShotData, cfg: LinearProbeConfig, ctx: FitContext) -> LinearLogits:
         _check_choice(cfg.objective, ("mean", "sum"), "objective")
         _check_choice(cfg.final_fit, ("support", "support+val"), "final_fit")
+        _check_choice(cfg.two_class, ("softmax", "binary"), "two_class")
+        binary = cfg.two_class == "binary" and data.n_classes == 2
         x_train, y_train = data.train.center.to(ctx.device), data.train.labels.to(ctx.device)
         x_val, y_val = data.val.center.to(ctx.device), data.val.labels.to(ctx.device)
 
@@ -173,7 +200,7 @@ class LinearProbe:
                 near = min(fits, key=lambda f: abs(np.log10(f) - np.log10(c)), default=None)
                 init = fits[near][1] if cfg.warm_start and near is not None else None
                 model = fit_logistic_regression(
-                    x_train, y_train, data.n_classes, c, cfg.max_iter, cfg.tol, init, cfg.objective
+                    x_train, y_train, data.n_classes, c, cfg.max_iter, cfg.tol, init, cfg.objective, binary
                 )
                 fits[c] = _val_accuracy(model, x_val, y_val), model
             return fits[c]
@@ -203,6 +230,7 @@ class LinearProbe:
                 cfg.tol,
                 None,
                 cfg.objective,
+                binary,
             )
         ctx.record("c_sweep_val_accuracy", [float(a) for a in sweep])
         ctx.record("c_search", history)

@@ -101,3 +101,34 @@ def test_fidelity_switches_objective_scaling_and_final_refit(tmp_path):
     assert not torch.equal(support.weight, both.weight)  # the refit saw the val images twice as many rows
     with pytest.raises(BenchError, match="linear_probe.objective"):
         LinearProbe().fit(data(24), LinearProbeConfig(objective="total"), ctx)
+
+
+def test_two_class_binary_is_scikit_learns_binary_model():
+    """``two_class=binary`` fits sklearn's binary model (one vector); the default 2-way softmax at C is
+    that model at 2C, so the two differ at the same C."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 8, generator=g)
+    y = (x[:, 0] + 0.5 * torch.randn(40, generator=g) > 0).long()
+    tight = dict(max_iter=5000, tol=1e-10)
+    binary = fit_logistic_regression(x, y, 2, 0.1, binary=True, **tight)
+    reference = LogisticRegression(C=0.1, **tight).fit(x.numpy(), y.numpy())
+    np.testing.assert_allclose(binary.weight[1].numpy(), reference.coef_[0], atol=1e-5)
+    np.testing.assert_allclose(binary.bias[1].item(), reference.intercept_[0], atol=1e-5)
+    assert binary.weight[0].abs().max() == 0 and binary.bias[0] == 0
+    softmax_half_c = fit_logistic_regression(x, y, 2, 0.05, **tight)
+    assert torch.allclose(softmax_half_c.weight[1] - softmax_half_c.weight[0], binary.weight[1], atol=1e-6)
+    softmax_same_c = fit_logistic_regression(x, y, 2, 0.1, **tight)
+    assert (softmax_same_c.weight[1] - softmax_same_c.weight[0] - binary.weight[1]).abs().max() > 0.1
+
+    data = FewShotData("synthetic", 20, ("a", "b"), {}, FeatureSet(x[None], y), FeatureSet(x[None], y))
+    ctx = FitContext(backbone=None, device=torch.device("cpu"), seed=1, text_features=None)
+    probe = LinearProbe().fit(data, LinearProbeConfig(search_steps=0, two_class="binary"), ctx)
+    assert probe.weight[0].abs().max() == 0  # the method fitted the binary model
+    three = clustered_data(("a", "b", "c"), 4, 1)  # more than 2 classes: the switch changes nothing
+    same = [
+        LinearProbe().fit(three, LinearProbeConfig(search_steps=0, two_class=t), ctx).weight
+        for t in ("softmax", "binary")
+    ]
+    assert torch.equal(*same)
+    with pytest.raises(BenchError, match="linear_probe.two_class"):
+        LinearProbe().fit(data, LinearProbeConfig(two_class="ovr"), ctx)
