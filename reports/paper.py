@@ -2,10 +2,13 @@
 
 A published value matches a cell of ours by (method, dataset, shots, backbone architecture)
 and must belong to the same preprocessing *generation* (``coop_v2``: short-side resize +
-centre crop; ``coop_v1``: squash to 224×224), since the two differ by several points.
-Among matching values the one whose prompt set equals ours wins, then the better marker
-(V verified > R secondary > ~ digitised), then file order. A prompt-set mismatch is kept and
-noted rather than hidden.
+centre crop; ``coop_v1``: squash to 224×224), since the two differ by several points, and to
+the same evaluation *protocol* (``fewshot``: every class; ``base2new``: CoCoOp's base-to-new,
+whose values are base accuracy, new accuracy and their harmonic mean, each a *part* matched
+only by the same part of ours). A few-shot number never matches a base-to-new cell, nor the
+other way round. Among matching values the one whose prompt set equals ours wins, then the
+better marker (V verified > R secondary > ~ digitised), then file order. A prompt-set mismatch
+is kept and noted rather than hidden.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.protocols import PROTOCOLS
 
 MARKERS = ("V", "R", "~")
 GENERATIONS = ("coop_v1", "coop_v2")
+DEFAULT_PROTOCOL = "fewshot"  # a series without "protocol"
+PARTS = {"fewshot": ("top1",), "base2new": ("base", "new", "hm")}  # what one published value is, by protocol
+AVERAGE = "average"  # the values' key of a mean over the 11 standard datasets, as the source prints it
+HM_SLACK = 0.1  # points a printed H may differ from 2·base·new/(base + new) of the printed base and new
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class PaperValue:
     prompts: str | None
     marker: str
     note: str | None = None
+    protocol: str = DEFAULT_PROTOCOL  # fewshot | base2new (bench.protocols)
+    part: str = "top1"  # top1 (fewshot); base, new or hm (base2new)
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,20 @@ def _series_values(series: dict, *, where: str, sources: dict) -> list[PaperValu
         raise BenchError(
             f"unknown generation {series['generation']!r}", where=where, fix=f"use {' or '.join(GENERATIONS)}"
         )
+    protocol = series.get("protocol", DEFAULT_PROTOCOL)
+    if protocol not in PARTS or protocol not in PROTOCOLS:
+        raise BenchError(
+            f"unknown protocol {protocol!r}",
+            where=where,
+            fix=f"use one of {', '.join(p for p in PARTS if p in PROTOCOLS)} (the protocols bench runs)",
+        )
     shots = series.get("shots")
+    if shots is None and protocol != DEFAULT_PROTOCOL:
+        raise BenchError(
+            f"a {protocol} series without 'shots'",
+            where=where,
+            fix="give the shot count(s) the values were trained with",
+        )
     out = []
     for dataset, raw in series["values"].items():
         raw_list = raw if isinstance(raw, list) else [raw]
@@ -119,22 +142,52 @@ def _series_values(series: dict, *, where: str, sources: dict) -> list[PaperValu
             )
         points = [(None, raw)] if shots is None else list(zip(shots, raw_list, strict=True))
         prompts = (series.get("prompts_by_dataset") or {}).get(dataset, series.get("prompts"))
-        out += [
-            PaperValue(
-                series["source"],
-                series["method"],
-                series["arch"],
-                dataset,
-                k,
-                float(v),
-                series["generation"],
-                prompts,
-                series["marker"],
-                series.get("note"),
-            )
-            for k, v in points
-        ]
+        for k, v in points:
+            for part, value in _parts(v, protocol, where=f"{where}: {dataset}"):
+                out.append(
+                    PaperValue(
+                        series["source"],
+                        series["method"],
+                        series["arch"],
+                        dataset,
+                        k,
+                        value,
+                        series["generation"],
+                        prompts,
+                        series["marker"],
+                        series.get("note"),
+                        protocol,
+                        part,
+                    )
+                )
     return out
+
+
+def _parts(value, protocol: str, *, where: str) -> list[tuple[str, float]]:
+    """(part, number) of one published value: a number (fewshot) or {"base", "new", "hm"} (base2new)."""
+    parts = PARTS[protocol]
+    if parts == ("top1",):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BenchError(
+                f"{value!r} is not a number", where=where, fix="a few-shot value is one top-1 accuracy"
+            )
+        return [("top1", float(value))]
+    if not isinstance(value, dict) or set(value) != set(parts):
+        raise BenchError(
+            f"{value!r} is not {{{', '.join(repr(p) for p in parts)}}}",
+            where=where,
+            fix=f"a {protocol} value gives base, new and hm (their harmonic mean) as printed",
+        )
+    if any(isinstance(value[p], bool) or not isinstance(value[p], (int, float)) for p in parts):
+        raise BenchError(f"{value!r} holds a non-number", where=where, fix="give numbers in percent")
+    base, new, hm = (float(value[p]) for p in parts)
+    if abs(hm - (2 * base * new / (base + new) if base + new else 0.0)) > HM_SLACK:
+        raise BenchError(
+            f"hm {hm} is not the harmonic mean of base {base} and new {new}",
+            where=where,
+            fix="check the numbers against the source (H = 2·base·new/(base + new))",
+        )
+    return [("base", base), ("new", new), ("hm", hm)]
 
 
 def best_match(
@@ -146,8 +199,14 @@ def best_match(
     shots: int,
     generation: str,
     prompts: str | None,
+    protocol: str = DEFAULT_PROTOCOL,
+    part: str = "top1",
 ) -> PaperValue | None:
-    """The published value for one cell of ours, or None (see the module docstring for the order)."""
+    """The published value for one cell of ours, or None (see the module docstring for the order).
+
+    ``protocol`` is the cell's (``fewshot`` or ``base2new``); ``part`` what its number is: ``top1``
+    for a few-shot cell, ``base``, ``new`` or ``hm`` for a base-to-new one.
+    """
     candidates = [
         v
         for v in paper.values
@@ -156,6 +215,8 @@ def best_match(
         and v.dataset == dataset
         and v.shots in (None, shots)
         and v.generation == generation
+        and v.protocol == protocol
+        and v.part == part
     ]
     if not candidates:
         return None
@@ -172,7 +233,10 @@ def compare(cells: pd.DataFrame, paper: PaperNumbers, *, tolerance: float) -> pd
     Args:
         cells: rows with ``method_name``, ``arch``, ``dataset``, ``shots``, ``generation``,
             ``prompts``, ``mean`` (percent) and any identity columns to keep; ``eval_set``
-            names the split scored (the dataset itself, or a shift set for transfer rows).
+            names the split scored (the dataset itself, a shift set for transfer rows, or
+            ``average`` for a mean over the 11 standard datasets); optional ``protocol``
+            (default ``fewshot``) and ``part`` (default ``top1``; ``base``, ``new`` or ``hm`` for
+            base-to-new rows) say which published values may match.
         tolerance: |Δ| in points beyond which a cell is flagged.
 
     Returns:
@@ -191,6 +255,8 @@ def compare(cells: pd.DataFrame, paper: PaperNumbers, *, tolerance: float) -> pd
             shots=cell.shots,
             generation=cell.generation,
             prompts=ours_prompts,
+            protocol=getattr(cell, "protocol", DEFAULT_PROTOCOL),
+            part=getattr(cell, "part", "top1"),
         )
         extra = {
             "paper": None,

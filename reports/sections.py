@@ -10,8 +10,16 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.reports.aggregate import TABLE_KEYS, TRANSFER_PREFIX, aggregate, spread
-from bench.reports.blocks import Block, dataset_sort_key, dataset_title, is_shot_free, method_sort_key, signed
-from bench.reports.paper import PaperNumbers, compare
+from bench.reports.blocks import (
+    STANDARD_DATASETS,
+    Block,
+    dataset_sort_key,
+    dataset_title,
+    is_shot_free,
+    method_sort_key,
+    signed,
+)
+from bench.reports.paper import AVERAGE, PaperNumbers, compare
 from bench.reports.stats import format_p, paired_differences, summarize
 
 _LONG_COLUMNS = [
@@ -208,6 +216,120 @@ def base2new_block(table, settings) -> tuple[Block, list[dict]]:
 
 def _r(value):
     return None if pd.isna(value) else round(float(value), 2)
+
+
+_PART_TITLES = {"base": "base", "new": "new", "hm": "H"}
+
+
+def _base2new_parts(table) -> pd.DataFrame:
+    """Our base-to-new numbers as published ones are printed: per cell the mean base and mean new top-1 over
+    seeds and H of those two means; per (label, shots) with all 11 standard datasets also their average
+    (``dataset = "average"``: mean base, mean new, H of those). One row per part (``base``, ``new``, ``hm``)."""
+    base = aggregate(table.frame, "base_top1")
+    new = {
+        (r["label"], r["dataset"], r["shots"]): r["mean"]
+        for r in aggregate(table.frame, "new_top1").to_dict("records")
+    }
+    rows = []
+    for r in base.to_dict("records"):
+        b, n = r["mean"], new.get((r["label"], r["dataset"], r["shots"]), np.nan)
+        complete = r["n_seeds"] >= len(table.seeds)
+        for part, value in (("base", b), ("new", n), ("hm", _harmonic(b, n))):
+            if not pd.isna(value):
+                rows.append(
+                    {**r, "eval_set": r["dataset"], "part": part, "mean": value, "complete": complete}
+                )
+    frame = pd.DataFrame(rows)
+    if frame.empty or set(table.datasets) != set(STANDARD_DATASETS):
+        return frame
+    averages = []
+    for _, group in frame.groupby(["label", "shots"], sort=False):
+        base_rows, new_rows = group[group["part"] == "base"], group[group["part"] == "new"]
+        if set(base_rows["dataset"]) != set(STANDARD_DATASETS) or set(new_rows["dataset"]) != set(
+            STANDARD_DATASETS
+        ):
+            continue
+        mb, mn = base_rows["mean"].mean(), new_rows["mean"].mean()
+        first = group.iloc[0].to_dict()
+        for part, value in (("base", mb), ("new", mn), ("hm", _harmonic(mb, mn))):
+            averages.append(
+                {
+                    **first,
+                    "dataset": AVERAGE,
+                    "eval_set": AVERAGE,
+                    "part": part,
+                    "mean": value,
+                    "n_seeds": int(group["n_seeds"].min()),
+                    "complete": bool(group["complete"].all()),
+                }
+            )
+    return pd.concat([frame, pd.DataFrame(averages)], ignore_index=True) if averages else frame
+
+
+def base2new_paper_block(table, paper: PaperNumbers) -> tuple[Block | None, list[dict]]:
+    """Our base / new / H beside the published base-to-new numbers (series with ``protocol: base2new``),
+    Δ = ours − paper, flagged beyond the tolerance; None where nothing published matches."""
+    tolerance = table.options.tolerance
+    ours = _base2new_parts(table)
+    if ours.empty:
+        return None, []
+    compared = compare(ours, paper, tolerance=tolerance)
+    matched = compared[compared["paper"].notna()]
+    if matched.empty:
+        return None, []
+    order = list(_PART_TITLES)
+    matched = matched.iloc[
+        sorted(
+            range(len(matched)),
+            key=lambda i: (*_paper_order(matched.iloc[i]), order.index(matched.iloc[i]["part"])),
+        )
+    ]
+    within = f"Within ±{tolerance:g} pt"
+    rows, payload = [], []
+    for r in matched.to_dict("records"):
+        incomplete = "" if r["complete"] else f" ({r['n_seeds']}/{len(table.seeds)} seeds)"
+        rows.append(
+            {
+                "Method": table.display(r["label"]),
+                "Shots": str(r["shots"]),
+                "Dataset": "Average" if r["dataset"] == AVERAGE else dataset_title(r["dataset"]),
+                "Part": _PART_TITLES[r["part"]],
+                "Ours": table.number(r["mean"]) + incomplete,
+                "Paper": table.number(r["paper"]),
+                "Δ": signed(r["delta"]),
+                within: "yes" if r["within"] else "no",
+                "Source": f"{r['paper_source']} [{r['paper_marker']}]",
+                "Note": r["note"] if isinstance(r["note"], str) else "",
+            }
+        )
+        payload.append(
+            {
+                "label": r["label"],
+                "dataset": r["dataset"],
+                "shots": int(r["shots"]),
+                "part": r["part"],
+                "ours": _r(r["mean"]),
+                "paper": r["paper"],
+                "delta": r["delta"],
+                "within": bool(r["within"]),
+                "source": r["paper_source"],
+                "marker": r["paper_marker"],
+            }
+        )
+    outside = sum(1 for r in rows if r[within] == "no")
+    notes = [
+        f"Δ = ours − paper in points; {len(rows) - outside} of {len(rows)} compared values are within "
+        f"±{tolerance:g} pt, {outside} outside. Base and new: mean top-1 over seeds on the base and on the new "
+        "classes; H: the harmonic mean of those two means, as CoCoOp and its successors print it; Average: the "
+        "mean over the 11 datasets (H of the mean base and mean new), compared only when the table holds all "
+        f"11. Without a published base-to-new number: {len(compared) - len(matched)} of our {len(compared)} "
+        "values."
+    ]
+    notes += _source_notes(matched, paper)
+    shown = pd.DataFrame(rows)
+    if not shown["Note"].astype(bool).any():
+        shown = shown.drop(columns=["Note"])
+    return Block("Comparison with published base-to-new numbers", 3, (), tuple(notes), shown), payload
 
 
 def paper_block(table, long: pd.DataFrame, paper: PaperNumbers) -> tuple[Block, pd.DataFrame]:

@@ -280,7 +280,17 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
         blocks.append(shift)
         long = pd.concat([long, sections.long_transfer(table)], ignore_index=True)
     if table.settings["protocol"] != "fewshot":
-        if paper is not None or table.options.compare_methods:
+        published = None
+        if paper is not None and table.settings["protocol"] == "base2new":
+            published, payload["paper_base2new"] = sections.base2new_paper_block(table, paper)
+        if published is not None:
+            blocks.append(published)
+            if table.options.compare_methods:
+                note = (
+                    "The paired comparison covers the few-shot protocol only; these cells are not compared."
+                )
+                blocks.append(Block("Comparisons", 3, (), (note,)))
+        elif paper is not None or table.options.compare_methods:
             blocks.append(
                 Block(
                     "Comparisons",
