@@ -181,6 +181,12 @@ class Method(Protocol):
     #     def search_space(self, trial, dataset: str, shots: int, cfg) -> dict[str, Any]
     # returns config-field overrides sampled from the Optuna trial; cfg is the cell's resolved config.
     #
+    # Optional, for bench run --batch-seeds (bench/runner.py):
+    #     def batched_fit(self, cfg) -> Callable[[list[FewShotData], Any, list[FitContext]], list[Classifier]] | None
+    # a function that trains several cells of config ``cfg`` (the seeds of one cell) in one call and returns
+    # each cell's classifier as its own ``fit`` would (to float rounding, same predictions), or None where
+    # ``cfg`` cannot be trained that way; cells then run one at a time.
+    #
     # Optional, for bench run --as-published:
     #     as_published: ClassVar[dict[str, Any]]
     # config-field overrides that make the method behave as its official code where ours differs

@@ -246,6 +246,13 @@ class ClipAdapter:
         fit_adapters(model, data, cfg, ctx)
         return model
 
+    def batched_fit(self, cfg: ClipAdapterConfig) -> Any:
+        """``bench run --batch-seeds``: :func:`fit_many` for cells of ``cfg`` that differ only in seed, or
+        None where the cells cannot share steps (live augmentation) or a subclass trains otherwise."""
+        if type(self).fit is not ClipAdapter.fit or cfg.augment != "cached":
+            return None
+        return fit_many
+
 
 class StackedAdapters(torch.nn.Module):
     """S adapters of one shape as stacked weights: (S, B, D) -> (S, B, D), each slice its own adapter."""

@@ -353,6 +353,14 @@ class Coop:
             features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position
         )
 
+    def batched_fit(self, cfg: CoopConfig) -> Any:
+        """``bench run --batch-seeds``: :func:`fit_many` for cells of ``cfg`` that differ only in seed, or
+        None where the cells cannot share steps (class-specific contexts, live augmentation) or a subclass
+        trains otherwise."""
+        if type(self).fit is not Coop.fit or cfg.csc or cfg.augment != "cached":
+            return None
+        return fit_many
+
 
 def _stacked_prompts(learner: PromptLearner, ctx: torch.Tensor, length: int) -> torch.Tensor:
     """(S·C, length, W) prompt embeddings of S unified contexts ``ctx`` (S, M, W) around ``learner``'s tokens."""
