@@ -12,7 +12,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,9 @@ def run_cell(cell: PlannedCell, session: Session, *, step: Step | None = None) -
     the cell's epochs and tuning trials (:class:`bench.progress.GridProgress`).
     """
     started, t0 = utc_now(), time.perf_counter()
-    if session.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(session.device)
+    _reset_peak_memory(session)
     try:
-        result = _result(cell, session, _execute(cell, session, step), started, t0)
+        result = _result(cell, session, _execute(cell, session, step), started, time.perf_counter() - t0)
         _write_record(cell.path, result)
         return result
     except BenchError:
@@ -69,27 +68,100 @@ def run_cell(cell: PlannedCell, session: Session, *, step: Step | None = None) -
         log.info("cell %s: another worker closed its study and writes its record", cell.spec.name)
         return None
     except Exception as exc:  # a bug, an OOM or a diverged fit in one cell must not stop the grid
-        log.exception("cell %s failed", cell.spec.name)
-        error = {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback_tail": "".join(traceback.format_exc().splitlines(True)[-15:]),
-        }
+        return _failed(cell, session, exc, started, time.perf_counter() - t0)
+
+
+def run_cells_together(
+    cells: list[PlannedCell], session: Session, fit_many: Callable, *, step: Step | None = None
+) -> list[RunResult]:
+    """Run cells that differ only in seed (untuned, one config) with one ``fit_many`` call (the method's
+    ``batched_fit``, ``bench run --batch-seeds``), then score and write each as :func:`run_cell` does.
+
+    Each record says it was trained so (``diagnostics.batched_fit``: the seeds trained together, the
+    shared fit's seconds); its ``timing_s.fit`` is its share of that fit, so the cells' totals add up to
+    the wall time. If reading the features or the shared fit fails on anything but a user error, the
+    cells run one at a time instead, each with its own outcome, as without the option.
+    """
+    started, t0 = utc_now(), time.perf_counter()
+    _reset_peak_memory(session)
+    try:
+        works = [_prepare(cell, session, step) for cell in cells]
+        classifiers = _fit_together(works, fit_many)
+    except BenchError:
+        raise
+    except Exception:
+        log.warning(
+            "seeds %s trained together failed; running them one at a time", cells[0].spec.name, exc_info=True
+        )
+        return [run_cell(cell, session, step=step) for cell in cells]
+    shared = (time.perf_counter() - t0 - sum(w.seconds for w in works)) / len(cells)
+    return [
+        _finish_together(w, session, classifier, started, shared)
+        for w, classifier in zip(works, classifiers, strict=True)
+    ]
+
+
+def _fit_together(works: list[CellWork], fit_many: Callable) -> list[Any]:
+    """The cells' classifiers from one ``fit_many`` call; each record gets its share of the fit time."""
+    t = time.perf_counter()
+    classifiers = fit_many([w.data for w in works], works[0].cell.config, [w.ctx for w in works])
+    seconds = time.perf_counter() - t
+    if len(classifiers) != len(works):
+        raise RuntimeError(f"fit_many returned {len(classifiers)} classifiers for {len(works)} cells")
+    seeds = [w.cell.spec.seed for w in works]
+    for w in works:
+        w.timing["fit"] = seconds / len(works)
+        w.diagnostics["batched_fit"] = {"seeds": seeds, "fit_s": round(seconds, 4)}
+    return classifiers
+
+
+def _finish_together(
+    work: CellWork, session: Session, classifier: Any, started: str, shared: float
+) -> RunResult:
+    """One cell of :func:`run_cells_together` after the shared fit: scored and written as :func:`run_cell`'s."""
+    t0 = time.perf_counter()
+    cell = work.cell
+    try:
+        config, tuning_record = _tuned(work, session)
+        record = _finish(work, session, classifier, config, tuning_record)
+        result = _result(cell, session, record, started, work.seconds + shared + time.perf_counter() - t0)
+        _write_record(cell.path, result)
+        return result
+    except BenchError:
+        raise
+    except Exception as exc:
+        return _failed(cell, session, exc, started, work.seconds + shared + time.perf_counter() - t0)
+
+
+def _reset_peak_memory(session: Session) -> None:
+    if session.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(session.device)
+
+
+def _failed(cell: PlannedCell, session: Session, exc: Exception, started: str, seconds: float) -> RunResult:
+    """The failed record of ``cell``, written unless it would replace an earlier ok record."""
+    log.exception("cell %s failed", cell.spec.name)
+    error = {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback_tail": "".join(traceback.format_exc().splitlines(True)[-15:]),
+    }
     keep = is_done(cell)
     if keep:
         error["message"] += f" (this redo failed; the earlier ok record is kept: {cell.path})"
         log.warning("cell %s: the redo failed; its earlier ok record is kept", cell.spec.name)
-    result = _result(cell, session, _bare_record(cell, session), started, t0, error)
+    result = _result(cell, session, _bare_record(cell, session), started, seconds, error)
     if not keep:
         write_result(cell.path, result)
     return result
 
 
 def _result(
-    cell: PlannedCell, session: Session, record: dict, started: str, t0: float, error: dict | None = None
+    cell: PlannedCell, session: Session, record: dict, started: str, seconds: float, error: dict | None = None
 ) -> RunResult:
-    """The cell's record with its timing, memory and provenance sections; failed when ``error`` is given."""
-    record["timing_s"]["total"] = round(time.perf_counter() - t0, 4)
+    """The cell's record with its timing (``seconds`` in all), memory and provenance sections; failed when
+    ``error`` is given."""
+    record["timing_s"]["total"] = round(seconds, 4)
     record["memory"] = peak_memory(session.device)
     record["provenance"] = {
         **environment(session.device),
@@ -143,7 +215,40 @@ def _spec_record(cell: PlannedCell, session: Session) -> dict:
     }
 
 
+@dataclass
+class CellWork:
+    """A cell read up to its fit (:func:`_prepare`): its data and fit context, what scores it, and the
+    seconds spent on it so far."""
+
+    cell: PlannedCell
+    method: Any
+    data: FewShotData
+    ctx: FitContext
+    fewshot: Any  # the cell's few-shot index (bench.datasets.splits)
+    train_view: ViewSpec
+    load_test: Callable[[], FeatureSet]
+    score_test: Callable[..., dict]
+    timing: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
 def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> dict:
+    work = _prepare(cell, session, step)
+    t = time.perf_counter()
+    config, tuning_record = _tuned(work, session)
+    if cell.spec.tune != "none":
+        work.timing["tune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    classifier = work.method.fit(work.data, config, work.ctx)
+    work.timing["fit"] = time.perf_counter() - t
+    return _finish(work, session, classifier, config, tuning_record)
+
+
+def _prepare(cell: PlannedCell, session: Session, step: Step | None = None) -> CellWork:
+    """The cell's support and val features, its fit context and its test scoring, before any fit."""
+    t0 = time.perf_counter()
     spec, config = cell.spec, cell.config
     method = session.method(spec.method)
     dataset = session.dataset_spec(spec.dataset)
@@ -154,7 +259,6 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
     protocol = get_protocol(spec.protocol)
     classnames, train_idx, val_idx = protocol.classes(splits, fewshot)
     backbone = session.backbone(spec.backbone)
-    timing: dict[str, float] = {}
 
     t = time.perf_counter()
     needs = method.needs(config)
@@ -170,7 +274,7 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
             : len(classnames)
         ],  # base2new: the base classes
     )
-    timing["features"] = time.perf_counter() - t
+    timing = {"features": time.perf_counter() - t}
 
     diagnostics: dict[str, Any] = {}
     ctx = FitContext(
@@ -193,35 +297,40 @@ def _execute(cell: PlannedCell, session: Session, step: Step | None = None) -> d
             classifier, test, splits, session.score, ctx=ctx, eval_batch_size=session.options.eval_batch_size
         )
 
-    t = time.perf_counter()
-    config, tuning_record = _tuned(cell, session, method, data, ctx, load_test, score_test)
-    if spec.tune != "none":
-        timing["tune"] = time.perf_counter() - t
+    work = CellWork(cell, method, data, ctx, fewshot, train_view, load_test, score_test, timing, diagnostics)
+    work.seconds = time.perf_counter() - t0
+    return work
 
-    t = time.perf_counter()
-    classifier = method.fit(data, config, ctx)
-    timing["fit"] = time.perf_counter() - t
 
+def _finish(work: CellWork, session: Session, classifier: Any, config: Any, tuning_record: dict) -> dict:
+    """The cell's record (without totals, memory, provenance): ``classifier`` scored on test, val and shift sets."""
+    spec, timing = work.cell.spec, work.timing
+    splits, backbone = session.splits(spec.dataset), session.backbone(spec.backbone)
     t = time.perf_counter()
-    test = load_test()
+    test = work.load_test()
     timing["test_features"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = {**score_test(classifier, test=test), "val_top1": session.score(classifier, data.val)["top1"]}
+    metrics = {
+        **work.score_test(classifier, test=test),
+        "val_top1": session.score(classifier, work.data.val)["top1"],
+    }
     if spec.shift:  # the shift sets' features are extracted here too
         metrics["transfer"] = _score_shift(classifier, spec, splits, backbone, session)
     timing["eval"] = time.perf_counter() - t
     return {
-        "spec": _spec_record(cell, session),
+        "spec": _spec_record(work.cell, session),
         "backbone": backbone_record(backbone, session.backbone_identity(spec.backbone)),
         "data": {
-            **data_record(splits, fewshot, data, backbone, train_view, session.options.data_root),
+            **data_record(
+                splits, work.fewshot, work.data, backbone, work.train_view, session.options.data_root
+            ),
             **_protocol_record(spec, splits, session),
         },
-        "prompts": prompts_record(config, dataset),
+        "prompts": prompts_record(config, session.dataset_spec(spec.dataset)),
         "config": jsonable(asdict(config)),
         "tuning": jsonable(tuning_record),
         "metrics": metrics,
-        "diagnostics": jsonable(diagnostics),
+        "diagnostics": jsonable(work.diagnostics),
         "timing_s": {k: round(v, 4) for k, v in timing.items()},
         "memory": {},
         "provenance": {},
@@ -252,21 +361,14 @@ def _score_shift(
     return out
 
 
-def _tuned(
-    cell: PlannedCell,
-    session: Session,
-    method: Any,
-    data: FewShotData,
-    ctx: FitContext,
-    load_test: Callable[[], FeatureSet],
-    score_test: Callable[..., dict],
-) -> tuple[Any, dict]:
+def _tuned(work: CellWork, session: Session) -> tuple[Any, dict]:
     """The config to fit and the tuning record: the cell's config untuned, else its study's best.
 
     ``val`` scores trials on the few-shot val split. ``oracle`` is the one place where test
     features reach model selection: loaded here, handed to the objective, labelled ``scored_on: test``;
     a trial is scored by the same ``score_test`` as the final record (base2new: its base-class top-1).
     """
+    cell, data, load_test, score_test = work.cell, work.data, work.load_test, work.score_test
     spec = cell.spec
     if spec.tune == "none":
         return cell.config, {"mode": "none"}
@@ -280,7 +382,7 @@ def _tuned(
     ref = tuning.study_ref(
         spec, cell.study, tuning.storage_url(session.options.storage, session.options.results_root)
     )
-    return tuning.tune(method, data, cell.config, ctx, ref, objective)
+    return tuning.tune(work.method, data, cell.config, work.ctx, ref, objective)
 
 
 def support_view(train_views: int, scale: tuple[float, float] = (0.08, 1.0)) -> ViewSpec:

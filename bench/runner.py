@@ -15,16 +15,18 @@ from dataclasses import dataclass, field
 
 from bench._locks import try_lock
 from bench.backbone import BackboneRef
-from bench.cell import feature_key, run_cell, support_view
+from bench.cell import feature_key, run_cell, run_cells_together, support_view
 from bench.datasets.splits import (
     load_or_create_fewshot,
 )
 from bench.errors import BenchError
+from bench.fileio import canonical_json
 from bench.images import CENTER, ViewSpec
 from bench.progress import GridProgress
 from bench.provenance import utc_now
 from bench.results import (
     ExtractionPass,
+    RunResult,
     append_extraction_pass,
 )
 from bench.session import PlannedCell, RunOptions, Session, is_done, lock_path, plan_cells
@@ -64,7 +66,8 @@ def run_planned(
     (:mod:`bench._locks`), so runners started together on one results folder run each cell once: a
     cell another live runner holds is left to it (``busy``), and a cell finished while this runner
     waited for it is skipped. Tuned cells take no lock: their workers fill one study together by
-    design (:mod:`bench.tuning`).
+    design (:mod:`bench.tuning`). With ``options.batch_seeds`` the unfinished cells of a
+    :func:`seed_groups` group train in one call when the loop reaches the first of them.
 
     Args:
         options: ``force`` and ``progress`` for this run (default: the session's).
@@ -78,43 +81,152 @@ def run_planned(
         return cell.run_id in done_before or (not options.force and is_done(cell))
 
     pending = [c for c in cells if not finished(c)]
+    groups = seed_groups(pending, session) if options.batch_seeds else {}
     prepared: set[str] = set()
-    summary = RunSummary()
-    progress = GridProgress(len(cells), len(pending), bars=options.progress)  # bars, ETA, or a line per cell
+    handled: set[str] = set()  # run ids of the seed groups already run
+    loop = _CellLoop(
+        session, options, RunSummary(), GridProgress(len(cells), len(pending), bars=options.progress), on_ran
+    )
     for cell in cells:
+        if cell.run_id in handled:
+            continue
         if finished(cell):
-            summary.skipped.append(cell.spec.name)
-            progress.skip()
+            loop.summary.skipped.append(cell.spec.name)
+            loop.progress.skip()
             continue
         if prepare and cell.spec.backbone not in prepared:  # right before its cells: one backbone in memory
             prepared.add(cell.spec.backbone)
             _prepare_or_defer([c for c in pending if c.spec.backbone == cell.spec.backbone], session)
+        group = groups.get(cell.run_id)
+        if group is None:
+            loop.one(cell)
+            continue
+        handled.update(c.run_id for c in group.cells)
+        loop.group(group)
+    loop.progress.close()
+    return loop.summary
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """Cells that differ only in seed, and the method's function that trains them in one call."""
+
+    fit_many: Callable
+    cells: list[PlannedCell]
+
+
+def seed_groups(cells: list[PlannedCell], session: Session) -> dict[str, SeedGroup]:
+    """``--batch-seeds``: the cells of ``cells`` that differ only in seed (one method config, dataset, shots,
+    backbone, protocol; untuned or with a fixed config), by run id, where their method's ``batched_fit``
+    trains that config's cells together (:mod:`bench.methods.base`). Other cells are absent: they run one
+    at a time."""
+    members: dict[str, list[PlannedCell]] = {}
+    for cell in cells:
+        key = _seedless_key(cell)
+        if key is not None and all(c.run_id != cell.run_id for c in members.get(key, ())):
+            members.setdefault(key, []).append(cell)
+    groups: dict[str, SeedGroup] = {}
+    for group_cells in members.values():
+        fit_many = _batched_fit(group_cells[0], session) if len(group_cells) > 1 else None
+        if fit_many is not None:
+            groups.update({c.run_id: SeedGroup(fit_many, group_cells) for c in group_cells})
+    return groups
+
+
+def _seedless_key(cell: PlannedCell) -> str | None:
+    """What a cell's seed group shares: everything but the seed; None for a tuned cell (its config is its
+    study's best, its own)."""
+    if cell.study is not None:
+        return None
+    return canonical_json({**cell.spec.to_json(), "seed": None}) + repr(cell.config)
+
+
+def _batched_fit(cell: PlannedCell, session: Session) -> Callable | None:
+    hook = getattr(session.method(cell.spec.method), "batched_fit", None)
+    return hook(cell.config) if hook is not None else None
+
+
+@dataclass
+class _CellLoop:
+    """What :func:`run_planned` does with a cell or a seed group it reaches: lock, look again, run, count."""
+
+    session: Session
+    options: RunOptions
+    summary: RunSummary
+    progress: GridProgress
+    on_ran: Callable[[PlannedCell], None] | None
+
+    def one(self, cell: PlannedCell) -> None:
         lock = None if cell.study else try_lock(lock_path(cell))
         if lock is None and not cell.study:
-            summary.busy.append(cell.spec.name)
-            progress.skip()
-            continue
+            self._busy(cell)
+            return
         try:
-            if not options.force and is_done(cell):  # another runner finished it before we got the lock
-                summary.skipped.append(cell.spec.name)
-                progress.skip()
-                continue
-            t0 = time.perf_counter()
-            result = run_cell(cell, session, step=progress.start(cell.spec.name))
-            progress.finish(cell.spec.name, result, time.perf_counter() - t0)
+            if self._done_meanwhile(cell):
+                return
+            result = self._run(cell)
         finally:
             if lock is not None:
                 lock.release()
-        if on_ran is not None:
-            on_ran(cell)
+        self._count(cell, result)
+
+    def group(self, group: SeedGroup) -> None:
+        """The group's cells this runner can lock and that are still unfinished, trained together."""
+        locks: list = []
+        try:
+            todo = [cell for cell in group.cells if self._claim(cell, locks)]
+            if len(todo) > 1:
+                results = self._together(todo, group.fit_many)
+            else:
+                results = [self._run(cell) for cell in todo]
+        finally:
+            for lock in locks:
+                lock.release()
+        for cell, result in zip(todo, results, strict=True):
+            self._count(cell, result)
+
+    def _claim(self, cell: PlannedCell, locks: list) -> bool:
+        lock = try_lock(lock_path(cell))
+        if lock is None:
+            self._busy(cell)
+            return False
+        locks.append(lock)
+        return not self._done_meanwhile(cell)
+
+    def _run(self, cell: PlannedCell) -> RunResult | None:
+        t0 = time.perf_counter()
+        result = run_cell(cell, self.session, step=self.progress.start(cell.spec.name))
+        self.progress.finish(cell.spec.name, result, time.perf_counter() - t0)
+        return result
+
+    def _together(self, cells: list[PlannedCell], fit_many: Callable) -> list[RunResult]:
+        step = self.progress.start(f"{cells[0].spec.name} and {len(cells) - 1} more seeds")
+        results = run_cells_together(cells, self.session, fit_many, step=step)
+        for cell, result in zip(cells, results, strict=True):
+            self.progress.finish(cell.spec.name, result, result.timing_s.total or 0.0)
+        return results
+
+    def _done_meanwhile(self, cell: PlannedCell) -> bool:
+        """Another runner finished the cell before we got its lock."""
+        if self.options.force or not is_done(cell):
+            return False
+        self.summary.skipped.append(cell.spec.name)
+        self.progress.skip()
+        return True
+
+    def _busy(self, cell: PlannedCell) -> None:
+        self.summary.busy.append(cell.spec.name)
+        self.progress.skip()
+
+    def _count(self, cell: PlannedCell, result: RunResult | None) -> None:
+        if self.on_ran is not None:
+            self.on_ran(cell)
         if result is None:
-            summary.deferred.append(cell.spec.name)
-            continue
-        (summary.ran if result.ok else summary.failed).append(
-            cell.spec.name if result.ok else (cell.spec.name, result.error.message)
-        )
-    progress.close()
-    return summary
+            self.summary.deferred.append(cell.spec.name)
+        elif result.ok:
+            self.summary.ran.append(cell.spec.name)
+        else:
+            self.summary.failed.append((cell.spec.name, result.error.message))
 
 
 def prepare_features(cells: list[PlannedCell], session: Session) -> int:

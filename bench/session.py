@@ -54,6 +54,9 @@ class RunOptions:
     # few-shot sampling (bench.datasets.splits.SAMPLINGS): it defines the subsets, so it enters every
     # run id and record through the split protocol it names
     sampling: str = "dassl"
+    # --batch-seeds: cells differing only in seed train in one call of their method's batched_fit
+    # (bench.runner); the same numbers to float rounding, so not part of the run id; the record says so
+    batch_seeds: bool = False
 
 
 @dataclass(frozen=True)
