@@ -50,6 +50,9 @@ def test_shipped_numbers_are_sourced_marked_and_use_registry_names():
     ]
     assert {v.protocol for v in paper.values if v.source in ("maple_readme", "kgcoop_readme")} == {"base2new"}
     assert {v.part for v in paper.values if v.protocol == "fewshot"} == {"top1"}
+    lora = {(v.dataset, v.shots): v for v in paper.values if v.source == "clip_lora_readme_fig2"}
+    assert len(lora) == 55 and {v.marker for v in lora.values()} == {"~"}  # digitised from the README figure
+    assert (lora[("eurosat", 16)].value, lora[("food101", 4)].value) == (92.2, 82.7)
 
 
 def test_match_respects_generation_prompts_and_markers():
