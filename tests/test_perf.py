@@ -45,6 +45,8 @@ def test_perf_smoke_profile_writes_every_row(tmp_path, capsys):
     assert (
         "C=2: " in next(r for r in rows if r["what"] == "paper grid, predicted: coop")["note"]
     )  # two class counts
+    for method in ("clip_lora", "maple"):  # the encoder-in-the-loop rows (tiny ViT, 4 classes)
+        assert f"{method}: one 4-class 2-shot cell" in names
     for method in ("coop", "clip_adapter"):
         speedup = next(r for r in rows if r["what"].startswith(f"{method} speed-up"))
         assert speedup["unit"] == "x" and speedup["value"] > 0
@@ -63,6 +65,9 @@ def test_every_profile_names_real_models_and_methods():
         assert arch in open_clip.list_models() or arch in bundled_configs(), name
         assert set(profile.methods) <= set(method_registry().names()), name
         assert set(profile.overrides) <= set(profile.methods), name
+        if profile.encoder_in_loop:  # MaPLe needs a ViT
+            vit = profile.encoder_in_loop[0].split("/")[0]
+            assert vit in bundled_configs() or "ViT" in vit and vit in open_clip.list_models(), name
 
 
 def test_adapter_baseline_encodes_all_prompts_every_step_in_fp32():

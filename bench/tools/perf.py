@@ -62,6 +62,8 @@ class PerfProfile:
         grid: also predict the full paper grid (:mod:`bench.tools.grid_cost`) from the measured per-step
             costs, timing CoOp at a tenth of the classes too (its step cost grows with C).
         cocoop: also time CoCoOp's per-image text pass.
+        encoder_in_loop: (ViT backbone, classes, timed steps) for the CLIP-LoRA and MaPLe rows
+            (:mod:`bench.tools.perf_encoder`: one cell each at ``shots``); ``None``: not timed.
     """
 
     backbone: str
@@ -77,6 +79,7 @@ class PerfProfile:
     timed_epochs: dict = dataclasses.field(default_factory=dict)
     grid: bool = True
     cocoop: bool = True
+    encoder_in_loop: tuple[str, int, int] | None = None
 
 
 PAPER_METHODS = GRID_METHODS
@@ -92,6 +95,7 @@ PROFILES = {
         workers=0,
         batch_size=32,
         overrides={"clip_adapter": {"epochs": 4}, "coop": {"epochs": 2}},
+        encoder_in_loop=("bench-tiny/random", 4, 2),
     ),
     "cpu": PerfProfile(
         "bench-tiny/random",
@@ -104,6 +108,7 @@ PROFILES = {
         workers=0,
         batch_size=128,
         overrides={"clip_adapter": {"epochs": 200}},
+        encoder_in_loop=("bench-tiny/random", 10, 20),
     ),
     # Sized for one device call of a few minutes: 10,000 test JPEGs, the 16-shot ImageNet cell, CoOp and
     # CLIP-Adapter timed over 2 and 20 of their 50 and 200 epochs.
@@ -119,6 +124,7 @@ PROFILES = {
         batch_size=512,
         overrides={"clip_adapter": {"epochs": 200}},
         timed_epochs={"coop": 2, "clip_adapter": 20},
+        encoder_in_loop=("ViT-B-16/random", 100, 30),
     ),
     # A real-sized backbone on the CPU (issue 23): RN50 at 224 px, scaled down to a 10-class 16-shot cell, the
     # baselines timed over one epoch; a few minutes on 2 cores.
@@ -449,6 +455,9 @@ def run_profile(
     for row in cocoop_rows(data, ctx) if profile.cocoop else []:
         emit(row)
         rows.append(row)
+    for row in encoder_in_loop_rows(profile, device, workdir, backbone):
+        emit(row)
+        rows.append(row)
     if profile.grid:
         predicted = grid_rows(profile, data, ctx, timings, centre_rate, rate)
         for row in predicted:
@@ -589,6 +598,22 @@ def cocoop_rows(data: FewShotData, ctx: FitContext) -> list[PerfRow]:
             f"1,000 test images: {1000 * per_image:.1f} s (zero-shot and CoOp: one matrix product)",
         ),
     ]
+
+
+def encoder_in_loop_rows(
+    profile: PerfProfile, device: torch.device, workdir: Path, backbone: Backbone
+) -> list[PerfRow]:
+    """CLIP-LoRA's and MaPLe's rows (:func:`bench.tools.perf_encoder.encoder_rows`) on the profile's ViT
+    (``backbone`` when it is the same one), on their own generated support JPEGs."""
+    if profile.encoder_in_loop is None:
+        return []
+    from bench.tools.perf_encoder import encoder_rows
+
+    arch, n_classes, timed_steps = profile.encoder_in_loop
+    vit = backbone if arch == profile.backbone else load_backbone(BackboneRef.parse(arch), device)
+    support = make_jpegs(workdir / "encoder", n_classes, profile.shots)
+    rows = encoder_rows(vit, workdir / "encoder", support, n_classes, profile.shots, timed_steps)
+    return [PerfRow(r["what"], r["value"], r["unit"], f"{arch}; {r['note']}") for r in rows]
 
 
 def _classes_subset(data: FewShotData, n_classes: int) -> FewShotData:

@@ -5,9 +5,9 @@ A cell is timed over its first ``timed_steps`` optimiser steps and extrapolated 
 peak RSS). Each row's note compares our per-step work with the official code's: the same encoders run
 forward and backward in both; what differs is stated (precision, MaPLe's truncated text length).
 
-Kept apart from :mod:`bench.tools.perf` (being reorganised for issue 17): :func:`encoder_rows` takes the
-support JPEGs and backbone :func:`bench.tools.perf.run_profile` already made, so wiring it in is one call.
-Run alone: ``python -m bench.tools.perf_encoder --profile cpu|gpu``.
+``bench perf`` adds these rows to every profile with ``encoder_in_loop`` set
+(:func:`bench.tools.perf.encoder_in_loop_rows`). Run alone: ``python -m bench.tools.perf_encoder --profile
+cpu|gpu`` (the same profiles' settings).
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ from bench.methods.base import FeatureSet, FewShotData, FitContext, ImageSource
 from bench.methods.clip_lora import ClipLora
 from bench.methods.maple import Maple
 from bench.provenance import peak_host_rss_bytes
-
-PROFILES = {  # backbone, classes, shots, timed optimiser steps per method
-    "cpu": ("bench-tiny/random", 10, 16, 20),
-    "gpu": ("ViT-B-16/random", 100, 16, 30),
-}
 
 
 def _cell(root: Path, support: LabeledImages, backbone: Backbone, n_classes: int, shots: int) -> FewShotData:
@@ -120,15 +115,17 @@ def encoder_rows(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.tools.perf import make_jpegs
+    from bench.tools.perf import PROFILES, make_jpegs
 
+    names = [name for name, profile in PROFILES.items() if profile.encoder_in_loop]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="auto", choices=("auto", *PROFILES))
+    parser.add_argument("--profile", default="auto", choices=("auto", *names))
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     name = args.profile if args.profile != "auto" else ("gpu" if device.type == "cuda" else "cpu")
-    arch, n_classes, shots, timed = PROFILES[name]
+    arch, n_classes, timed = PROFILES[name].encoder_in_loop
+    shots = PROFILES[name].shots
     backbone = load_backbone(BackboneRef.parse(arch), device)
     with tempfile.TemporaryDirectory() as tmp:
         support = make_jpegs(Path(tmp), n_classes, shots)
