@@ -291,17 +291,7 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
                 )
                 blocks.append(Block("Comparisons", 3, (), (note,)))
         elif paper is not None or table.options.compare_methods:
-            blocks.append(
-                Block(
-                    "Comparisons",
-                    3,
-                    (),
-                    (
-                        "Published numbers and the paired comparison cover the few-shot "
-                        "protocol only; these cells are not compared.",
-                    ),
-                )
-            )
+            blocks.append(Block("Comparisons", 3, (), (_unmatched_protocol_note(table, paper),)))
         return blocks, payload, long
     if paper is not None:
         block, long = sections.paper_block(table, long, paper)
@@ -311,6 +301,22 @@ def _section(table: Table, paper) -> tuple[list[Block], dict, pd.DataFrame]:
         if block is not None:
             blocks.append(block)
     return blocks, payload, long
+
+
+def _unmatched_protocol_note(table: Table, paper) -> str:
+    """The note of a table of another protocol than few-shot that nothing published matches."""
+    paired = "The paired comparison covers the few-shot protocol only; these cells are not compared."
+    if paper is None:
+        return paired
+    frame = table.frame
+    published = (
+        "No published series matches these cells: a published value matches only cells of the same "
+        f"protocol ({table.settings['protocol']}), method, dataset, shots, architecture "
+        f"({', '.join(map(str, frame['arch'].unique()))}) and preprocessing generation "
+        f"({', '.join(map(str, frame['generation'].unique()))}); an 11-dataset average only a table that "
+        "holds all 11."
+    )
+    return f"{published} {paired}" if table.options.compare_methods else published
 
 
 def _generation_note(generations: str) -> str:

@@ -276,7 +276,63 @@ def test_report_compares_base2new_tables_with_base2new_numbers_only(tmp_path):
     text = render(
         results_frame(load_results(tmp_path / "part")), "markdown", ReportOptions(compare_paper=True)
     )
-    assert "published base-to-new" not in text and "cover the few-shot protocol only" in text
+    assert "published base-to-new" not in text and "cover the few-shot protocol only" not in text
+    assert "No published series matches these cells" in text and "same protocol (base2new)" in text
+
+
+def test_gda_vit_b16_series_load_and_match_base2new_and_fewshot_cells(tmp_path):
+    paper = load_paper_numbers()
+    b2n = [v for v in paper.values if v.source == "gda_base2new_log"]
+    assert len(b2n) == 33 and {v.dataset for v in b2n} == set(STANDARD_DATASETS)  # no average printed
+    assert {(v.method, v.arch, v.protocol, v.shots, v.generation, v.marker) for v in b2n} == {
+        ("gda", "ViT-B-16", "base2new", 16, "coop_v2", "V")
+    }
+    assert {v.prompts for v in b2n if v.dataset != "imagenet"} == {"coop"}
+    kw = {"method": "gda", "arch": "ViT-B-16", "shots": 16, "generation": "coop_v2", "protocol": "base2new"}
+    eurosat = {
+        p: best_match(paper, **kw, dataset="eurosat", prompts="coop", part=p) for p in ("base", "new", "hm")
+    }
+    assert {p: v.value for p, v in eurosat.items()} == {"base": 93.28, "new": 79.21, "hm": 85.67}
+    imagenet = best_match(paper, **kw, dataset="imagenet", prompts="coop_ensemble", part="new")
+    assert (imagenet.value, imagenet.prompts) == (69.79, "coop_ensemble")
+    assert best_match(paper, **{**kw, "arch": "RN50"}, dataset="dtd", prompts="coop", part="base") is None
+    # the ViT-B/16 few-shot runs (16 shots) of logs/architecture.log; the RN50 curves stay exp.log's
+    fewshot = {k: v for k, v in kw.items() if k != "protocol"}
+    dtd = best_match(paper, **fewshot, dataset="dtd", prompts="coop")
+    assert (dtd.value, dtd.source, dtd.marker) == (71.26, "gda_architecture_log", "V")
+    assert best_match(paper, **{**fewshot, "shots": 4}, dataset="dtd", prompts="coop") is None
+    assert (
+        best_match(paper, **{**fewshot, "arch": "RN50"}, dataset="dtd", prompts="coop").source
+        == "gda_exp_log"
+    )
+
+    for seed in (1, 2, 3):  # a base2new record of gda on ViT-B-16 meets the per-dataset series
+        save(
+            tmp_path,
+            record(
+                "gda",
+                "eurosat",
+                16,
+                seed,
+                0.93,
+                backbone="ViT-B-16/openai",
+                protocol="base2new",
+                extra_metrics={"base_top1": 0.93, "new_top1": 0.80, "harmonic_mean": 2 * 0.93 * 0.8 / 1.73},
+            ),
+        )
+    text = render(results_frame(load_results(tmp_path)), "markdown", ReportOptions(compare_paper=True))
+    block = text.split("### Comparison with published base-to-new numbers", 1)[1]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("|")
+    ]
+    hm = 2 * 93 * 80 / (93 + 80)
+    assert [r[:7] for r in rows[2:]] == [
+        ["GDA", "16", "EuroSAT", "base", "93.00", "93.28", "−0.28"],
+        ["GDA", "16", "EuroSAT", "new", "80.00", "79.21", "+0.79"],
+        ["GDA", "16", "EuroSAT", "H", f"{hm:.2f}", "85.67", f"{hm - 85.67:+.2f}".replace("-", "−")],
+    ]
+    assert "gda_base2new_log [V]" in block and "3 of 3 compared values are within ±1 pt" in block
+    assert "No published series matches" not in text
 
 
 @pytest.mark.parametrize(
