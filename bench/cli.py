@@ -133,6 +133,7 @@ def _run_options(args):
         progress=not args.no_progress,
         storage=args.storage,
         sampling=args.sampling,
+        batch_seeds=args.batch_seeds,
     )
 
 

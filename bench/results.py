@@ -141,7 +141,7 @@ class DataInfo(Section):
     """The data the number was computed on."""
 
     NAME: ClassVar[str] = "data"
-    split_protocol: str | None = None  # dassl | dassl_repeat | dassl+val_from_train: how subsets are drawn
+    split_protocol: str | None = None  # dassl | dassl_repeat | dassl_full_val, [+val_from_train]: the draw
     protocol: str | None = None  # fewshot | base2new
     split_file: str | None = None  # relative to the data root
     split_file_sha256: str | None = None

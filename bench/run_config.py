@@ -194,10 +194,11 @@ class RunConfig:
     )
     sampling: str = _opt(
         "dassl",
-        "few-shot subsets: dassl (Dassl's default: a class smaller than K is taken whole) "
-        "or dassl_repeat (Dassl's repeat=True: drawn with replacement to K); recorded as "
-        "split_protocol",
-        choices=("dassl", "dassl_repeat"),
+        "few-shot subsets: dassl (Dassl's default: a class smaller than K is taken whole), "
+        "dassl_repeat (Dassl's repeat=True: drawn with replacement to K) or dassl_full_val "
+        "(Dassl's support set, the whole val split as val: Tip-Adapter's selection split; "
+        "not for datasets without a val split, e.g. imagenet); recorded as split_protocol",
+        choices=("dassl", "dassl_repeat", "dassl_full_val"),
     )
     plugins: str = _opt(
         "",
@@ -224,6 +225,14 @@ class RunConfig:
         128, "images per encoder forward during feature extraction", kind="int", group="run", minimum=1
     )
     force: bool = _opt(False, "redo cells that already have a record", kind="bool", group="run")
+    batch_seeds: bool = _opt(
+        False,
+        "train the seeds of a cell together where the method can (CoOp, CLIP-Adapter: one stacked model, "
+        "the same numbers to float rounding); each seed still gets its own record, which says so "
+        "(diagnostics.batched_fit); untuned cells and fixed configs only",
+        kind="bool",
+        group="run",
+    )
     dry_run: bool = _opt(
         False,
         "print the cells and how many are done (with --executor slurm: and the sbatch scripts), then exit",

@@ -55,7 +55,7 @@ def add_parser(subparsers) -> None:
     export.add_argument(
         "--sampling",
         default="dassl",
-        choices=("dassl", "dassl_repeat"),
+        choices=("dassl", "dassl_repeat", "dassl_full_val"),  # bench.datasets.splits.SAMPLINGS (tested)
         help="few-shot sampling, as bench run --sampling (default: dassl)",
     )
     add_folder_argument(

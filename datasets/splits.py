@@ -39,7 +39,9 @@ from bench.errors import BenchError
 from bench.fileio import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from bench.seeding import derive_seed
 
-SAMPLINGS = ("dassl", "dassl_repeat")  # Dassl's current default (repeat=False); repeat=True
+# Dassl's current default (repeat=False); repeat=True; Dassl's support set with the whole val split as val
+# (Tip-Adapter's selection split outside ImageNet)
+SAMPLINGS = ("dassl", "dassl_repeat", "dassl_full_val")
 log = logging.getLogger(__name__)
 
 SPLIT_PROTOCOL = "dassl"
@@ -192,10 +194,19 @@ def check_sampling(sampling: str) -> None:
 def split_protocol(spec: DatasetSpec, sampling: str = SPLIT_PROTOCOL) -> str:
     """How (train, val) subsets are drawn for ``spec``: recorded in every result and part of its run id.
 
-    ``sampling`` is ``"dassl"`` (Dassl's current default) or ``"dassl_repeat"`` (with replacement for
-    a class smaller than K); datasets without a val split add ``+val_from_train``.
+    ``sampling`` is ``"dassl"`` (Dassl's current default), ``"dassl_repeat"`` (with replacement for
+    a class smaller than K) or ``"dassl_full_val"`` (Dassl's support set; val is the whole val split);
+    datasets without a val split add ``+val_from_train``.
     """
     check_sampling(sampling)
+    if sampling == "dassl_full_val" and spec.val_source == "train":
+        raise BenchError(
+            f"dataset {spec.name!r} has no val split, so --sampling dassl_full_val has no full val split "
+            "to select on (the official Tip-Adapter selects on test there, main_imagenet.py)",
+            where="--sampling",
+            fix=f"run {spec.name} in its own bench run with --sampling dassl (few-shot val from train), "
+            "or with --tune oracle for the labelled test-selected numbers",
+        )
     return sampling + (VAL_FROM_TRAIN if spec.val_source == "train" else "")
 
 
@@ -207,10 +218,12 @@ def sample_fewshot(
     *,
     val_from_train: bool = False,
     repeat: bool = False,
+    full_val: bool = False,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Draw (train, val) index tuples exactly as CoOp/Dassl would for ``seed``.
 
     ``repeat``: Dassl's ``repeat=True`` (protocol ``dassl_repeat``) for classes smaller than K.
+    ``full_val`` (protocol ``dassl_full_val``): the same support set; val is every val-split image.
 
     With ``val_from_train`` (ImageNet, which has no val split; CoOp used val = test) the val
     indices point into ``splits.train`` too: ``min(K, 4)`` per class drawn from the train images
@@ -221,6 +234,8 @@ def sample_fewshot(
         raise BenchError(f"shots must be >= 1, got {shots}", where="--shots", fix="use 1, 2, 4, 8 or 16")
     rng = random.Random(seed)
     train = draw_fewshot(splits.train.labels, shots, rng, repeat=repeat)
+    if full_val:
+        return train, tuple(range(len(splits.val)))
     if not val_from_train:
         return train, draw_fewshot(splits.val.labels, min(shots, VAL_SHOTS_CAP), rng, repeat=repeat)
     support = set(train)
@@ -285,6 +300,7 @@ def load_or_create_fewshot(
         seed,
         val_from_train=spec.val_source == "train",
         repeat=sampling == "dassl_repeat",
+        full_val=sampling == "dassl_full_val",
     )
     record = {
         "schema": INDEX_SCHEMA,

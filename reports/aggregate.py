@@ -113,15 +113,27 @@ def paper_arch(backbone: BackboneInfo) -> str:
     return f"{arch} ({mark})"
 
 
+DEFAULT_SAMPLING = "dassl"
+
+
+def sampling_suffix(split_protocol: str | None) -> str:
+    """``" (sampling: dassl_full_val)"`` for subsets not drawn with the default ``--sampling dassl``
+    (other subsets, or another selection split); ``""`` otherwise and for records that predate it.
+    ImageNet's ``+val_from_train`` is the dataset's, not a choice, so it is left out."""
+    drawn = (split_protocol or DEFAULT_SAMPLING).split("+")[0]
+    return "" if drawn == DEFAULT_SAMPLING else f" (sampling: {drawn})"
+
+
 def record_keys(r: RunResult) -> dict:
     """The columns that place a record in a table (backbone, weights, tuning, method label, cell), shared by
-    the results frame and the parameter frame."""
+    the results frame and the parameter frame. The method label carries the sampling, so records drawn
+    with another ``--sampling`` are a row of their own, never averaged with the default's."""
     return {
         "backbone": r.backbone.id,
         "weights_sha256": (r.backbone.weights_sha256 or "?")[:12],
         "tune": r.spec.tune,
         "trials": r.spec.trials,
-        "method": method_label(r.spec),
+        "method": method_label(r.spec) + sampling_suffix(r.data.split_protocol),
         "dataset": r.spec.dataset,
         "shots": r.spec.shots,
         "seed": r.spec.seed,

@@ -61,6 +61,7 @@ def record(
     finished=None,
     overrides=None,
     trials=0,
+    split_protocol=None,
 ):
     """One RunResult; ``prompts="default"`` uses the method's usual prompt set (None for the linear probe)."""
     prompt_set = PROMPTS.get(method, "coop") if prompts == "default" else prompts
@@ -96,6 +97,7 @@ def record(
                     preprocessing,
                     overrides,
                     *([trials] if trials else []),
+                    *([split_protocol] if split_protocol else []),
                 ]
             )[:16],
             backbone={
@@ -104,7 +106,7 @@ def record(
                 "weights_sha256": weights,
                 "precision": "bf16",
             },
-            data={"preprocessing": preprocessing or SHORTEST},
+            data={"preprocessing": preprocessing or SHORTEST, "split_protocol": split_protocol},
             config={},
             tuning={"mode": tune},
             metrics=metrics,

@@ -402,6 +402,22 @@ def test_tuned_cells_with_different_trial_budgets_get_their_own_rows(tmp_path):
     assert one_budget[1][0] == "clip_adapter"  # a single budget adds nothing to the label
 
 
+def test_another_sampling_is_a_row_of_its_own(tmp_path):
+    """Subsets drawn with --sampling dassl_full_val (another selection split) never average with, or
+    replace, the default's; ImageNet's +val_from_train is the dataset's and adds no label."""
+    for seed, (plain, full) in enumerate(((0.60, 0.70), (0.62, 0.72)), start=1):
+        save(tmp_path, record("tip_adapter", "dtd", 1, seed, plain, split_protocol="dassl"))
+        save(tmp_path, record("tip_adapter", "dtd", 1, seed, full, split_protocol="dassl_full_val"))
+        save(
+            tmp_path, record("tip_adapter", "imagenet", 1, seed, plain, split_protocol="dassl+val_from_train")
+        )
+    frame = results_frame(load_results(tmp_path))
+    assert set(frame["label"]) == {"tip_adapter", "tip_adapter (sampling: dassl_full_val)"}
+    assert len(frame) == 6
+    rows = _rows(render(frame, "markdown", IDS), "## RN50/openai")
+    assert any(r[0] == "tip_adapter (sampling: dassl_full_val)" and "71.00 ± 1.00" in r for r in rows)
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import random
 import re
@@ -117,6 +118,37 @@ def test_the_sampling_names_the_protocol_and_the_index_folder(data_root, tmp_pat
     assert split_protocol(SYNTHETIC, "dassl_repeat") == "dassl_repeat"
     with pytest.raises(BenchError, match="unknown few-shot sampling"):
         split_protocol(SYNTHETIC, "replace")
+
+
+def test_dassl_full_val_keeps_the_support_set_and_takes_the_whole_val_split(data_root, tmp_path):
+    """Tip-Adapter's selection split outside ImageNet: the same support set as dassl, every val image
+    as val; a dataset without a val split refuses it (it would mean selecting on test)."""
+    from bench.datasets.splits import SAMPLINGS, split_protocol
+
+    splits = read_split_file(SYNTHETIC, data_root)
+    plain = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path)
+    full = load_or_create_fewshot(splits, SYNTHETIC, 2, 1, tmp_path, "dassl_full_val")
+    assert full.train == plain.train and full.protocol == "dassl_full_val"
+    assert full.val == tuple(range(len(splits.val))) and len(plain.val) < len(full.val)
+    assert full.path.parts[-3] == "dassl_full_val"
+    no_val = dataclasses.replace(SYNTHETIC, val_source="train")
+    with pytest.raises(BenchError, match="has no val split") as info:
+        split_protocol(no_val, "dassl_full_val")
+    assert info.value.where == "--sampling"
+    for parser_choices in (
+        _choices(["run"], "--sampling"),
+        _choices(["data", "export-splits"], "--sampling"),
+    ):
+        assert tuple(parser_choices) == SAMPLINGS
+
+
+def _choices(command: list[str], flag: str):
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    for name in command:
+        parser = parser._subparsers._group_actions[0].choices[name]
+    return next(a for a in parser._actions if flag in a.option_strings).choices
 
 
 def test_an_index_drawn_with_replacement_under_dassl_is_refused(data_root, tmp_path):
