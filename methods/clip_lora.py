@@ -24,7 +24,7 @@ Defaults, each read in MaxZanella/CLIP-LoRA (snapshot 358f0d7, 2024-10-14):
   normalisation; ``datasets/utils.py``: ``build_data_loader(..., drop_last=False)``.
 
 Deviations: bf16 autocast on CUDA where the official code uses fp16 autocast with a GradScaler
-(fp32 on the CPU); the backbone's own ``exp(logit_scale)`` where the official hard-codes 100 (the
+(fp32 on the CPU; ``precision="fp16"`` runs the official way); the backbone's own ``exp(logit_scale)`` where the official hard-codes 100 (the
 same value for released CLIPs up to rounding). On a ResNet image tower the vision-side adapters
 go on the attention pool's q/k/v projections, merged into the weights (no dropout there): the
 official code supports ViTs only.
@@ -43,8 +43,10 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.methods.base import FewShotData, FitContext, Needs
 from bench.methods.encoder_training import (
+    check_precision,
     cosine_annealing,
     encoded_set,
+    encoder_autocast,
     epochs_for_steps,
     grad_checkpointing,
     image_features,
@@ -78,6 +80,8 @@ class ClipLoraConfig:
     batch_size: int = 32
     template: str = "a photo of a {}."  # the official code's one template, every dataset
     grad_checkpointing: bool = False  # recompute activations in the backward (memory for time)
+    precision: str = "auto"  # "auto": the backbone's autocast (bf16 on CUDA, fp32 on CPU); "fp16": float16
+    # autocast with a GradScaler, train and test, as main.py / run_utils.py run it
 
 
 def _uniform_a(rank: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -266,7 +270,7 @@ class AdaptedEncoderClassifier(torch.nn.Module):
         """(B, 3, S, S) normalised pixels -> (B, D) float32 raw features of the adapted image encoder."""
         self.adapters.eval()
         with self.adapters.installed(self.backbone.model):
-            return image_features(self.backbone, pixels)
+            return image_features(self.backbone, pixels, getattr(self.adapters, "precision", "auto"))
 
     @torch.no_grad()
     def for_classes(self, classnames: tuple[str, ...], ctx: FitContext) -> AdaptedEncoderClassifier:
@@ -304,12 +308,13 @@ class LoraModel(LoraAdapters):
     def __init__(self, model: torch.nn.Module, cfg: ClipLoraConfig, generator: torch.Generator):
         super().__init__(model, cfg, generator)
         self.template = cfg.template
+        self.precision = cfg.precision
 
     def text_features(self, backbone: Any, classnames: tuple[str, ...]) -> torch.Tensor:
         """(C, D) float32 raw text features of ``template.format(name)`` through the adapted text encoder
         (differentiable when gradients are on)."""
         tokens = backbone.tokenize([self.template.format(name) for name in classnames]).to(backbone.device)
-        with self.installed(backbone.model), backbone.autocast():
+        with self.installed(backbone.model), encoder_autocast(backbone, self.precision):
             return backbone.model.encode_text(tokens).float()
 
 
@@ -318,6 +323,7 @@ class ClipLora:
     version = "1"
     trainable = True
     Config = ClipLoraConfig
+    as_published: ClassVar[dict[str, Any]] = {"precision": "fp16"}
 
     def default_config(self, dataset: str, shots: int) -> ClipLoraConfig:
         return ClipLoraConfig()  # fixed for every dataset and shot count (the paper's point)
@@ -341,6 +347,7 @@ class ClipLora:
                 where="FewShotData.train.images",
                 fix="run it through the runner (bench run), which attaches the images",
             )
+        check_precision(cfg.precision, self.name)
         lora = LoraModel(backbone.model, cfg, torch_generator(derive_seed(ctx.seed, "init")))
         params = [p for p in lora.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
@@ -356,9 +363,9 @@ class ClipLora:
             with lora.installed(backbone.model):
                 if cfg.encoders == "text":
                     with torch.no_grad():
-                        image = image_features(backbone, pixels)
+                        image = image_features(backbone, pixels, cfg.precision)
                 else:
-                    image = image_features(backbone, pixels)
+                    image = image_features(backbone, pixels, cfg.precision)
             return F.cross_entropy(normalised_logits(ctx.logit_scale, image, text), labels)
 
         def after_step(step: int) -> None:
@@ -387,6 +394,7 @@ class ClipLora:
                 after_step=after_step,
                 on_epoch_end=report,
                 work=step_work(backbone.model, cfg.batch_size, data.n_classes),
+                scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
             )
         ctx.record("iterations", total)
         ctx.record("adapted_modules", len(lora.adapters))

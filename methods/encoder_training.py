@@ -40,6 +40,7 @@ from bench.methods.base import FeatureSet, ImageSource
 from bench.seeding import derive_seed
 
 AUGMENTS = ("cached", "live")
+PRECISIONS = ("auto", "fp16")  # the backbone's autocast (bf16 on CUDA, fp32 on CPU); the official codes' fp16
 EVAL_IMAGE_BATCH = 256  # images per forward when scoring through an adapted encoder
 
 
@@ -82,10 +83,28 @@ def to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
     return pixels.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else pixels
 
 
-def image_features(backbone, pixels: torch.Tensor) -> torch.Tensor:
+def encoder_autocast(backbone, precision: str = "auto"):
+    """The autocast an encoder-in-the-loop forward runs under: ``"auto"`` the backbone's (bf16 on CUDA,
+    off on the CPU, as extraction); ``"fp16"`` float16 autocast on any device, as the official CLIP-LoRA
+    (``torch.autocast(dtype=torch.float16)``) and MaPLe (``PREC: fp16``) run."""
+    if precision == "fp16":
+        return torch.autocast(device_type=backbone.device.type, dtype=torch.float16)
+    return backbone.autocast()
+
+
+def check_precision(precision: str, method: str) -> None:
+    if precision not in PRECISIONS:
+        raise BenchError(
+            f"unknown precision {precision!r}",
+            where=f"config field {method}.precision",
+            fix=f"use one of: {', '.join(PRECISIONS)} (docs/fidelity.md)",
+        )
+
+
+def image_features(backbone, pixels: torch.Tensor, precision: str = "auto") -> torch.Tensor:
     """(B, 3, S, S) -> (B, D) float32 raw features through ``backbone.model.encode_image`` with gradients
-    (whatever hooks are installed), under the backbone's autocast."""
-    with backbone.autocast():
+    (whatever hooks are installed), under :func:`encoder_autocast`."""
+    with encoder_autocast(backbone, precision):
         return backbone.model.encode_image(to_device(pixels, backbone.device)).float()
 
 
@@ -224,6 +243,7 @@ def train_steps(
     after_step: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     work: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[float]:
     """Optimiser steps on ``loss_fn(pixels (B, 3, S, S), labels (B,))`` over live views; returns the mean
     loss per epoch.
@@ -237,6 +257,8 @@ def train_steps(
         epoch_lr: the learning rate of each 0-based epoch (Dassl's per-epoch schedule), set before it.
         after_step: called with the 0-based step index after every optimiser step (per-step schedules).
         work: multiply-adds per step, roughly (:func:`step_work`): a small problem trains on one CPU thread.
+        scaler: dynamic loss scaling for float16 forwards (CLIP-LoRA's ``GradScaler``); a step whose scaled
+            gradients overflow is skipped, as torch's scaler does.
     """
     from bench.methods.training import cpu_threads_for
 
@@ -256,8 +278,13 @@ def train_steps(
             for index, pixels in zip(order, pixel_batches(source, view, order, device), strict=False):
                 loss = loss_fn(pixels, labels[index.to(device)])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 total, count = total + loss.detach() * len(index), count + len(index)
                 del loss  # the graph of this step goes now, not after the next forward
                 if after_step is not None:

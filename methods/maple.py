@@ -26,7 +26,7 @@ Defaults, each read in muzairkhattak/multimodal-prompt-learning (snapshot 69bce2
   described above, at layers 1 .. depth-1.
 
 Deviations: bf16 autocast on CUDA with fp32 parameters, where the official code runs CLIP and the
-first coupling in fp16 (its context vectors are fp16 too); the text transformer runs up to the longest
+first coupling in fp16 (its context vectors are fp16 too; ``precision="fp16"`` runs that way); the text transformer runs up to the longest
 EOT during training (as CoOp here: exact under the causal mask up to kernel rounding); a depth larger
 than an encoder's layer count is clipped to it (recorded as ``prompt_depth_used``). ViT backbones
 only, as the official code.
@@ -47,6 +47,8 @@ from bench.methods.base import FewShotData, FitContext, Needs
 from bench.methods.clip_lora import AdaptedEncoderClassifier, adapted_classifier, adapted_val_accuracy
 from bench.methods.coop import PromptLearner, text_tower
 from bench.methods.encoder_training import (
+    check_precision,
+    encoder_autocast,
     grad_checkpointing,
     image_features,
     normalised_logits,
@@ -74,6 +76,10 @@ class MapleConfig:
     batch_size: int = 4
     weight_decay: float = 5e-4
     grad_checkpointing: bool = False
+    precision: str = (
+        "auto"  # "auto": the backbone's autocast; "fp16": float16 autocast and the layer-0 context
+    )
+    # and first coupling held in float16, trained by plain SGD without loss scaling (PREC: fp16)
 
 
 def _check_vit(model: torch.nn.Module) -> None:
@@ -141,6 +147,10 @@ class MaplePrompts(torch.nn.Module):
             single = torch.nn.Linear(text_width, vision_width)
         self.deep_proj = torch.nn.ModuleList([copy.deepcopy(single) for _ in range(self.depth - 1)])
         self.to(device)
+        self.precision = cfg.precision
+        if cfg.precision == "fp16":  # trainers/maple.py: ctx_vectors in the CLIP dtype, self.proj.half()
+            self.ctx.data = self.ctx.data.half()
+            self.proj.half()
         self.checkpointing = cfg.grad_checkpointing
 
     def vision_prompts(self) -> list[torch.Tensor]:
@@ -218,7 +228,7 @@ class MaplePrompts(torch.nn.Module):
     ) -> torch.Tensor:
         """(C, D) float32 raw text features of the prompted text encoder."""
         learner = self.learner(backbone, classnames)
-        with self.installed(backbone.model), backbone.autocast():
+        with self.installed(backbone.model), encoder_autocast(backbone, self.precision):
             return learner.text_features(text_tower(backbone.model), truncate=truncate).float()
 
 
@@ -227,6 +237,7 @@ class Maple:
     version = "1"
     trainable = True
     Config = MapleConfig
+    as_published: ClassVar[dict[str, Any]] = {"precision": "fp16"}
 
     def default_config(self, dataset: str, shots: int) -> MapleConfig:
         return MapleConfig()  # the paper's one config (vit_b16_c2_ep5_batch4_2ctx) for every dataset
@@ -250,6 +261,7 @@ class Maple:
                 where="FewShotData.train.images",
                 fix="run it through the runner (bench run), which attaches the images",
             )
+        check_precision(cfg.precision, self.name)
         prompts = MaplePrompts(backbone, cfg, ctx.seed)
         params = list(prompts.parameters())
         recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
@@ -258,7 +270,7 @@ class Maple:
         def loss_fn(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             text = prompts.text_features(backbone, data.classnames, truncate=True)
             with prompts.installed(backbone.model):
-                image = image_features(backbone, pixels)
+                image = image_features(backbone, pixels, cfg.precision)
             return F.cross_entropy(normalised_logits(ctx.logit_scale, image, text), labels)
 
         def val_accuracy() -> float:

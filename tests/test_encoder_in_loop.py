@@ -110,6 +110,35 @@ def test_clip_lora_with_trained_b_is_not_zero_shot(splits, backbone):
     )
 
 
+def test_fp16_switches_run_the_official_precision(splits, backbone, monkeypatch):
+    """``precision=fp16``: CLIP-LoRA at B = 0 predicts as zero-shot under the same float16 autocast and trains
+    through a GradScaler; MaPLe holds its layer-0 context and first coupling in float16 and trains them."""
+    data = _data(splits, backbone)
+    test = _set(splits, backbone, "test")
+    base = ClipLora().default_config("synthetic", 2)
+    lora = ClipLora().fit(data, dataclasses.replace(base, n_iters=0, precision="fp16"), _ctx(backbone))
+    with torch.no_grad():
+        features = encoder_training.encoded_set(lora.encode_images, test, CPU).center
+        with torch.autocast("cpu", dtype=torch.float16):
+            frozen = backbone.model.encode_image(_pixels(splits, backbone, test)).float()
+    assert torch.equal(features, frozen) and not torch.equal(features, test.center)  # fp16, not fp32
+
+    scaled = []
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: scaled.append(1) or real_scaler(*a, **k))
+    trained = ClipLora().fit(data, dataclasses.replace(base, n_iters=2, precision="fp16"), _ctx(backbone))
+    assert scaled and any(torch.count_nonzero(p) for n, p in trained.adapters.named_parameters() if "B" in n)
+
+    cfg = dataclasses.replace(Maple.Config(), precision="fp16", epochs=2, lr=0.5)
+    prompts = MaplePrompts(backbone, cfg, seed=1)
+    assert prompts.ctx.dtype == prompts.proj.weight.dtype == torch.float16
+    assert prompts.deep_text[0].dtype == torch.float32  # the deeper prompts stay fp32, as the official code
+    maple = Maple().fit(data, cfg, _ctx(backbone))
+    assert maple.adapters.ctx.dtype == torch.float16 and not torch.equal(maple.adapters.ctx, prompts.ctx)
+    with pytest.raises(BenchError, match="maple.precision"):
+        Maple().fit(data, dataclasses.replace(cfg, precision="bf16"), _ctx(backbone))
+
+
 def test_maple_with_zero_length_prompts_is_the_frozen_encoder(splits, backbone):
     prompts = MaplePrompts(backbone, Maple.Config(n_ctx=0), seed=1)
     test = _set(splits, backbone, "test")
