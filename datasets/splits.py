@@ -191,6 +191,11 @@ def check_sampling(sampling: str) -> None:
         )
 
 
+def samplings_for(spec: DatasetSpec) -> tuple[str, ...]:
+    """The :data:`SAMPLINGS` ``spec`` accepts: ``dassl_full_val`` needs a val split of its own."""
+    return tuple(s for s in SAMPLINGS if s != "dassl_full_val" or spec.val_source != "train")
+
+
 def split_protocol(spec: DatasetSpec, sampling: str = SPLIT_PROTOCOL) -> str:
     """How (train, val) subsets are drawn for ``spec``: recorded in every result and part of its run id.
 
@@ -333,7 +338,7 @@ def import_index(source: Path, splits: DatasetSplits, spec: DatasetSpec, cache_r
             where=str(source),
             fix="pass a folder written by `bench data export-splits`",
         ) from exc
-    protocols = {split_protocol(spec, sampling): sampling for sampling in SAMPLINGS}
+    protocols = {split_protocol(spec, sampling): sampling for sampling in samplings_for(spec)}
     if record.get("dataset") != spec.name:
         raise BenchError(
             f"field 'dataset' is {record.get('dataset')!r}, expected {spec.name!r}",
