@@ -9,7 +9,7 @@ evaluates on test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -203,6 +203,19 @@ COMMON_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "reduction": (1, None),
 }
 POSITIVE_FIELDS = ("lr",)  # strictly above zero
+
+
+def check_choice(method: str, name: str, value: Any, choices: Collection[str], *, see: str = "") -> None:
+    """Raise a :class:`BenchError` naming ``config field METHOD.NAME`` when ``value`` is not in ``choices``
+    (a config field with a closed set of values: a precision, a branch, an augmentation)."""
+    from bench.errors import BenchError
+
+    if value not in choices:
+        raise BenchError(
+            f"unknown {name} {value!r}",
+            where=f"config field {method}.{name}",
+            fix=f"use one of: {', '.join(choices)}" + (f" ({see})" if see else ""),
+        )
 
 
 def check_config(cfg: Any, method: str) -> None:

@@ -42,8 +42,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
-from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
+from bench.methods.base import FewShotData, FitContext, Needs, check_choice, prompt_templates
 from bench.methods.encoder_training import check_augment, train_on_live_features
 from bench.methods.training import (
     SGDRecipe,
@@ -154,12 +153,7 @@ class VisualAdapterClassifier(AdapterClassifier):
 
 
 def check_branch(branch: str, method: str) -> None:
-    if branch not in BRANCHES:
-        raise BenchError(
-            f"unknown CLIP-Adapter branch {branch!r}",
-            where=f"--set {method}.branch",
-            fix=f"use one of: {', '.join(BRANCHES)}",
-        )
+    check_choice(method, "branch", branch, BRANCHES)
 
 
 def fit_adapters(model: torch.nn.Module, data: FewShotData, cfg: Any, ctx: FitContext) -> list[float]:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError, NonFiniteError
 from bench.images import CENTER, ImageViews, ViewSpec
-from bench.methods.base import FeatureSet, ImageSource
+from bench.methods.base import FeatureSet, ImageSource, check_choice
 from bench.seeding import derive_seed
 
 AUGMENTS = ("cached", "live")
@@ -93,12 +93,7 @@ def encoder_autocast(backbone, precision: str = "auto"):
 
 
 def check_precision(precision: str, method: str) -> None:
-    if precision not in PRECISIONS:
-        raise BenchError(
-            f"unknown precision {precision!r}",
-            where=f"config field {method}.precision",
-            fix=f"use one of: {', '.join(PRECISIONS)} (docs/fidelity.md)",
-        )
+    check_choice(method, "precision", precision, PRECISIONS, see="docs/fidelity.md")
 
 
 def image_features(backbone, pixels: torch.Tensor, precision: str = "auto") -> torch.Tensor:
@@ -328,12 +323,7 @@ def live_features(backbone, source: ImageSource, view: ViewSpec) -> torch.Tensor
 
 
 def check_augment(augment: str, method: str) -> None:
-    if augment not in AUGMENTS:
-        raise BenchError(
-            f"unknown augment {augment!r}",
-            where=f"config field {method}.augment",
-            fix=f"use one of: {', '.join(AUGMENTS)}",
-        )
+    check_choice(method, "augment", augment, AUGMENTS)
 
 
 def normalised_logits(scale: float, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

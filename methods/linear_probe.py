@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from bench.errors import BenchError, NonFiniteError
-from bench.methods.base import FewShotData, FitContext, Needs
+from bench.errors import NonFiniteError
+from bench.methods.base import FewShotData, FitContext, Needs, check_choice
 
 C_SWEEP = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 SMALL_PROBLEM = 50_000_000  # N x D x C below which one CPU thread beats several
@@ -154,15 +154,6 @@ def _few_threads(single_torch_thread: bool):
             torch.set_num_threads(previous)
 
 
-def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
-    if value not in choices:
-        raise BenchError(
-            f"{value!r} is not one of {', '.join(choices)}",
-            where=f"--set linear_probe.{name}",
-            fix=f"use {' or '.join(choices)} (docs/fidelity.md)",
-        )
-
-
 def _val_accuracy(model: LinearLogits, features: torch.Tensor, labels: torch.Tensor) -> float:
     return float((model(features).argmax(1) == labels).double().mean())
 
@@ -184,9 +175,11 @@ class LinearProbe:
         return Needs(train_views=0)
 
     def fit(self, data: FewShotData, cfg: LinearProbeConfig, ctx: FitContext) -> LinearLogits:
-        _check_choice(cfg.objective, ("mean", "sum"), "objective")
-        _check_choice(cfg.final_fit, ("support", "support+val"), "final_fit")
-        _check_choice(cfg.two_class, ("softmax", "binary"), "two_class")
+        check_choice(self.name, "objective", cfg.objective, ("mean", "sum"), see="docs/fidelity.md")
+        check_choice(
+            self.name, "final_fit", cfg.final_fit, ("support", "support+val"), see="docs/fidelity.md"
+        )
+        check_choice(self.name, "two_class", cfg.two_class, ("softmax", "binary"), see="docs/fidelity.md")
         binary = cfg.two_class == "binary" and data.n_classes == 2
         x_train, y_train = data.train.center.to(ctx.device), data.train.labels.to(ctx.device)
         x_val, y_val = data.val.center.to(ctx.device), data.val.labels.to(ctx.device)

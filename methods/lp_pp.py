@@ -100,7 +100,7 @@ def train_lp_pp(
     text_logits = normed @ text.t()
     lr_w, lr_alpha = step_sizes(normed, text_logits)
     alpha0 = initial_alpha(text_logits, labels, n_classes, cfg.alpha_init_scale)
-    dtype = train_dtype(cfg.precision)
+    dtype = train_dtype(cfg.precision, "lp_pp")
     normed, text_logits = normed.to(dtype), text_logits.to(dtype)
     weight = torch.nn.Parameter(F.one_hot(labels, n_classes).to(dtype).t() @ normed)  # class sums
     alpha = torch.nn.Parameter(torch.full((n_classes,), alpha0, device=normed.device, dtype=dtype))

@@ -46,8 +46,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
-from bench.methods.base import FewShotData, FitContext, Needs, embed_classes, prompt_templates
+from bench.methods.base import FewShotData, FitContext, Needs, check_choice, embed_classes, prompt_templates
 from bench.methods.training import Batches, accuracy, check_loss, cpu_threads_for, run_epoch
 from bench.seeding import derive_seed, torch_generator
 
@@ -55,15 +54,10 @@ TIP_AUGMENT_SCALE = (0.5, 1.0)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def train_dtype(precision: str) -> torch.dtype:
+def train_dtype(precision: str, method: str) -> torch.dtype:
     """The dtype a method trains its parameters in: ``"fp32"`` (ours) or ``"fp16"`` (official codes that
     train in CLIP's half precision: Tip-Adapter-F, LP++)."""
-    if precision not in PRECISIONS:
-        raise BenchError(
-            f"unknown precision {precision!r}",
-            where="config field 'precision'",
-            fix=f"use one of: {', '.join(PRECISIONS)}",
-        )
+    check_choice(method, "precision", precision, PRECISIONS, see="docs/fidelity.md")
     return PRECISIONS[precision]
 
 
@@ -304,7 +298,7 @@ def finetune_keys(
     (steps ~lr·m/eps instead of ~lr) and weight decay rounds away (1 − lr·0.01 is 1 in fp16). The loss
     is taken on the logits cast to float32 (CPUs lack some fp16 kernels); scoring uses float32 keys.
     """
-    dtype = train_dtype(cfg.precision)
+    dtype = train_dtype(cfg.precision, "tip_adapter_f")
     learned = torch.nn.Parameter(keys.clone().to(dtype))
     weights, values = weights.to(dtype), values.to(dtype)
     optimizer = torch.optim.AdamW([learned], lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
