@@ -360,3 +360,37 @@ def test_malformed_base2new_series_are_refused(tmp_path, change, error):
     bad.write_text(json.dumps(doc))
     with pytest.raises(BenchError, match=rf"series\[{index}\].*{re.escape(error)}"):
         load_paper_numbers(bad)
+
+
+def test_cross_modal_lp_rn50_series_loads_and_matches_fewshot_cells(tmp_path):
+    paper = load_paper_numbers()
+    series = [v for v in paper.values if v.source == "cross_modal_lp_paper_table10"]
+    assert len(series) == 55 and {v.dataset for v in series} == set(STANDARD_DATASETS)  # 11 x 5 shots
+    assert {(v.method, v.arch, v.protocol, v.part, v.generation, v.marker) for v in series} == {
+        ("cross_modal_lp", "RN50", "fewshot", "top1", "coop_v2", "V")
+    }
+    assert {v.shots for v in series} == {1, 2, 4, 8, 16}
+    assert {v.prompts for v in series if v.dataset != "imagenet"} == {"coop"}
+    kw = {"method": "cross_modal_lp", "arch": "RN50", "generation": "coop_v2"}
+    # spot checks against the paper's Table 10 ('Cross-Modal Linear Probe' rows, the means)
+    assert best_match(paper, **kw, dataset="dtd", shots=16, prompts="coop").value == 67.43
+    assert best_match(paper, **kw, dataset="eurosat", shots=1, prompts="coop").value == 59.54
+    imagenet = best_match(paper, **kw, dataset="imagenet", shots=4, prompts="coop_ensemble")
+    assert (imagenet.value, imagenet.prompts) == (61.48, "coop_ensemble")
+    assert best_match(paper, **{**kw, "arch": "ViT-B-16"}, dataset="dtd", shots=16, prompts="coop") is None
+    assert (
+        best_match(paper, **kw, dataset="dtd", shots=16, prompts="coop", protocol="base2new", part="base")
+        is None
+    )
+
+    for seed in (1, 2, 3):  # a few-shot record of cross_modal_lp on RN50 meets the series
+        save(tmp_path, record("cross_modal_lp", "eurosat", 16, seed, 0.85, prompts="coop"))
+    text = render(results_frame(load_results(tmp_path)), "markdown", ReportOptions(compare_paper=True))
+    block = text.split("### Comparison with published numbers", 1)[1]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("|")
+    ]
+    assert [r[:7] for r in rows[2:]] == [
+        ["Cross-modal LP", "16", "EuroSAT", "85.00", "84.91", "+0.09", "yes"]
+    ]
+    assert "cross_modal_lp_paper_table10" in block
