@@ -380,7 +380,10 @@ def _tuned(work: CellWork, session: Session) -> tuple[Any, dict]:
     else:
         objective = tuning.Objective("val", lambda classifier: session.score(classifier, data.val)["top1"])
     ref = tuning.study_ref(
-        spec, cell.study, tuning.storage_url(session.options.storage, session.options.results_root)
+        spec,
+        cell.study,
+        tuning.storage_url(session.options.storage, session.options.results_root),
+        tuning.trial_batch_for(work.method, session.options.trial_batch),
     )
     return tuning.tune(work.method, data, cell.config, work.ctx, ref, objective)
 

@@ -134,6 +134,7 @@ def _run_options(args):
         storage=args.storage,
         sampling=args.sampling,
         batch_seeds=args.batch_seeds,
+        trial_batch=args.trial_batch,
     )
 
 

@@ -233,6 +233,17 @@ class RunConfig:
         kind="bool",
         group="run",
     )
+    trial_batch: int = _opt(
+        1,
+        "with --tune: ask Optuna for N trials at once and train them as one stacked model where the "
+        "method can (CLIP-Adapter, CoOp); another search than one trial at a time (the sampler sees no "
+        "score within a batch), so N > 1 is part of the tuned cells' run ids and study names; "
+        "default 1: one trial at a time",
+        kind="int",
+        group="run",
+        minimum=1,
+        metavar="N",
+    )
     dry_run: bool = _opt(
         False,
         "print the cells and how many are done (with --executor slurm: and the sbatch scripts), then exit",

@@ -57,6 +57,9 @@ class RunOptions:
     # --batch-seeds: cells differing only in seed train in one call of their method's batched_fit
     # (bench.runner); the same numbers to float rounding, so not part of the run id; the record says so
     batch_seeds: bool = False
+    # --trial-batch: a tuned cell asks for (and trains together) this many trials at once where its method
+    # has fit_trials (bench.tuning.trial_batch_for); another search, so part of those cells' run ids
+    trial_batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,11 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
             "precision": session.precision,
             "split_protocol": split_protocol(dataset, session.options.sampling),
             "data_sha256": _data_sha256(spec, session),
-            "tuning_protocol": tuning.tuning_protocol(spec.tune) if searched else None,
+            "tuning_protocol": tuning.tuning_protocol(
+                spec.tune, tuning.trial_batch_for(method, session.options.trial_batch)
+            )
+            if searched
+            else None,
         }
         run_id = spec.run_id(**identity)
         path = result_path(

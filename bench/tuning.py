@@ -13,7 +13,16 @@ missing trials; several processes running the same cells fill one study together
 the worker that finished the study's last trial does the final fit (the others get
 :class:`FinalFitElsewhere`).
 
-Determinism: trials run one at a time in a worker; trial *n* samples with
+Trial batches (``bench run --trial-batch N``, :attr:`StudyRef.trial_batch`): for a method with a
+``fit_trials`` hook the worker asks the study for N trials at once, trains them as one stacked model
+(one ``fit_trials`` call per group of configs that differ only in the method's ``trial_scalars``; other
+groups one fit each), scores each and tells each. The sampler then proposes N points before it sees any
+of their scores, so a batch-N study is another search than a batch-1 one: N > 1 enters the tuning
+protocol (:func:`tuning_protocol`), hence the run id and the study name, and the record's ``sampler``.
+Pruning still applies, at the same steps, to each member, but a pruned member trains on with its batch
+(the batch stops when every member is pruned). N = 1, and any method without the hook, run as below.
+
+Determinism: trials run one at a time in a worker (or N at a time, above); trial *n* samples with
 ``derive_seed(cell seed, dataset, shots, method, backbone, mode, "tpe", n)``, every trial fits with the
 cell's own seed (same init and batches: trials differ only in their parameters), the paper
 default is trial 0, the choice is made among the first ``trials`` finished trials, and ties
@@ -83,6 +92,7 @@ class StudyRef:
         name: the study name (:func:`study_name`). storage: a URL (:func:`storage_url`).
         mode: ``"val"`` or ``"oracle"``. trials: finished (complete + pruned) trials to reach.
         seed: the sampler's root seed, derived from the cell.
+        trial_batch: trials asked for (and trained) at once (:func:`trial_batch_for`); 1: one at a time.
     """
 
     name: str
@@ -90,6 +100,7 @@ class StudyRef:
     mode: str
     trials: int
     seed: int
+    trial_batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,9 +112,20 @@ class StudyOutcome:
     closed_here: bool
 
 
-def tuning_protocol(mode: str) -> str | None:
-    """What goes into the run id for tuning: nothing for untuned cells (their ids do not change)."""
-    return None if mode == "none" else TUNING_PROTOCOL
+def tuning_protocol(mode: str, trial_batch: int = 1) -> str | None:
+    """What goes into the run id for tuning: nothing for untuned cells (their ids do not change); a trial
+    batch above 1 (another search: :func:`trial_batch_for`) is part of it, so such a cell never shares a
+    record or a study (:func:`study_name` hashes the run id) with a one-at-a-time cell."""
+    if mode == "none":
+        return None
+    return TUNING_PROTOCOL if trial_batch == 1 else f"{TUNING_PROTOCOL}+ask-{trial_batch}-then-tell"
+
+
+def trial_batch_for(method: Any, requested: int) -> int:
+    """``--trial-batch``: the trials a cell of ``method`` asks for at once, ``requested`` where the method
+    trains several trials together (a ``fit_trials`` hook, :mod:`bench.methods.base`), else 1: a method
+    without it runs its study one trial at a time, exactly as without the option."""
+    return requested if requested > 1 and callable(getattr(method, "fit_trials", None)) else 1
 
 
 def check_tuning(spec: Any, method: Any) -> None:
@@ -157,7 +179,7 @@ def study_name(spec: Any, identity: dict[str, str]) -> str:
     return f"{spec.method}/{spec.dataset}/k{spec.shots}/s{spec.seed}/{spec.backbone}/{spec.tune}/{key}"
 
 
-def study_ref(spec: Any, name: str, storage: str) -> StudyRef:
+def study_ref(spec: Any, name: str, storage: str, trial_batch: int = 1) -> StudyRef:
     """The :class:`StudyRef` of a tuned cell (``spec`` a :class:`bench.spec.RunSpec`)."""
     return StudyRef(
         name=name,
@@ -165,6 +187,7 @@ def study_ref(spec: Any, name: str, storage: str) -> StudyRef:
         mode=spec.tune,
         trials=spec.trials,
         seed=derive_seed(spec.seed, spec.dataset, spec.shots, spec.method, spec.backbone, spec.tune, "tpe"),
+        trial_batch=trial_batch,
     )
 
 
@@ -247,12 +270,14 @@ def tune(
     warmup = int(getattr(config, "epochs", 0) or 0) // 2
     with _quiet_optuna():
         defaults = _default_params(method, config, data.dataset, data.shots)
+        batched = ref.trial_batch > 1 and callable(getattr(method, "fit_trials", None))
         outcome = run_study(
             ref,
             _trial_objective(method, data, config, ctx, objective),
             default_params=defaults,
             warmup_steps=warmup,
             step=ctx.progress_step,
+            run_batch=_batch_objective(method, data, config, ctx, objective) if batched else None,
         )
     if not outcome.closed_here:
         raise FinalFitElsewhere(ref.name)
@@ -272,8 +297,13 @@ def run_study(
     default_params: dict[str, Any],
     warmup_steps: int = 0,
     step: Callable[[int, int, str], None] | None = None,
+    run_batch: Callable[[list[optuna.Trial]], list[float | optuna.TrialPruned]] | None = None,
 ) -> StudyOutcome:
     """Create or load the study and run trials one at a time until it holds ``ref.trials`` finished ones.
+
+    With ``run_batch`` and ``ref.trial_batch`` N > 1, N trials (fewer for the last batch) are asked for
+    at once and ``run_batch(trials)`` gives each its score or its :class:`optuna.TrialPruned`; they are
+    told in order. A batch that raises leaves its untold trials failed (as ``optimize`` would).
 
     The paper default goes in first (``default_params``, when the study is new). Trials that
     other workers are running do not count, so a killed worker never blocks a study; workers
@@ -303,10 +333,39 @@ def run_study(
 
     ran = 0
     while len(finished_trials(study)) < ref.trials:
-        study.optimize(tagged, n_trials=1, callbacks=[counted])
-        ran += 1
+        if run_batch is None or ref.trial_batch <= 1:
+            study.optimize(tagged, n_trials=1, callbacks=[counted])
+            ran += 1
+            continue
+        trials = [study.ask() for _ in range(min(ref.trial_batch, ref.trials - len(finished_trials(study))))]
+        for trial in trials:
+            trial.set_user_attr("worker", worker)
+        _tell_batch(study, trials, run_batch, counted)
+        ran += len(trials)
     closer = finished_trials(study)[ref.trials - 1].user_attrs.get("worker")
     return StudyOutcome(study, ran, closed_here=ran == 0 or closer == worker)
+
+
+def _tell_batch(
+    study: optuna.Study,
+    trials: list[optuna.Trial],
+    run_batch: Callable[[list[optuna.Trial]], list[float | optuna.TrialPruned]],
+    counted: Callable[[optuna.Study, FrozenTrial], None],
+) -> None:
+    told = 0
+    try:
+        outcomes = run_batch(trials)
+        for trial, outcome in zip(trials, outcomes, strict=True):
+            if isinstance(outcome, optuna.TrialPruned):
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            else:
+                frozen = study.tell(trial, outcome)
+            told += 1
+            counted(study, frozen)
+    finally:
+        for trial in trials[told:]:
+            with contextlib.suppress(Exception):  # already told, or the storage is gone
+                study.tell(trial, state=TrialState.FAIL)
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -381,15 +440,95 @@ def _trial_objective(
 ) -> Callable[[optuna.Trial], float]:
     def run_trial(trial: optuna.Trial) -> float:
         trial_config = _apply(method, config, method.search_space(trial, data.dataset, data.shots, config))
-        trial_ctx = dataclasses.replace(
-            ctx, record=_ignore, progress=False, report=_pruning_report(trial), progress_step=None
-        )  # the bar counts trials, not a trial's epochs
-        try:
-            return objective.score(method.fit(data, trial_config, trial_ctx))
-        except NonFiniteError as exc:  # a diverged trial is a bad point of the search, not a failed cell
-            raise optuna.TrialPruned(str(exc)) from exc
+        return _fit_one(method, data, trial_config, ctx, objective, trial)
 
     return run_trial
+
+
+def _fit_one(
+    method: Any, data: FewShotData, config: Any, ctx: FitContext, objective: Objective, trial: optuna.Trial
+) -> float:
+    """One trial's fit and score; it may raise :class:`optuna.TrialPruned`."""
+    trial_ctx = dataclasses.replace(
+        ctx, record=_ignore, progress=False, report=_pruning_report(trial), progress_step=None
+    )  # the bar counts trials, not a trial's epochs
+    try:
+        return objective.score(method.fit(data, config, trial_ctx))
+    except NonFiniteError as exc:  # a diverged trial is a bad point of the search, not a failed cell
+        raise optuna.TrialPruned(str(exc)) from exc
+
+
+class _AllPruned(Exception):
+    """Every member of a stacked trial fit was pruned: the fit stops."""
+
+
+def _batch_objective(
+    method: Any, data: FewShotData, config: Any, ctx: FitContext, objective: Objective
+) -> Callable[[list[optuna.Trial]], list[float | optuna.TrialPruned]]:
+    """``run_batch`` of :func:`run_study`: the asked trials' configs, grouped where they differ only in the
+    method's ``trial_scalars``; a group of several is one ``method.fit_trials`` call (one fit each where it
+    returns None or a member diverges), a group of one is a plain fit."""
+    scalars = tuple(getattr(method, "trial_scalars", ()))
+
+    def one(trial: optuna.Trial, trial_config: Any) -> float | optuna.TrialPruned:
+        try:
+            return _fit_one(method, data, trial_config, ctx, objective, trial)
+        except optuna.TrialPruned as exc:
+            return exc
+
+    def stacked(trials: list[optuna.Trial], configs: list[Any]) -> list[float | optuna.TrialPruned]:
+        pruned: dict[int, optuna.TrialPruned] = {}
+
+        def reporter(i: int) -> Callable[[int, float], None]:
+            def report(step: int, val_accuracy: float) -> None:
+                if i in pruned:
+                    return  # trains on with its batch; its score no longer counts
+                trials[i].report(val_accuracy, step)
+                if trials[i].should_prune():
+                    pruned[i] = optuna.TrialPruned(f"pruned at step {step} (val top-1 {val_accuracy:.4f})")
+                    if len(pruned) == len(trials):
+                        raise _AllPruned
+
+            return report
+
+        ctxs = [
+            dataclasses.replace(ctx, record=_ignore, progress=False, report=reporter(i), progress_step=None)
+            for i in range(len(trials))
+        ]
+        try:
+            classifiers = method.fit_trials(data, configs, ctxs)
+        except _AllPruned:
+            return [pruned[i] for i in range(len(trials))]
+        except NonFiniteError:  # which member diverged: each alone, as without batching
+            log.info("a stacked trial fit diverged; its trials run one at a time", exc_info=True)
+            classifiers = None
+        if classifiers is None:
+            return [one(t, c) for t, c in zip(trials, configs, strict=True)]
+        return [pruned.get(i) or objective.score(c) for i, c in enumerate(classifiers)]
+
+    def run_batch(trials: list[optuna.Trial]) -> list[float | optuna.TrialPruned]:
+        configs = [
+            _apply(method, config, method.search_space(t, data.dataset, data.shots, config)) for t in trials
+        ]
+        groups: list[tuple[Any, list[int]]] = []  # (the config without its scalars, members)
+        for i, c in enumerate(configs):
+            key = dataclasses.replace(c, **{f: getattr(config, f) for f in scalars if hasattr(config, f)})
+            group = next((members for k, members in groups if k == key), None)
+            if group is None:
+                groups.append((key, [i]))
+            else:
+                group.append(i)
+        outcomes: list[float | optuna.TrialPruned] = [0.0] * len(trials)
+        for _, members in groups:
+            if len(members) == 1:
+                results = [one(trials[members[0]], configs[members[0]])]
+            else:
+                results = stacked([trials[i] for i in members], [configs[i] for i in members])
+            for i, result in zip(members, results, strict=True):
+                outcomes[i] = result
+        return outcomes
+
+    return run_batch
 
 
 def _pruning_report(trial: optuna.Trial) -> Callable[[int, float], None]:
@@ -477,8 +616,8 @@ def _record(
         "search_space": {n: json.loads(distribution_to_json(d)) for n, d in best.distributions.items()},
         "study": ref.name,
         "storage": describe_storage(ref.storage),
-        "protocol": TUNING_PROTOCOL,
-        "sampler": TrialSeededTPE(ref.seed).describe(),
+        "protocol": tuning_protocol(ref.mode, ref.trial_batch),
+        "sampler": {**TrialSeededTPE(ref.seed).describe(), "trial_batch": ref.trial_batch},
         "pruner": {
             "name": "MedianPruner",
             "n_startup_trials": PRUNER_STARTUP_TRIALS,

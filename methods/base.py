@@ -187,6 +187,14 @@ class Method(Protocol):
     # each cell's classifier as its own ``fit`` would (to float rounding, same predictions), or None where
     # ``cfg`` cannot be trained that way; cells then run one at a time.
     #
+    # Optional, for bench run --trial-batch N (bench/tuning.py):
+    #     trial_scalars: ClassVar[tuple[str, ...]]
+    #     def fit_trials(self, data: FewShotData, cfgs: list, ctxs: list[FitContext]) -> list[Classifier] | None
+    # trains trials of one tuned cell (one support set, one seed) whose configs differ at most in the
+    # ``trial_scalars`` fields as one model, each classifier as ``fit`` gives its config (to float rounding,
+    # same predictions), or returns None where ``cfgs`` cannot be trained so (one fit each then). A member's
+    # ``ctx.report`` must get the val scores ``fit`` would report; it never raises for one member alone.
+    #
     # Optional, for bench run --as-published:
     #     as_published: ClassVar[dict[str, Any]]
     # config-field overrides that make the method behave as its official code where ours differs

@@ -36,6 +36,7 @@ Defaults and where they come from:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,6 +58,7 @@ from bench.seeding import derive_seed, torch_generator
 BRANCHES = ("visual", "text", "both")
 ALPHA_BY_DATASET = {"imagenet": 0.2, "caltech101": 0.2, "dtd": 0.6, "eurosat": 0.6}
 DEFAULT_ALPHA = 0.2  # official clip_adapter.py
+TRIAL_SCALARS = ("alpha", "beta", "lr", "weight_decay")  # what the members of one stacked fit may differ in
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ class ClipAdapter:
     # bench run --as-published: the official clip_adapter.py hard-codes ratio = 0.2 on every dataset, and
     # its Dassl loader re-augments every support image every epoch
     as_published: ClassVar[dict[str, Any]] = {"alpha": 0.2, "augment": "live"}
+    trial_scalars: ClassVar[tuple[str, ...]] = TRIAL_SCALARS  # --trial-batch: fit_trials stacks these
 
     def default_config(self, dataset: str, shots: int) -> ClipAdapterConfig:
         return ClipAdapterConfig(
@@ -240,6 +243,23 @@ class ClipAdapter:
         fit_adapters(model, data, cfg, ctx)
         return model
 
+    def fit_trials(
+        self, data: FewShotData, cfgs: list[ClipAdapterConfig], ctxs: list[FitContext]
+    ) -> list[AdapterClassifier] | None:
+        """``bench run --trial-batch N``: the trials of one tuned cell (one support set and seed), whose
+        configs differ at most in :data:`TRIAL_SCALARS`, as one stacked model; each classifier is the one
+        :meth:`fit` gives its config, to float rounding. None where they cannot share steps (configs that
+        differ in anything else, live augmentation, a subclass that trains otherwise)."""
+        base = cfgs[0]
+        same = {f: getattr(base, f) for f in TRIAL_SCALARS}
+        if (
+            type(self).fit is not ClipAdapter.fit
+            or base.augment != "cached"
+            or any(dataclasses.replace(c, **same) != base for c in cfgs)
+        ):
+            return None
+        return _fit_stacked([data] * len(cfgs), cfgs, ctxs)
+
     def batched_fit(self, cfg: ClipAdapterConfig) -> Any:
         """``bench run --batch-seeds``: :func:`fit_many` for cells of ``cfg`` that differ only in seed, or
         None where the cells cannot share steps (live augmentation) or a subclass trains otherwise."""
@@ -281,8 +301,6 @@ def fit_many(
     (``tests/test_batched_cells.py``). Falls back to one fit per cell where the cells cannot share steps:
     another support size or view count, live augmentation, or a listener for intermediate val scores.
     """
-    from bench.methods.training import train_stacked
-
     shapes = {tuple(d.train.features.shape) for d in data}
     if (
         len(shapes) != 1
@@ -291,8 +309,21 @@ def fit_many(
         or len({d.classnames for d in data}) != 1
     ):
         return [ClipAdapter().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
+    return _fit_stacked(data, [cfg] * len(ctxs), ctxs)
+
+
+def _fit_stacked(
+    data: list[FewShotData], cfgs: list[ClipAdapterConfig], ctxs: list[FitContext]
+) -> list[AdapterClassifier]:
+    """:func:`fit_many`'s stacked model, with a config per member that may differ in :data:`TRIAL_SCALARS`
+    (α and β as (S, 1, 1) tensors, lr and weight decay through :class:`~bench.methods.training.MemberSGD`).
+    A member's ``ctx.report`` gets its val top-1 every 10 epochs and after the last, as :func:`fit_adapters`
+    hands it (it must not raise to stop one member: the members train in lockstep)."""
+    from bench.methods.training import train_stacked
+
+    cfg = cfgs[0]
     check_branch(cfg.branch, "clip_adapter")
-    ctx, device = ctxs[0], ctxs[0].device
+    ctx, device, n_members = ctxs[0], ctxs[0].device, len(ctxs)
     templates = prompt_templates(data[0], cfg.prompts)
     means = class_text_means(ctx, data[0].classnames, templates)
     dim = means.shape[1]
@@ -312,20 +343,41 @@ def fit_many(
     )
     scale = ctx.logit_scale
 
+    def ratios(name: str) -> tuple[torch.Tensor, torch.Tensor]:  # r and 1 - r, each rounded once as fit's
+        values = [getattr(c, name) for c in cfgs]
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1)  # noqa: E731
+        return as_tensor(values), as_tensor([1 - v for v in values])
+
+    (alpha, alpha_rest), (beta, beta_rest) = ratios("alpha"), ratios("beta")
+
     def logits(x: torch.Tensor) -> torch.Tensor:  # (S, B, D) -> (S, B, C)
         if visual is not None:
-            x = cfg.alpha * visual(x) + (1 - cfg.alpha) * x
-        w = means.expand(len(ctxs), -1, -1)
+            x = alpha * visual(x) + alpha_rest * x
+        w = means.expand(n_members, -1, -1)
         if text is not None:
-            w = cfg.beta * text(w) + (1 - cfg.beta) * w
+            w = beta * text(w) + beta_rest * w
         return scale * F.normalize(x, dim=-1) @ F.normalize(w, dim=-1).transpose(1, 2)
 
     params = [p for m in (visual, text) if m is not None for p in m.parameters()]
-    recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
+    recipes = [SGDRecipe(lr=c.lr, batch_size=c.batch_size, weight_decay=c.weight_decay) for c in cfgs]
     features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
     labels = torch.stack([d.train.labels for d in data]).to(device)  # (S, N)
     generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
-    cells = torch.arange(len(ctxs), device=device)[:, None]
+    cells = torch.arange(n_members, device=device)[:, None]
+    on_epoch_end = None
+    if any(c.report is not None for c in ctxs):
+        x_val = torch.stack([d.val.center for d in data]).to(device)  # (S, Nv, D)
+        y_val = torch.stack([d.val.labels for d in data]).to(device)
+
+        def on_epoch_end(epoch: int) -> None:
+            if (epoch + 1) % 10 and epoch + 1 != cfg.epochs:
+                return
+            with torch.no_grad():
+                hits = (logits(x_val).argmax(-1) == y_val).double().mean(1)
+            for c, value in zip(ctxs, hits.tolist(), strict=True):
+                if c.report is not None:
+                    c.report(epoch + 1, value)
+
     # the threads of one cell's fit (one thread for small problems on the CPU), so timings compare
     work = (cfg.batch_size + data[0].n_classes) * dim * (
         dim // cfg.reduction
@@ -337,17 +389,19 @@ def fit_many(
             features,
             labels,
             cfg.epochs,
-            recipe,
+            recipes[0],
             generators,
             ctxs,
+            recipes=recipes,
+            on_epoch_end=on_epoch_end,
         )
-    visuals = visual.unstack(dim, cfg.reduction) if visual is not None else [None] * len(ctxs)
-    texts = text.unstack(dim, cfg.reduction) if text is not None else [None] * len(ctxs)
+    visuals = visual.unstack(dim, cfg.reduction) if visual is not None else [None] * n_members
+    texts = text.unstack(dim, cfg.reduction) if text is not None else [None] * n_members
     out = []
-    for s, c in enumerate(ctxs):
-        model = AdapterClassifier(visuals[s], texts[s], cfg.alpha, cfg.beta, means, scale, templates).to(
-            device
-        )
+    for s, (c, member) in enumerate(zip(ctxs, cfgs, strict=True)):
+        model = AdapterClassifier(
+            visuals[s], texts[s], member.alpha, member.beta, means, scale, templates
+        ).to(device)
         model.eval()
         c.record("train_loss_first_last", [float(losses[0][s]), float(losses[-1][s])] if losses else [])
         out.append(model)

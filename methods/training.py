@@ -15,6 +15,7 @@ its batches from the pool of all V·N augmented features instead (:func:`pool_ba
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -242,10 +243,17 @@ def train_stacked(
     recipe: SGDRecipe,
     generators: list[torch.Generator],
     ctxs: list[FitContext],
+    *,
+    recipes: list[SGDRecipe] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """S cells trained as one stacked model (issue 22): each cell draws its own batches from its own
     generator, as :func:`train_on_features` would, and the cells' mean losses are summed so each cell's
     gradient is its own; one optimizer step serves all.
+
+    ``recipes`` (one per cell; the trials of one cell, ``--trial-batch``) may differ in ``lr`` and
+    ``weight_decay`` only: the cells are then stepped by :class:`MemberSGD`, SGD with a learning rate and
+    a weight decay per cell, each following its own Dassl schedule.
 
     Args:
         stacked_logits: ``(views, index) -> (S, B, C)`` logits of the cells' batches; ``views`` and
@@ -259,13 +267,17 @@ def train_stacked(
         NonFiniteError: a cell's loss diverged (``diverged at epoch N``).
     """
     device = features.device
-    optimizer = make_optimizer(params, recipe)
+    member = recipes is not None and len(set(recipes)) > 1
+    optimizer = MemberSGD(params, recipes, device) if member else make_optimizer(params, recipe)
     n_views, n = features.shape[1:3]
     cells = torch.arange(len(ctxs), device=device)[:, None]
     losses: list[torch.Tensor] = []
     for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = dassl_lr(epoch, epochs, recipe)
+        if isinstance(optimizer, MemberSGD):
+            optimizer.set_epoch(epoch, epochs)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = dassl_lr(epoch, epochs, recipe)
         plans = [view_batches(n_views, n, recipe.batch_size, g) for g in generators]
         total, count = torch.zeros(len(ctxs), device=device), 0
         for steps in zip(*plans, strict=True):
@@ -284,4 +296,51 @@ def train_stacked(
         for c in ctxs:
             if c.progress_step is not None:
                 c.progress_step(epoch + 1, epochs, "epoch")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
     return losses
+
+
+class MemberSGD:
+    """SGD over stacked parameters (S, ...) whose S slices each have their own learning rate and weight
+    decay: torch's SGD update (momentum, no dampening, L2 weight decay added to the gradient) with (S, 1, ...)
+    tensors in place of its scalars, so a slice follows exactly the steps its own ``torch.optim.SGD`` would
+    take, to float rounding.
+
+    Args:
+        recipes: one per slice; they may differ in ``lr`` and ``weight_decay`` only.
+    """
+
+    def __init__(self, params: list[torch.Tensor], recipes: list[SGDRecipe], device: torch.device):
+        shared = {dataclasses.replace(r, lr=0.0, weight_decay=0.0) for r in recipes}
+        if len(shared) != 1 or recipes[0].optimizer != "sgd":
+            raise ValueError("per-member recipes may differ in lr and weight_decay only, with optimizer sgd")
+        self.params, self.recipes, self.device = params, recipes, device
+        self.momentum = recipes[0].momentum
+        self.decay = torch.tensor([r.weight_decay for r in recipes], device=device)
+        self.lr = torch.zeros(len(recipes), device=device)
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Each slice's learning rate under its own Dassl schedule."""
+        self.lr = torch.tensor([dassl_lr(epoch, epochs, r) for r in self.recipes], device=self.device)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            grad = p.grad + self.decay.view(shape) * p
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = grad.clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad)
+                grad = buf
+            p.sub_(self.lr.view(shape) * grad)
