@@ -38,6 +38,7 @@ Deviations from the official code:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,6 +59,7 @@ from bench.methods.training import (
 from bench.seeding import derive_seed, torch_generator
 
 POSITIONS = ("end", "middle", "front")
+TRIAL_SCALARS = ("lr", "weight_decay")  # what the members of one stacked fit may differ in (--trial-batch)
 CTX_INIT_STD = 0.02  # CoOp trainers/coop.py: nn.init.normal_(ctx_vectors, std=0.02)
 
 
@@ -308,6 +310,7 @@ class Coop:
     Config = CoopConfig
     # bench run --as-published: Dassl's train loader re-augments every support image every epoch
     as_published: ClassVar[dict[str, Any]] = {"augment": "live"}
+    trial_scalars: ClassVar[tuple[str, ...]] = TRIAL_SCALARS  # --trial-batch: fit_trials stacks these
 
     def default_config(self, dataset: str, shots: int) -> CoopConfig:
         return CoopConfig(epochs=coop_epochs(dataset, shots))
@@ -353,6 +356,24 @@ class Coop:
             features, ctx.logit_scale, learner.ctx, ctx_text, cfg.class_token_position
         )
 
+    def fit_trials(
+        self, data: FewShotData, cfgs: list[CoopConfig], ctxs: list[FitContext]
+    ) -> list[PromptClassifier] | None:
+        """``bench run --trial-batch N``: the trials of one tuned cell whose configs differ at most in
+        :data:`TRIAL_SCALARS` (the searched lr; the tuner groups trials of one n_ctx) as one stacked model,
+        each classifier the one :meth:`fit` gives its config, to float rounding. None where they cannot share
+        steps: other configs, class-specific contexts, live augmentation, a subclass that trains otherwise."""
+        base = cfgs[0]
+        same = {f: getattr(base, f) for f in TRIAL_SCALARS}
+        if (
+            type(self).fit is not Coop.fit
+            or base.csc
+            or base.augment != "cached"
+            or any(dataclasses.replace(c, **same) != base for c in cfgs)
+        ):
+            return None
+        return _fit_stacked([data] * len(cfgs), cfgs, ctxs)
+
     def batched_fit(self, cfg: CoopConfig) -> Any:
         """``bench run --batch-seeds``: :func:`fit_many` for cells of ``cfg`` that differ only in seed, or
         None where the cells cannot share steps (class-specific contexts, live augmentation) or a subclass
@@ -386,8 +407,6 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
     rounding with the same predictions (``tests/test_batched_cells.py``). Falls back to one fit per cell
     where steps cannot be shared: class-specific contexts, live augmentation, other support shapes or class
     names, or a listener for intermediate val scores."""
-    from bench.methods.training import train_stacked
-
     if (
         cfg.csc
         or cfg.augment != "cached"
@@ -396,6 +415,19 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
         or any(c.report is not None for c in ctxs)
     ):
         return [Coop().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
+    return _fit_stacked(data, [cfg] * len(ctxs), ctxs)
+
+
+def _fit_stacked(
+    data: list[FewShotData], cfgs: list[CoopConfig], ctxs: list[FitContext]
+) -> list[PromptClassifier]:
+    """:func:`fit_many`'s stacked model, with a config per member that may differ in :data:`TRIAL_SCALARS`
+    (lr and weight decay, through :class:`~bench.methods.training.MemberSGD`). A member's ``ctx.report`` gets
+    its val top-1 every 10 epochs and after the last, as :meth:`Coop.fit` hands it (it must not raise to stop
+    one member: the members train in lockstep)."""
+    from bench.methods.training import train_stacked
+
+    cfg = cfgs[0]
     ctx0, device = ctxs[0], ctxs[0].device
     inits = [
         init_context(ctx0.backbone, cfg, data[0].n_classes, torch_generator(derive_seed(c.seed, "init")))
@@ -409,24 +441,49 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
     tower, scale, n_cells = text_tower(ctx0.backbone.model), ctx0.logit_scale, len(ctxs)
     length = int(learner.eot.max()) + 1
     eot = learner.eot.repeat(n_cells)
-    recipe = SGDRecipe(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
+    recipes = [SGDRecipe(lr=c.lr, batch_size=c.batch_size, weight_decay=c.weight_decay) for c in cfgs]
     features = torch.stack([d.train.features for d in data]).to(device)  # (S, V, N, D)
     labels = torch.stack([d.train.labels for d in data]).to(device)  # (S, N)
     generators = [torch_generator(derive_seed(c.seed, "loader")) for c in ctxs]
     cells = torch.arange(n_cells, device=device)[:, None]
 
-    def stacked_logits(views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (S, B) -> (S, B, C)
+    def stacked_text() -> torch.Tensor:  # (S, C, D) normalised class text features of every member
         with ctx0.backbone.autocast():
             text = encode_prompt_embeddings(tower, _stacked_prompts(learner, stacked, length), eot)
-        text = F.normalize(text.float(), dim=-1).view(n_cells, -1, text.shape[-1])
-        return scale * F.normalize(features[cells, views, index], dim=-1) @ text.transpose(1, 2)
+        return F.normalize(text.float(), dim=-1).view(n_cells, -1, text.shape[-1])
+
+    def stacked_logits(views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (S, B) -> (S, B, C)
+        return scale * F.normalize(features[cells, views, index], dim=-1) @ stacked_text().transpose(1, 2)
+
+    on_epoch_end = None
+    if any(c.report is not None for c in ctxs):
+        x_val = F.normalize(torch.stack([d.val.center for d in data]).to(device), dim=-1)  # (S, Nv, D)
+        y_val = torch.stack([d.val.labels for d in data]).to(device)
+
+        def on_epoch_end(epoch: int) -> None:
+            if (epoch + 1) % 10 and epoch + 1 != cfg.epochs:
+                return
+            with torch.no_grad():
+                hits = ((scale * x_val @ stacked_text().transpose(1, 2)).argmax(-1) == y_val).double().mean(1)
+            for c, value in zip(ctxs, hits.tolist(), strict=True):
+                if c.report is not None:
+                    c.report(epoch + 1, value)
 
     width = learner.prefix.shape[-1]
     # one cell's work: the same thread policy as its own fit, so timings compare
     work = 3 * data[0].n_classes * length * width * width * 12 * len(tower.transformer.resblocks)
     with cpu_threads_for(device, work), torch.enable_grad():
         losses = train_stacked(
-            [stacked], stacked_logits, features, labels, cfg.epochs, recipe, generators, ctxs
+            [stacked],
+            stacked_logits,
+            features,
+            labels,
+            cfg.epochs,
+            recipes[0],
+            generators,
+            ctxs,
+            recipes=recipes,
+            on_epoch_end=on_epoch_end,
         )
     out = []
     for s, c in enumerate(ctxs):

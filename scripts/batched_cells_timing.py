@@ -3,6 +3,12 @@ one-at-a-time fits against the method's fit_many, interleaved in one process; me
 
     PYTHONPATH=. python scripts/batched_cells_timing.py --method clip_adapter          # 200 epochs
     PYTHONPATH=. python scripts/batched_cells_timing.py --method coop --epochs 20      # per-epoch cost is constant
+
+``--trials N``: instead, one tuned CLIP-Adapter cell of that size (seed 1, scored on its few-shot val split)
+filling a fresh N-trial study through ``bench.tuning.tune`` with ``--trial-batch`` 1 and each of
+``--trial-batches`` (default 4,8), interleaved; medians and their ratios to batch 1:
+
+    PYTHONPATH=. python scripts/batched_cells_timing.py --trials 20 --reps 3
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import dataclasses
 import os
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -51,7 +59,17 @@ def main() -> None:
     parser.add_argument("--method", choices=sorted(METHODS), default="clip_adapter")
     parser.add_argument("--epochs", type=int, default=None, help="default: the method's at 16 shots (200)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of both")
+    parser.add_argument("--trials", type=int, default=0, help="time a tuned CLIP-Adapter cell of N trials")
+    parser.add_argument("--trial-batches", default="4,8", help="with --trials: the batch sizes against 1")
+    parser.add_argument(
+        "--no-pruning",
+        action="store_true",
+        help="with --trials: the pruner never prunes (training cost alone)",
+    )
     args = parser.parse_args()
+    if args.trials:
+        time_trials(args)
+        return
     method, fit_many = METHODS[args.method]
     names = tuple(f"c{i}" for i in range(10))
     backbone = clip_scaled_backbone()
@@ -85,6 +103,61 @@ def main() -> None:
         f"max parameter difference {diff:.2e}; same predictions: {same}"
     )
     assert same
+
+
+def time_trials(args: argparse.Namespace) -> None:
+    from bench import tuning
+    from bench.tuning import Objective, StudyRef, tune
+
+    if args.no_pruning:
+        tuning.PRUNER_STARTUP_TRIALS = 10**9  # read by bench.tuning._pruner at each study
+
+    names = tuple(f"c{i}" for i in range(10))
+    data = clustered_data(names, 16, 10, noise=0.8, seed=1, dim=DIM)
+    cfg = ClipAdapter().default_config("fashion_mnist_fewshot", 16)
+    if args.epochs is not None:
+        cfg = dataclasses.replace(cfg, epochs=args.epochs)
+    ctx = toy_context(clip_scaled_backbone(), seed=1)
+
+    def val_top1(classifier) -> float:
+        with torch.no_grad():
+            return float((classifier(data.val.center).argmax(1) == data.val.labels).double().mean())
+
+    ClipAdapter().fit(data, dataclasses.replace(cfg, epochs=1), ctx)  # warm-up: text features, thread pools
+    batches = [1, *(int(b) for b in args.trial_batches.split(","))]
+    say(
+        f"clip_adapter tuned: {args.trials} trials, 10 classes x 16 shots, 10 views, {cfg.epochs} epochs, "
+        f"trial batches {batches}{', no pruning' if args.no_pruning else ''}; load {os.getloadavg()}"
+    )
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    with tempfile.TemporaryDirectory() as folder:
+        storage = f"sqlite:///{Path(folder) / 'studies.sqlite3'}"
+        for rep in range(args.reps):
+            line = []
+            for b in batches:
+                ref = StudyRef(f"rep{rep}-b{b}", storage, "val", args.trials, seed=1, trial_batch=b)
+                (_, record), dt = timed(
+                    lambda ref=ref: tune(ClipAdapter(), data, cfg, ctx, ref, Objective("val", val_top1))
+                )
+                times[b].append(dt)
+                line.append(
+                    f"batch {b} {dt:.2f} s (pruned {record['pruned']}, best val {record['best_val_top1']:.3f})"
+                )
+            say(f"rep {rep + 1}: {'; '.join(line)}; load {os.getloadavg()}")
+    median = {b: statistics.median(v) for b, v in times.items()}
+    say(
+        "medians: "
+        + ", ".join(
+            f"batch {b} {median[b]:.2f} s"
+            + (
+                ""
+                if b == 1
+                else f" ({median[1] / median[b]:.2f}x, per rep "
+                f"{[round(s / t, 2) for s, t in zip(times[1], times[b], strict=True)]})"
+            )
+            for b in batches
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the record and the run id say N; a method without ``fit_trials`` runs one trial 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import optuna
 import pytest
@@ -240,3 +241,53 @@ def test_runner_records_the_trial_batch_and_keeps_batches_apart(run_options):
             assert r.tuning["trials"] == 5 and "ask-4" in r.tuning["protocol"]
             study = optuna.load_study(study_name=r.tuning["study"], storage=open_storage(r.tuning["storage"]))
             assert len(study.trials) == 5
+
+
+def test_stacked_coop_trials_equal_their_own_fits(task):
+    from bench.methods.coop import Coop
+
+    data, ctx = task
+    base = dataclasses.replace(Coop().default_config("toy", 8), epochs=10, n_ctx=4)
+    cfgs = [dataclasses.replace(base, lr=lr) for lr in (0.002, 0.02, 0.0005)]  # the searched scalar
+    reports, batched_reports = [[] for _ in cfgs], [[] for _ in cfgs]
+
+    def member_ctx(reported):
+        return dataclasses.replace(ctx, report=lambda step, value: reported.append((step, value)))
+
+    sequential = [Coop().fit(data, c, member_ctx(rep)) for c, rep in zip(cfgs, reports, strict=True)]
+    batched = Coop().fit_trials(data, cfgs, [member_ctx(rep) for rep in batched_reports])
+    test = torch.randn(300, data.train.features.shape[-1], generator=torch.Generator().manual_seed(0)) * 2
+    for ours, ref, rep, repb in zip(batched, sequential, reports, batched_reports, strict=True):
+        # lr 0.02 grows the context to ~3: the stacked text tower's rounding is 1e-6 of that (as with three
+        # equal lrs under torch's own SGD: the per-member step adds nothing)
+        assert float((ours.ctx - ref.ctx).abs().max()) <= 1e-6 * max(1.0, float(ref.ctx.abs().max()))
+        torch.testing.assert_close(ours.weights, ref.weights, rtol=0, atol=1e-6)
+        assert torch.equal(ours(test).argmax(1), ref(test).argmax(1))
+        assert [s for s, _ in repb] == [s for s, _ in rep] == [10]
+        assert [v for _, v in repb] == pytest.approx([v for _, v in rep], abs=1e-6)
+    assert not torch.equal(batched[0].ctx, batched[1].ctx)  # each member its own lr
+    assert Coop().fit_trials(data, [base, dataclasses.replace(base, n_ctx=8)], [ctx, ctx]) is None
+
+
+def test_coop_trials_are_stacked_by_context_length(task, tmp_path):
+    from bench.methods.coop import Coop
+
+    class CountingCoop(Coop):
+        groups: ClassVar[list[tuple[int, ...]]] = []
+
+        def fit_trials(self, data, cfgs, ctxs):
+            CountingCoop.groups.append(tuple(c.n_ctx for c in cfgs))
+            return super().fit_trials(data, cfgs, ctxs)
+
+    data, ctx = task
+    storage = f"journal:{tmp_path / 'coop.journal'}"
+    ref = StudyRef(name="coop", storage=storage, mode="val", trials=8, seed=7, trial_batch=8)
+    config = dataclasses.replace(Coop().default_config("toy", 8), epochs=2)
+    _, record = tune(CountingCoop(), data, config, ctx, ref, Objective("val", _val_score(data)))
+    trials = optuna.load_study(study_name="coop", storage=open_storage(storage)).get_trials()
+    by_length: dict[int, int] = {}
+    for t in trials:
+        by_length[t.params["n_ctx"]] = by_length.get(t.params["n_ctx"], 0) + 1
+    # one fit_trials call per context length drawn more than once, holding exactly those trials
+    assert sorted(CountingCoop.groups) == sorted((n,) * k for n, k in by_length.items() if k > 1)
+    assert record["complete"] == 8 and len({t.params["lr"] for t in trials}) == 8
