@@ -117,6 +117,12 @@ def _run_options(args):
     from bench.features import ExtractOptions
     from bench.runner import RunOptions
 
+    if args.trial_batch > 1 and args.tune == "none":
+        raise BenchError(
+            f"--trial-batch {args.trial_batch} has no effect without --tune",
+            where="--trial-batch",
+            fix="add --tune val (or oracle) with --trials, or drop --trial-batch",
+        )
     workers = args.workers
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if torch.cuda.is_available() and args.device != "cpu" else 0

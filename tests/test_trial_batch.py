@@ -291,3 +291,11 @@ def test_coop_trials_are_stacked_by_context_length(task, tmp_path):
     # one fit_trials call per context length drawn more than once, holding exactly those trials
     assert sorted(CountingCoop.groups) == sorted((n,) * k for n, k in by_length.items() if k > 1)
     assert record["complete"] == 8 and len({t.params["lr"] for t in trials}) == 8
+
+
+def test_trial_batch_without_tune_is_refused(tmp_path, capsys):
+    from bench.cli import main
+
+    argv = ["run", "--methods", "clip_adapter", "--trial-batch", "4", "--results", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "--trial-batch: --trial-batch 4 has no effect without --tune" in capsys.readouterr().err
