@@ -383,7 +383,7 @@ def _tuned(work: CellWork, session: Session) -> tuple[Any, dict]:
         spec,
         cell.study,
         tuning.storage_url(session.options.storage, session.options.results_root),
-        tuning.trial_batch_for(work.method, session.options.trial_batch),
+        tuning.trial_batch_for(work.method, session.options.trial_batch, cell.config),
     )
     return tuning.tune(work.method, data, cell.config, work.ctx, ref, objective)
 

@@ -143,7 +143,7 @@ def plan_cells(specs: list[RunSpec], session: Session, *, dry_run: bool = False)
             "split_protocol": split_protocol(dataset, session.options.sampling),
             "data_sha256": _data_sha256(spec, session),
             "tuning_protocol": tuning.tuning_protocol(
-                spec.tune, tuning.trial_batch_for(method, session.options.trial_batch)
+                spec.tune, tuning.trial_batch_for(method, session.options.trial_batch, config)
             )
             if searched
             else None,

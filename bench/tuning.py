@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.distributions import CategoricalDistribution, distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
@@ -121,11 +122,15 @@ def tuning_protocol(mode: str, trial_batch: int = 1) -> str | None:
     return TUNING_PROTOCOL if trial_batch == 1 else f"{TUNING_PROTOCOL}+ask-{trial_batch}-then-tell"
 
 
-def trial_batch_for(method: Any, requested: int) -> int:
-    """``--trial-batch``: the trials a cell of ``method`` asks for at once, ``requested`` where the method
-    trains several trials together (a ``fit_trials`` hook, :mod:`bench.methods.base`), else 1: a method
-    without it runs its study one trial at a time, exactly as without the option."""
-    return requested if requested > 1 and callable(getattr(method, "fit_trials", None)) else 1
+def trial_batch_for(method: Any, requested: int, config: Any) -> int:
+    """``--trial-batch``: the trials a cell of ``method`` with ``config`` asks for at once: ``requested`` where
+    the method trains several trials of that config together (a ``fit_trials`` hook whose ``stacks_trials``
+    accepts it, :mod:`bench.methods.base`), else 1: such a cell runs its study one trial at a time, exactly
+    as without the option (the same run id and study), rather than a batch-N search that stacks nothing."""
+    if requested <= 1 or not callable(getattr(method, "fit_trials", None)):
+        return 1
+    stacks = getattr(method, "stacks_trials", None)
+    return requested if stacks is None or stacks(config) else 1
 
 
 def check_tuning(spec: Any, method: Any) -> None:
@@ -286,8 +291,16 @@ def tune(
     best = best_trial(considered)
     overrides = method.search_space(optuna.trial.FixedTrial(best.params), data.dataset, data.shots, config)
     record = _record(ref, objective.split, considered, best, defaults, warmup)
-    record.update(study_trials=len(finished), val_shots=min(data.shots, VAL_SHOTS_CAP))
+    record.update(study_trials=len(finished), val_shots=_val_shots(data))
     return _apply(method, config, overrides), record
+
+
+def _val_shots(data: FewShotData) -> int | None:
+    """The few-shot val split's images per class, ``min(K, 4)``; None for a val split with more in some class
+    (the whole val split of ``--sampling dassl_full_val``)."""
+    cap = min(data.shots, VAL_SHOTS_CAP)
+    most = int(torch.bincount(data.val.labels).max()) if data.val.labels.numel() else 0
+    return cap if most <= cap else None
 
 
 def run_study(
@@ -307,8 +320,8 @@ def run_study(
 
     The paper default goes in first (``default_params``, when the study is new). Trials that
     other workers are running do not count, so a killed worker never blocks a study; workers
-    that run concurrently may overshoot the target by one trial each. ``step(finished, target, "trial")``
-    follows the study after each trial.
+    that run concurrently may overshoot the target by one trial each (by up to a trial batch each,
+    with ``--trial-batch``). ``step(finished, target, "trial")`` follows the study after each trial.
     """
     study = optuna.create_study(
         study_name=ref.name,

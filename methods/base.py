@@ -190,6 +190,7 @@ class Method(Protocol):
     # Optional, for bench run --trial-batch N (bench/tuning.py):
     #     trial_scalars: ClassVar[tuple[str, ...]]
     #     def fit_trials(self, data: FewShotData, cfgs: list, ctxs: list[FitContext]) -> list[Classifier] | None
+    #     def stacks_trials(self, cfg) -> bool   (optional: False where no trials of cfg can ever be stacked)
     # trains trials of one tuned cell (one support set, one seed) whose configs differ at most in the
     # ``trial_scalars`` fields as one model, each classifier as ``fit`` gives its config (to float rounding,
     # same predictions), or returns None where ``cfgs`` cannot be trained so (one fit each then). A member's

@@ -365,14 +365,14 @@ class Coop:
         steps: other configs, class-specific contexts, live augmentation, a subclass that trains otherwise."""
         base = cfgs[0]
         same = {f: getattr(base, f) for f in TRIAL_SCALARS}
-        if (
-            type(self).fit is not Coop.fit
-            or base.csc
-            or base.augment != "cached"
-            or any(dataclasses.replace(c, **same) != base for c in cfgs)
-        ):
+        if not self.stacks_trials(base) or any(dataclasses.replace(c, **same) != base for c in cfgs):
             return None
         return _fit_stacked([data] * len(cfgs), cfgs, ctxs)
+
+    def stacks_trials(self, cfg: CoopConfig) -> bool:
+        """Whether :meth:`fit_trials` can stack trials of ``cfg``: a unified context on cached views, and this
+        class's own ``fit``."""
+        return type(self).fit is Coop.fit and not cfg.csc and cfg.augment == "cached"
 
     def batched_fit(self, cfg: CoopConfig) -> Any:
         """``bench run --batch-seeds``: :func:`fit_many` for cells of ``cfg`` that differ only in seed, or

@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.errors import BenchError
-from bench.results import BackboneInfo, RunResult, Spec
+from bench.results import BackboneInfo, RunResult, Spec, TuningInfo
 
 TABLE_KEYS = ["backbone", "weights_sha256", "tune", "preprocessing", "protocol"]
 CELL_KEYS = [*TABLE_KEYS, "label", "dataset", "shots"]
@@ -124,16 +124,26 @@ def sampling_suffix(split_protocol: str | None) -> str:
     return "" if drawn == DEFAULT_SAMPLING else f" (sampling: {drawn})"
 
 
+def trial_batch_suffix(tuning: TuningInfo) -> str:
+    """``" (trial batch 4)"`` for a study run with ``--trial-batch 4`` (another search, its own run id and
+    study); ``""`` for one-at-a-time studies, untuned cells and records that predate the option."""
+    batch = (tuning.sampler or {}).get("trial_batch") or 1
+    return "" if batch <= 1 else f" (trial batch {batch})"
+
+
 def record_keys(r: RunResult) -> dict:
     """The columns that place a record in a table (backbone, weights, tuning, method label, cell), shared by
-    the results frame and the parameter frame. The method label carries the sampling, so records drawn
-    with another ``--sampling`` are a row of their own, never averaged with the default's."""
+    the results frame and the parameter frame. The method label carries the sampling and the trial batch,
+    so records drawn with another ``--sampling`` or tuned with ``--trial-batch N`` are rows of their own,
+    never averaged with (or replaced by) the default's."""
     return {
         "backbone": r.backbone.id,
         "weights_sha256": (r.backbone.weights_sha256 or "?")[:12],
         "tune": r.spec.tune,
         "trials": r.spec.trials,
-        "method": method_label(r.spec) + sampling_suffix(r.data.split_protocol),
+        "method": method_label(r.spec)
+        + sampling_suffix(r.data.split_protocol)
+        + trial_batch_suffix(r.tuning),
         "dataset": r.spec.dataset,
         "shots": r.spec.shots,
         "seed": r.spec.seed,

@@ -62,6 +62,7 @@ def record(
     overrides=None,
     trials=0,
     split_protocol=None,
+    trial_batch=None,
 ):
     """One RunResult; ``prompts="default"`` uses the method's usual prompt set (None for the linear probe)."""
     prompt_set = PROMPTS.get(method, "coop") if prompts == "default" else prompts
@@ -98,6 +99,7 @@ def record(
                     overrides,
                     *([trials] if trials else []),
                     *([split_protocol] if split_protocol else []),
+                    *([trial_batch] if trial_batch else []),
                 ]
             )[:16],
             backbone={
@@ -108,7 +110,7 @@ def record(
             },
             data={"preprocessing": preprocessing or SHORTEST, "split_protocol": split_protocol},
             config={},
-            tuning={"mode": tune},
+            tuning={"mode": tune, **({"sampler": {"trial_batch": trial_batch}} if trial_batch else {})},
             metrics=metrics,
             timing_s={},
             memory={},

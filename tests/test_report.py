@@ -402,6 +402,30 @@ def test_tuned_cells_with_different_trial_budgets_get_their_own_rows(tmp_path):
     assert one_budget[1][0] == "clip_adapter"  # a single budget adds nothing to the label
 
 
+def test_a_trial_batched_study_is_a_row_of_its_own(tmp_path):
+    """--trial-batch 4 is another search (its own run id and study): a later batch-4 record never replaces the
+    one-at-a-time record of the same cell, and a batch-1 sampler section adds no label."""
+    for seed, (one, four) in enumerate(((0.60, 0.70), (0.62, 0.72)), start=1):
+        save(tmp_path, record("clip_adapter", "dtd", 1, seed, one, tune="val", trials=20, trial_batch=1))
+        save(
+            tmp_path,
+            record(
+                "clip_adapter",
+                "dtd",
+                1,
+                seed,
+                four,
+                tune="val",
+                trials=20,
+                trial_batch=4,
+                finished=f"2026-11-24T10:00:0{seed}+00:00",
+            ),
+        )
+    frame = results_frame(load_results(tmp_path))
+    assert sorted(frame["label"].unique()) == ["clip_adapter", "clip_adapter (trial batch 4)"]
+    assert sorted(frame.loc[frame["label"] == "clip_adapter", "top1"]) == pytest.approx([60.0, 62.0])
+
+
 def test_another_sampling_is_a_row_of_its_own(tmp_path):
     """Subsets drawn with --sampling dassl_full_val (another selection split) never average with, or
     replace, the default's; ImageNet's +val_from_train is the dataset's and adds no label."""

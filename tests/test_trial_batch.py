@@ -13,6 +13,7 @@ import torch
 
 from bench.methods.base import FitContext
 from bench.methods.clip_adapter import ClipAdapter
+from bench.methods.coop import Coop
 from bench.registry import Registry
 from bench.results import load_results
 from bench.runner import Session, plan_cells, run_cells
@@ -181,9 +182,17 @@ def test_trial_batch_1_is_todays_study_and_a_method_without_the_hook_runs_one_at
     assert [(t.params, t.state, t.value) for t in with_hook] == [
         (t.params, t.state, t.value) for t in reference
     ]
-    assert (
-        trial_batch_for(plain, 8) == 1 and trial_batch_for(hooked, 8) == 8 and trial_batch_for(hooked, 1) == 1
-    )
+    assert trial_batch_for(plain, 8, None) == 1 and trial_batch_for(hooked, 8, None) == 8
+    assert trial_batch_for(hooked, 1, None) == 1
+    # a config whose trials can never stack (live augmentation, as --as-published sets) keeps batch 1: the
+    # same run id and study as without the option, not a batch-N search that stacks nothing
+    adapter = ClipAdapter()
+    cached = adapter.default_config("dtd", 4)
+    live = dataclasses.replace(cached, augment="live")
+    assert trial_batch_for(adapter, 4, cached) == 4 and trial_batch_for(adapter, 4, live) == 1
+    coop = Coop().default_config("dtd", 4)
+    assert trial_batch_for(Coop(), 4, coop) == 4
+    assert trial_batch_for(Coop(), 4, dataclasses.replace(coop, csc=True)) == 1
     record, without = _toy_study(plain, tmp_path, 12, 8, "no-hook")  # a ref that asks for 8 anyway
     assert len(plain.fitted) == 12 and [t.params for t in without] == [t.params for t in reference]
 
