@@ -54,7 +54,10 @@ def data_record(
         "split_file_sha256": splits.source_sha256,
         "split_protocol": fewshot.protocol,
         "fewshot_index_sha256": fewshot.sha256,
-        "val_shots": min(fewshot.shots, VAL_SHOTS_CAP),
+        # the whole val split (--sampling dassl_full_val) has no per-class count: None, n_val says how many
+        "val_shots": None
+        if fewshot.protocol.startswith("dassl_full_val")
+        else min(fewshot.shots, VAL_SHOTS_CAP),
         "miniature": splits.miniature,
         "n_classes": data.n_classes,
         "n_train": int(data.train.labels.numel()),

@@ -148,7 +148,9 @@ class DataInfo(Section):
     fewshot_index_sha256: str | None = (
         None  # the few-shot index file (train/val subsets) of this shot and seed
     )
-    val_shots: int | None = None  # images per class of the few-shot val split: min(K, 4)
+    val_shots: int | None = (
+        None  # images per class of the few-shot val split: min(K, 4); None: whole val split
+    )
     miniature: bool | None = None  # a generated miniature of a real layout, not the real data
     n_classes: int | None = None  # classes the method saw
     n_train: int | None = None  # support images

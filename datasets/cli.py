@@ -217,15 +217,21 @@ def _cmd_prepare(args) -> int:
 
 def _cmd_export(args) -> int:
     from bench.datasets import read_dataset
-    from bench.datasets.splits import load_or_create_fewshot
+    from bench.datasets.splits import load_or_create_fewshot, samplings_for, split_protocol
     from bench.fileio import atomic_write_bytes
     from bench.spec import ALL_SHOTS, parse_int_list
 
     shots = parse_int_list(args.shots, flag="--shots", all_value=ALL_SHOTS)
     seeds = parse_int_list(args.seeds, flag="--seeds")
     names = _names(args.names, args.data_root, present_only=True)
-    if args.names.strip() == "all":  # only datasets that have few-shot subsets of their own
+    if args.names.strip() == "all":  # only datasets that have few-shot subsets of their own, in this sampling
         names = [n for n in names if not _registry().get(n).test_only]
+        skipped = [n for n in names if args.sampling not in samplings_for(_registry().get(n))]
+        names = [n for n in names if n not in skipped]
+        if skipped:
+            print(f"skipped (no val split for --sampling {args.sampling}): {', '.join(skipped)}")
+    for name in names:  # a named dataset the sampling cannot serve is refused before anything is written
+        split_protocol(_registry().get(name), args.sampling)
     for name in names:
         spec = _registry().get(name)
         if spec.test_only:

@@ -257,7 +257,7 @@ class AdaptedEncoderClassifier(torch.nn.Module):
         self.adapters = adapters
         self.backbone = backbone  # a plain attribute: the frozen model is not part of this classifier's state
         # normalised, "averaged" over the one template and normalised again: CLIP's ensembling as the zero-shot
-        # classifier computes it, so with B = 0 the logits are zero-shot's bit for bit
+        # classifier computes it, so with B = 0 the logits are zero-shot's bit for bit (at the same precision)
         self.register_buffer("weights", F.normalize(F.normalize(text_features.float(), dim=-1), dim=-1))
         self.scale = scale
 

@@ -274,6 +274,26 @@ def test_cli_data_list_check_export_and_miniature(tmp_path, miniature_root, caps
     assert not {"imagenet_a", "imagenet_r", "imagenet_v2", "imagenet_sketch"} & {
         p.name for p in (tmp_path / "all").iterdir()
     }
+    # 'all' with the whole-val sampling passes over the datasets without a val split (ImageNet), said so;
+    # naming one is refused before anything is written
+    capsys.readouterr()
+    full = [
+        "--shots",
+        "1",
+        "--seeds",
+        "1",
+        "--sampling",
+        "dassl_full_val",
+        "--data-root",
+        str(miniature_root),
+    ]
+    full += ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["data", "export-splits", "all", "--out", str(tmp_path / "full"), *full]) == 0
+    assert "skipped (no val split for --sampling dassl_full_val): imagenet" in capsys.readouterr().out
+    assert (tmp_path / "full/dtd/dassl_full_val/shot_1-seed_1.json").is_file()
+    assert not (tmp_path / "full/imagenet").exists()
+    assert main(["data", "export-splits", "dtd,imagenet", "--out", str(tmp_path / "named"), *full]) == 2
+    assert "has no val split" in capsys.readouterr().err and not (tmp_path / "named").exists()
     assert main(["data", "miniature", "dtd", "--data-root", str(tmp_path / "mini")]) == 0
     assert (tmp_path / "mini/dtd/bench-miniature.json").is_file()
     assert main(["data", "check", "oxford_pets", "--data-root", str(tmp_path / "nothing")]) == 2

@@ -296,3 +296,21 @@ def test_split_files_that_cannot_make_a_few_shot_task_are_refused(data_root, tmp
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
     with pytest.raises(BenchError, match=re.escape(message)):
         read_split_file(SYNTHETIC, root)
+
+
+def test_a_full_val_record_says_so(run_options):
+    """A cell run with --sampling dassl_full_val records its protocol, no per-class val count, and the whole
+    val split's size."""
+    from bench.results import load_results
+    from bench.runner import Session, run_cells
+    from bench.spec import expand_grid
+
+    from .conftest import TINY
+
+    options = dataclasses.replace(run_options, sampling="dassl_full_val")
+    summary = run_cells(expand_grid(["zero_shot"], ["synthetic"], [2], [1], [TINY]), options, Session(options))
+    assert summary.ran and not summary.failed
+    (record,) = [r for r in load_results(options.results_root) if r.spec["method"] == "zero_shot"]
+    splits = read_split_file(SYNTHETIC, options.data_root)
+    assert record.data.split_protocol == "dassl_full_val" and record.data.val_shots is None
+    assert record.data.n_val == len(splits.val)
