@@ -82,6 +82,11 @@ def run_planned(
 
     pending = [c for c in cells if not finished(c)]
     groups = seed_groups(pending, session) if options.batch_seeds else {}
+    if options.batch_seeds and len(pending) > 1 and not groups:
+        log.warning(
+            "--batch-seeds: no cells here can train together (it needs several seeds of one untuned cell "
+            "of a method with batched_fit, e.g. coop or clip_adapter on cached views); running them one at a time"
+        )
     prepared: set[str] = set()
     handled: set[str] = set()  # run ids of the seed groups already run
     loop = _CellLoop(

@@ -137,3 +137,15 @@ def test_only_cells_of_one_untuned_config_with_a_batched_fit_are_grouped(run_opt
     assert not grouped(_grid(methods=("clip_adapter",), overrides={"clip_adapter": (("augment", "live"),)}))
     assert not grouped(_grid(seeds=(1,), methods=("coop",)))  # one seed: nothing to share
     assert not grouped(_grid(methods=("coop",), tune="val", trials=2))  # each seed its own tuned config
+
+
+def test_batch_seeds_with_nothing_to_group_says_so(run_options, caplog):
+    import dataclasses
+    import logging
+
+    from bench.runner import run_cells
+
+    options = dataclasses.replace(run_options, batch_seeds=True)
+    with caplog.at_level(logging.WARNING, logger="bench.runner"):
+        run_cells(_grid(methods=("zero_shot",)), options, Session(options))
+    assert "--batch-seeds: no cells here can train together" in caplog.text
