@@ -127,7 +127,7 @@ def seed_groups(cells: list[PlannedCell], session: Session) -> dict[str, SeedGro
     at a time."""
     members: dict[str, list[PlannedCell]] = {}
     for cell in cells:
-        key = _seedless_key(cell)
+        key = seedless_key(cell)
         if key is not None and all(c.run_id != cell.run_id for c in members.get(key, ())):
             members.setdefault(key, []).append(cell)
     groups: dict[str, SeedGroup] = {}
@@ -138,9 +138,9 @@ def seed_groups(cells: list[PlannedCell], session: Session) -> dict[str, SeedGro
     return groups
 
 
-def _seedless_key(cell: PlannedCell) -> str | None:
+def seedless_key(cell: PlannedCell) -> str | None:
     """What a cell's seed group shares: everything but the seed; None for a tuned cell (its config is its
-    study's best, its own)."""
+    study's best, its own). Also how a Slurm sweep keeps a seed group in one array task (``--batch-seeds``)."""
     if cell.study is not None:
         return None
     return canonical_json({**cell.spec.to_json(), "seed": None}) + repr(cell.config)

@@ -34,7 +34,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 
 from bench.errors import BenchError
 from bench.provenance import utc_now
-from bench.runner import PlannedCell, RunOptions, is_done
+from bench.runner import PlannedCell, RunOptions, is_done, seedless_key
 from bench.slurm.jobs import CellTask, FeatureTask
 from bench.slurm.manifest import (
     CellEntry,
@@ -89,9 +89,8 @@ def plan_sweep(cells: list[PlannedCell], options: RunOptions, sweep: SweepOption
     features, tasks, task_of = [], [], {}
     for (backbone, dataset), members in groups.items():
         features.append(FeatureEntry(backbone, dataset))
-        size = sweep.resources.cells_per_task
-        for start in range(0, len(members), size):
-            chunk = tuple(members[start : start + size])
+        units = _seed_units(members, cells) if options.batch_seeds else [[i] for i in members]
+        for chunk in _chunks(units, sweep.resources.cells_per_task):
             task_of.update({i: len(tasks) for i in chunk})
             tasks.append(TaskEntry(cells=chunk, feature=len(features) - 1))
     entries = tuple(
@@ -113,6 +112,34 @@ def plan_sweep(cells: list[PlannedCell], options: RunOptions, sweep: SweepOption
         tasks=tuple(tasks),
         config=sweep.config,
     )
+
+
+def _seed_units(members: list[int], cells: list[PlannedCell]) -> list[list[int]]:
+    """``--batch-seeds``: the cells (indices) of one seed group together, so one array task can train them
+    in one fit (:func:`bench.runner.seed_groups`: a method whose ``batched_fit`` takes the config); other
+    cells alone. In the order of each unit's first cell."""
+    from bench.methods import method_registry
+
+    methods = method_registry()
+    units: dict[str, list[int]] = {}
+    for i in members:
+        cell = cells[i]
+        hook = getattr(methods.get(cell.spec.method)(), "batched_fit", None)
+        key = seedless_key(cell) if hook is not None and hook(cell.config) is not None else None
+        units.setdefault(key if key is not None else f"cell {i}", []).append(i)
+    return list(units.values())
+
+
+def _chunks(units: list[list[int]], size: int) -> list[tuple[int, ...]]:
+    """Array tasks of up to ``size`` cells, a unit never split: a unit larger than ``size`` is a task of its
+    own (a seed group of 3 with ``cells_per_task`` 1 is one task of 3 cells)."""
+    chunks: list[list[int]] = []
+    for unit in units:
+        if chunks and len(chunks[-1]) + len(unit) <= size:
+            chunks[-1].extend(unit)
+        else:
+            chunks.append(list(unit))
+    return [tuple(c) for c in chunks]
 
 
 def in_flight(results_root: Path) -> dict[str, str]:

@@ -160,6 +160,20 @@ def test_plan_groups_pending_cells_by_backbone_and_dataset(run_options):
     assert len(forced.tasks) == 8 and forced.force
 
 
+def test_batch_seeds_keeps_a_seed_group_in_one_array_task(run_options):
+    """With --batch-seeds a cell's seeds go to one task (so it can train them in one fit), even past
+    cells_per_task; other cells keep the usual chunks."""
+    session = Session(run_options)
+    cells = plan_cells(_grid(methods=("coop", "zero_shot"), seeds=(1, 2, 3), shots=(1,)), session)
+    batched = dataclasses.replace(run_options, batch_seeds=True)
+    manifest = plan_sweep(cells, batched, SweepOptions(resources=Resources(cells_per_task=1)))
+    tasks = [sorted(manifest.cells[i].name for i in t.cells) for t in manifest.tasks]
+    assert ["coop/synthetic/k1/s1", "coop/synthetic/k1/s2", "coop/synthetic/k1/s3"] in tasks
+    assert all(len(t) == 1 for t in tasks if not t[0].startswith("coop/"))
+    plain = plan_sweep(cells, run_options, SweepOptions(resources=Resources(cells_per_task=1)))
+    assert all(len(t.cells) == 1 for t in plain.tasks)
+
+
 def test_prepare_features_leaves_nothing_for_the_cells_to_encode(run_options):
     grid = _grid(shots=(1, 2)) + _grid(methods=("clip_adapter",), shots=(1,))
     session = Session(run_options)
