@@ -308,7 +308,9 @@ def test_a_full_val_record_says_so(run_options):
     from .conftest import TINY
 
     options = dataclasses.replace(run_options, sampling="dassl_full_val")
-    summary = run_cells(expand_grid(["zero_shot"], ["synthetic"], [2], [1], [TINY]), options, Session(options))
+    summary = run_cells(
+        expand_grid(["zero_shot"], ["synthetic"], [2], [1], [TINY]), options, Session(options)
+    )
     assert summary.ran and not summary.failed
     (record,) = [r for r in load_results(options.results_root) if r.spec["method"] == "zero_shot"]
     splits = read_split_file(SYNTHETIC, options.data_root)
