@@ -72,7 +72,12 @@ def run_cell(cell: PlannedCell, session: Session, *, step: Step | None = None) -
 
 
 def run_cells_together(
-    cells: list[PlannedCell], session: Session, fit_many: Callable, *, step: Step | None = None
+    cells: list[PlannedCell],
+    session: Session,
+    fit_many: Callable,
+    *,
+    step: Step | None = None,
+    on_done: Callable[[PlannedCell, RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Run cells that differ only in seed (untuned, one config) with one ``fit_many`` call (the method's
     ``batched_fit``, ``bench run --batch-seeds``), then score and write each as :func:`run_cell` does.
@@ -80,8 +85,10 @@ def run_cells_together(
     Each record says it was trained so (``diagnostics.batched_fit``: the seeds trained together, the
     shared fit's seconds); its ``timing_s.fit`` is its share of that fit, so the cells' totals add up to
     the wall time. If reading the features or the shared fit fails on anything but a user error, the
-    cells run one at a time instead, each with its own outcome, as without the option.
+    cells run one at a time instead, each with its own outcome, as without the option. ``on_done`` hears of
+    each cell as soon as its record is written (a Slurm task preempted mid-group must not redo those).
     """
+    done = on_done or (lambda cell, result: None)
     started, t0 = utc_now(), time.perf_counter()
     _reset_peak_memory(session)
     try:
@@ -93,12 +100,17 @@ def run_cells_together(
         log.warning(
             "seeds %s trained together failed; running them one at a time", cells[0].spec.name, exc_info=True
         )
-        return [run_cell(cell, session, step=step) for cell in cells]
+        results = []
+        for cell in cells:
+            results.append(run_cell(cell, session, step=step))
+            done(cell, results[-1])
+        return results
     shared = (time.perf_counter() - t0 - sum(w.seconds for w in works)) / len(cells)
-    return [
-        _finish_together(w, session, classifier, started, shared)
-        for w, classifier in zip(works, classifiers, strict=True)
-    ]
+    results = []
+    for w, classifier in zip(works, classifiers, strict=True):
+        results.append(_finish_together(w, session, classifier, started, shared))
+        done(w.cell, results[-1])
+    return results
 
 
 def _fit_together(works: list[CellWork], fit_many: Callable) -> list[Any]:

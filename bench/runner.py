@@ -181,14 +181,13 @@ class _CellLoop:
         try:
             todo = [cell for cell in group.cells if self._claim(cell, locks)]
             if len(todo) > 1:
-                results = self._together(todo, group.fit_many)
+                self._together(todo, group.fit_many)  # each cell counted as its record is written
             else:
-                results = [self._run(cell) for cell in todo]
+                for cell in todo:
+                    self._count(cell, self._run(cell))
         finally:
             for lock in locks:
                 lock.release()
-        for cell, result in zip(todo, results, strict=True):
-            self._count(cell, result)
 
     def _claim(self, cell: PlannedCell, locks: list) -> bool:
         lock = try_lock(lock_path(cell))
@@ -204,12 +203,14 @@ class _CellLoop:
         self.progress.finish(cell.spec.name, result, time.perf_counter() - t0)
         return result
 
-    def _together(self, cells: list[PlannedCell], fit_many: Callable) -> list[RunResult]:
+    def _together(self, cells: list[PlannedCell], fit_many: Callable) -> None:
         step = self.progress.start(f"{cells[0].spec.name} and {len(cells) - 1} more seeds")
-        results = run_cells_together(cells, self.session, fit_many, step=step)
-        for cell, result in zip(cells, results, strict=True):
+
+        def done(cell: PlannedCell, result: RunResult) -> None:
             self.progress.finish(cell.spec.name, result, result.timing_s.total or 0.0)
-        return results
+            self._count(cell, result)
+
+        run_cells_together(cells, self.session, fit_many, step=step, on_done=done)
 
     def _done_meanwhile(self, cell: PlannedCell) -> bool:
         """Another runner finished the cell before we got its lock."""

@@ -149,3 +149,18 @@ def test_batch_seeds_with_nothing_to_group_says_so(run_options, caplog):
     with caplog.at_level(logging.WARNING, logger="bench.runner"):
         run_cells(_grid(methods=("zero_shot",)), options, Session(options))
     assert "--batch-seeds: no cells here can train together" in caplog.text
+
+
+def test_each_cell_of_a_group_is_reported_as_its_record_is_written(run_options):
+    """A Slurm task counts a grouped cell done when its record exists, not when the whole group ends, so a
+    task preempted mid-group does not redo the seeds it already wrote."""
+    from bench.cell import run_cells_together
+
+    session = Session(run_options)
+    group = next(iter(seed_groups(plan_cells(_grid(methods=("coop",)), session), session).values()))
+    seen = []
+    results = run_cells_together(
+        group.cells, session, group.fit_many, on_done=lambda cell, result: seen.append(cell.path.is_file())
+    )
+    assert len(group.cells) == 3 and seen == [True, True, True] and all(r.ok for r in results)
+    assert [r.diagnostics["batched_fit"]["seeds"] for r in results] == [[1, 2, 3]] * 3
