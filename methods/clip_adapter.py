@@ -50,6 +50,7 @@ from bench.methods.training import (
     accuracy,
     coop_epochs,
     cpu_threads_for,
+    fit_each,
     train_on_features,
     val_reporter,
 )
@@ -308,7 +309,7 @@ def fit_many(
         or any(c.report is not None for c in ctxs)
         or len({d.classnames for d in data}) != 1
     ):
-        return [ClipAdapter().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
+        return fit_each(ClipAdapter().fit, data, cfg, ctxs)
     return _fit_stacked(data, [cfg] * len(ctxs), ctxs)
 
 

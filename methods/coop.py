@@ -53,6 +53,7 @@ from bench.methods.training import (
     accuracy,
     coop_epochs,
     cpu_threads_for,
+    fit_each,
     train_on_features,
     val_reporter,
 )
@@ -414,7 +415,7 @@ def fit_many(data: list[FewShotData], cfg: CoopConfig, ctxs: list[FitContext]) -
         or len({d.classnames for d in data}) != 1
         or any(c.report is not None for c in ctxs)
     ):
-        return [Coop().fit(d, cfg, c) for d, c in zip(data, ctxs, strict=True)]
+        return fit_each(Coop().fit, data, cfg, ctxs)
     return _fit_stacked(data, [cfg] * len(ctxs), ctxs)
 
 

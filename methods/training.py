@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -232,6 +233,17 @@ def val_reporter(
             ctx.report(epoch + 1, score)
 
     return on_epoch_end
+
+
+def fit_each(fit: Callable, data: list, cfg: Any, ctxs: list) -> list:
+    """``fit_many``'s fallback where cells cannot share steps: ``fit(data, cfg, ctx)`` per cell, each record
+    saying so (``diagnostics.stacked_fit: false``), since the runner's ``batched_fit`` note would otherwise
+    read as one stacked model."""
+    out = []
+    for d, c in zip(data, ctxs, strict=True):
+        c.record("stacked_fit", False)
+        out.append(fit(d, cfg, c))
+    return out
 
 
 def train_stacked(

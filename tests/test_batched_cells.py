@@ -51,10 +51,14 @@ def test_stacked_seeds_equal_sequential_cells(backbone, branch):
 def test_cells_that_cannot_share_steps_fall_back_to_one_fit_each(backbone):
     data = [clustered_data(NAMES, 8, 4, seed=1), clustered_data(NAMES, 4, 4, seed=2)]  # other support sizes
     cfg = dataclasses.replace(ClipAdapter().default_config("toy", 8), epochs=2)
-    ctxs = [toy_context(backbone, seed=1), toy_context(backbone, seed=2)]
+    recorded = [{}, {}]
+    ctxs = [
+        dataclasses.replace(toy_context(backbone, seed=s), record=recorded[s - 1].__setitem__) for s in (1, 2)
+    ]
     out = fit_many(data, cfg, ctxs)
     ref = ClipAdapter().fit(data[1], cfg, ctxs[1])
     assert torch.equal(out[1].visual.fc[0].weight, ref.visual.fc[0].weight)
+    assert [r.get("stacked_fit") for r in recorded] == [False, False]  # each record says it was not stacked
 
 
 @pytest.mark.parametrize("position", ["end", "middle"])
