@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.slurm.resources import Resources
 from bench.spec import DEFAULT_BACKBONE, PROTOCOLS, TUNE_MODES
 
 DEFAULT_METHODS = "zero_shot,linear_probe,coop,clip_adapter"  # the four methods of the CLIP-Adapter paper
@@ -342,25 +343,8 @@ _GROUPS = {
     "folders": None,
     _SWEEP: "executors and cluster sweeps (flags override the --slurm-profile)",
 }
-RESOURCE_OPTIONS = (
-    "partition",
-    "gpus_per_task",
-    "cpus_per_task",
-    "mem_gb",
-    "time_min",
-    "account",
-    "constraint",
-    "qos",
-    "gres",
-    "reservation",
-    "exclude",
-    "mail_type",
-    "mail_user",
-    "slurm_additional_parameters",
-    "setup",
-    "cells_per_task",
-    "array_parallelism",
-)
+# the Slurm resources a flag (or a --slurm-profile key) sets: every field of slurm.resources.Resources
+RESOURCE_OPTIONS = tuple(f.name for f in dataclasses.fields(Resources))
 SWEEP_ONLY = (*RESOURCE_OPTIONS, "slurm_profile", "poll", "detach")
 
 
