@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
+from bench.methods.base import FewShotData, FitContext, Needs, check_choice, prompt_templates
 from bench.methods.tip_adapter import default_prompts
 from bench.methods.training import (
     SGDRecipe,
@@ -123,12 +123,7 @@ def prompt_classnames(data: FewShotData, style: str) -> tuple[str, ...]:
 
 def fit_clap(data: FewShotData, cfg: Any, constraint: str, ctx: FitContext) -> PrototypeClassifier:
     """Train the zero-shot-initialised probe, with CLAP's penalty when ``constraint == "l2"``."""
-    if constraint not in CONSTRAINTS:
-        raise BenchError(
-            f"unknown constraint {constraint!r}",
-            where="--set clap.constraint",
-            fix=f"use one of: {', '.join(CONSTRAINTS)}",
-        )
+    check_choice("clap", "constraint", constraint, CONSTRAINTS)
     templates = prompt_templates(data, cfg.prompts)
     zero_shot = ctx.text_features(templates, prompt_classnames(data, cfg.classnames)).to(ctx.device).mean(0)
     # (C, D): the mean of the raw (unnormalised) template features, as _get_base_text_features

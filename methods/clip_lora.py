@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods.base import FewShotData, FitContext, Needs
+from bench.methods.base import FewShotData, FitContext, Needs, check_choice
 from bench.methods.encoder_training import (
     check_precision,
     cosine_annealing,
@@ -196,12 +196,7 @@ class LoraAdapters(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, cfg: ClipLoraConfig, generator: torch.Generator):
         super().__init__()
-        if cfg.encoders not in ENCODERS:
-            raise BenchError(
-                f"unknown encoders {cfg.encoders!r}",
-                where="config field clip_lora.encoders",
-                fix=f"use one of: {', '.join(ENCODERS)}",
-            )
+        check_choice("clip_lora", "encoders", cfg.encoders, ENCODERS)
         if not cfg.targets or set(cfg.targets) - set("qkvo"):
             raise BenchError(
                 f"targets {cfg.targets!r} is not a set of q, k, v, o",

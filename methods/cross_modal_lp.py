@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
+from bench.methods.base import FewShotData, FitContext, Needs, check_choice, prompt_templates
 from bench.methods.tip_adapter import default_prompts
 from bench.methods.training import cpu_threads_for
 from bench.seeding import derive_seed, torch_generator
@@ -227,12 +227,7 @@ class CrossModalLp:
         }
 
     def fit(self, data: FewShotData, cfg: CrossModalLpConfig, ctx: FitContext) -> NormalizedLinear:
-        if cfg.init not in INITS:
-            raise BenchError(
-                f"unknown init {cfg.init!r}",
-                where="cross_modal_lp.init",
-                fix=f"use one of: {', '.join(INITS)}",
-            )
+        check_choice(self.name, "init", cfg.init, INITS)
         device = ctx.device
         text = (
             ctx.text_features(prompt_templates(data, cfg.prompts), data.classnames).to(device).float()

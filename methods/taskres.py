@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
-from bench.methods.base import FewShotData, FitContext, Needs, prompt_templates
+from bench.methods.base import FewShotData, FitContext, Needs, check_choice, prompt_templates
 from bench.methods.training import SGDRecipe, accuracy, cpu_threads_for, train_on_features, val_reporter
 from bench.seeding import derive_seed, torch_generator
 
@@ -91,12 +90,7 @@ class TaskRes:
         return {"alpha": trial.suggest_float("alpha", 0.1, 2.0, log=True)}
 
     def fit(self, data: FewShotData, cfg: TaskResConfig, ctx: FitContext) -> ResidualClassifier:
-        if cfg.optimizer not in OPTIMIZERS:
-            raise BenchError(
-                f"unknown optimizer {cfg.optimizer!r}",
-                where="config field taskres.optimizer",
-                fix=f"use one of: {', '.join(OPTIMIZERS)}",
-            )
+        check_choice(self.name, "optimizer", cfg.optimizer, OPTIMIZERS)
         base = base_classifier(data, cfg, ctx)
         residual = torch.nn.Parameter(torch.zeros_like(base))
         scale = ctx.logit_scale
