@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench._locks import try_lock
 from bench.backbone import BackboneRef
@@ -132,7 +133,8 @@ def seed_groups(cells: list[PlannedCell], session: Session) -> dict[str, SeedGro
             members.setdefault(key, []).append(cell)
     groups: dict[str, SeedGroup] = {}
     for group_cells in members.values():
-        fit_many = _batched_fit(group_cells[0], session) if len(group_cells) > 1 else None
+        first = group_cells[0]
+        fit_many = batched_fit(first, session.method(first.spec.method)) if len(group_cells) > 1 else None
         if fit_many is not None:
             groups.update({c.run_id: SeedGroup(fit_many, group_cells) for c in group_cells})
     return groups
@@ -146,8 +148,10 @@ def seedless_key(cell: PlannedCell) -> str | None:
     return canonical_json({**cell.spec.to_json(), "seed": None}) + repr(cell.config)
 
 
-def _batched_fit(cell: PlannedCell, session: Session) -> Callable | None:
-    hook = getattr(session.method(cell.spec.method), "batched_fit", None)
+def batched_fit(cell: PlannedCell, method: Any) -> Callable | None:
+    """``method``'s ``batched_fit`` for ``cell``'s config: what trains its seed group in one call, or None
+    (no hook, or a config whose cells cannot share steps). Also how a Slurm sweep plans its array tasks."""
+    hook = getattr(method, "batched_fit", None)
     return hook(cell.config) if hook is not None else None
 
 

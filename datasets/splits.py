@@ -204,7 +204,7 @@ def split_protocol(spec: DatasetSpec, sampling: str = SPLIT_PROTOCOL) -> str:
     datasets without a val split add ``+val_from_train``.
     """
     check_sampling(sampling)
-    if sampling == "dassl_full_val" and spec.val_source == "train":
+    if sampling not in samplings_for(spec):
         raise BenchError(
             f"dataset {spec.name!r} has no val split, so --sampling dassl_full_val has no full val split "
             "to select on (the official Tip-Adapter selects on test there, main_imagenet.py)",

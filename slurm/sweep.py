@@ -34,7 +34,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 
 from bench.errors import BenchError
 from bench.provenance import utc_now
-from bench.runner import PlannedCell, RunOptions, is_done, seedless_key
+from bench.runner import PlannedCell, RunOptions, batched_fit, is_done, seedless_key
 from bench.slurm.jobs import CellTask, FeatureTask
 from bench.slurm.manifest import (
     CellEntry,
@@ -124,8 +124,7 @@ def _seed_units(members: list[int], cells: list[PlannedCell]) -> list[list[int]]
     units: dict[str, list[int]] = {}
     for i in members:
         cell = cells[i]
-        hook = getattr(methods.get(cell.spec.method)(), "batched_fit", None)
-        key = seedless_key(cell) if hook is not None and hook(cell.config) is not None else None
+        key = seedless_key(cell) if batched_fit(cell, methods.get(cell.spec.method)()) is not None else None
         units.setdefault(key if key is not None else f"cell {i}", []).append(i)
     return list(units.values())
 
