@@ -24,8 +24,8 @@ Defaults, each read in MaxZanella/CLIP-LoRA (snapshot 358f0d7, 2024-10-14):
   normalisation; ``datasets/utils.py``: ``build_data_loader(..., drop_last=False)``.
 
 Deviations: bf16 autocast on CUDA where the official code uses fp16 autocast with a GradScaler
-(fp32 on the CPU; ``precision="fp16"`` runs the official way); the backbone's own ``exp(logit_scale)`` where the official hard-codes 100 (the
-same value for released CLIPs up to rounding). On a ResNet image tower the vision-side adapters
+(fp32 on the CPU; ``precision="fp16"`` runs the official way); the backbone's own ``exp(logit_scale)``
+where the official hard-codes 100 (the same value for released CLIPs up to rounding). On a ResNet image tower the vision-side adapters
 go on the attention pool's q/k/v projections, merged into the weights (no dropout there): the
 official code supports ViTs only.
 """

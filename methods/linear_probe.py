@@ -45,10 +45,9 @@ class LinearProbeConfig:
     # the release lpclip ran with (same minimiser, another stopping point under the same gtol)
     final_fit: str = "support"  # "support": refit on the support set (lpclip); "support+val": on support and
     # few-shot val together, as the CLIP paper refits on train + val
-    two_class: str = (
-        "softmax"  # with 2 classes: "softmax" (a 2-way softmax, as for any C) or "binary" (sklearn's
-    )
-    # binary model: one weight vector, as lpclip fits; a 2-way softmax at C is the binary model at 2C)
+    # with 2 classes: "softmax" (a 2-way softmax, as for any C) or "binary" (sklearn's binary model: one
+    # weight vector, as lpclip fits; a 2-way softmax at C is the binary model at 2C)
+    two_class: str = "softmax"
 
 
 class LinearLogits(torch.nn.Module):
@@ -62,11 +61,10 @@ class LinearLogits(torch.nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.to(self.weight.dtype) @ self.weight.t() + self.bias
 
-    def theta(self, free_rows: int | None = None) -> np.ndarray:
-        """The solver's flat parameter vector (W row-major, then b), float64; ``free_rows``: only the
-        last rows (a binary fit's class-1 row)."""
-        rows = slice(-free_rows if free_rows else None, None)
-        return torch.cat([self.weight[rows].flatten(), self.bias[rows]]).double().cpu().numpy()
+    def theta(self, rows: int) -> np.ndarray:
+        """The solver's flat parameter vector over the last ``rows`` classes (W row-major, then b), float64:
+        every class, or a binary fit's class-1 row."""
+        return torch.cat([self.weight[-rows:].flatten(), self.bias[-rows:]]).double().cpu().numpy()
 
 
 def fit_logistic_regression(
@@ -116,7 +114,7 @@ def fit_logistic_regression(
         grad = torch.cat([(residual.t() @ x + 2 * penalty * weight).flatten(), residual.sum(0)])
         return scale * float(loss), scale * grad.cpu().numpy()
 
-    theta0 = np.zeros(rows * d + rows) if init is None else init.theta(free_rows=rows)
+    theta0 = np.zeros(rows * d + rows) if init is None else init.theta(rows)
     with _few_threads(x.device.type == "cpu" and n * d * n_classes < SMALL_PROBLEM):
         result = scipy.optimize.minimize(
             loss_and_grad,

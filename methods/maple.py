@@ -26,10 +26,10 @@ Defaults, each read in muzairkhattak/multimodal-prompt-learning (snapshot 69bce2
   described above, at layers 1 .. depth-1.
 
 Deviations: bf16 autocast on CUDA with fp32 parameters, where the official code runs CLIP and the
-first coupling in fp16 (its context vectors are fp16 too; ``precision="fp16"`` runs that way); the text transformer runs up to the longest
-EOT during training (as CoOp here: exact under the causal mask up to kernel rounding); a depth larger
-than an encoder's layer count is clipped to it (recorded as ``prompt_depth_used``). ViT backbones
-only, as the official code.
+first coupling in fp16 (its context vectors are fp16 too; ``precision="fp16"`` runs that way); the
+text transformer runs up to the longest EOT during training (as CoOp here: exact under the causal mask
+up to kernel rounding); a depth larger than an encoder's layer count is clipped to it (recorded as
+``prompt_depth_used``). ViT backbones only, as the official code.
 """
 
 from __future__ import annotations
@@ -76,10 +76,9 @@ class MapleConfig:
     batch_size: int = 4
     weight_decay: float = 5e-4
     grad_checkpointing: bool = False
-    precision: str = (
-        "auto"  # "auto": the backbone's autocast; "fp16": float16 autocast and the layer-0 context
-    )
-    # and first coupling held in float16, trained by plain SGD without loss scaling (PREC: fp16)
+    # "auto": the backbone's autocast; "fp16": float16 autocast and the layer-0 context and first coupling
+    # held in float16, trained by plain SGD without loss scaling (PREC: fp16)
+    precision: str = "auto"
 
 
 def _check_vit(model: torch.nn.Module) -> None:
