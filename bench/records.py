@@ -14,7 +14,7 @@ import torch
 
 from bench.backbone import Backbone
 from bench.datasets.spec import DatasetSpec, DatasetSplits
-from bench.datasets.splits import VAL_SHOTS_CAP, FewShotIndices
+from bench.datasets.splits import FewShotIndices, val_shots
 from bench.fileio import sha256_json
 from bench.images import ViewSpec
 from bench.methods.base import FewShotData
@@ -54,10 +54,7 @@ def data_record(
         "split_file_sha256": splits.source_sha256,
         "split_protocol": fewshot.protocol,
         "fewshot_index_sha256": fewshot.sha256,
-        # the whole val split (--sampling dassl_full_val) has no per-class count: None, n_val says how many
-        "val_shots": None
-        if fewshot.protocol.startswith("dassl_full_val")
-        else min(fewshot.shots, VAL_SHOTS_CAP),
+        "val_shots": val_shots(fewshot.shots, data.val.labels.tolist()),  # None: whole val split (n_val)
         "miniature": splits.miniature,
         "n_classes": data.n_classes,
         "n_train": int(data.train.labels.numel()),

@@ -46,11 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.distributions import CategoricalDistribution, distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.datasets.splits import VAL_SHOTS_CAP
+from bench.datasets.splits import val_shots
 from bench.errors import BenchError, NonFiniteError
 from bench.methods.base import FewShotData, FitContext
 from bench.seeding import derive_seed
@@ -291,16 +290,8 @@ def tune(
     best = best_trial(considered)
     overrides = method.search_space(optuna.trial.FixedTrial(best.params), data.dataset, data.shots, config)
     record = _record(ref, objective.split, considered, best, defaults, warmup)
-    record.update(study_trials=len(finished), val_shots=_val_shots(data))
+    record.update(study_trials=len(finished), val_shots=val_shots(data.shots, data.val.labels.tolist()))
     return _apply(method, config, overrides), record
-
-
-def _val_shots(data: FewShotData) -> int | None:
-    """The few-shot val split's images per class, ``min(K, 4)``; None for a val split with more in some class
-    (the whole val split of ``--sampling dassl_full_val``)."""
-    cap = min(data.shots, VAL_SHOTS_CAP)
-    most = int(torch.bincount(data.val.labels).max()) if data.val.labels.numel() else 0
-    return cap if most <= cap else None
 
 
 def run_study(

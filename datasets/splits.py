@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +159,13 @@ class FewShotIndices:
     val: tuple[int, ...]
     sha256: str
     path: Path | None = None
+
+
+def val_shots(shots: int, val_labels: Sequence[int]) -> int | None:
+    """Images per class of a cell's val split, as records state it: ``min(K, 4)`` (CoOp's few-shot val),
+    or None for a val split with more in some class (the whole val split of ``dassl_full_val``)."""
+    cap = min(shots, VAL_SHOTS_CAP)
+    return cap if max(Counter(val_labels).values(), default=0) <= cap else None
 
 
 def draw_fewshot(
